@@ -1,0 +1,111 @@
+"""Every exception catzilla_mp raises.
+
+    CatzillaMPError
+    ├── SegmentError                 the shared-memory segment cannot be used
+    │   ├── SegmentExistsError       a segment of that name exists already
+    │   ├── SegmentVersionError      made by another layout version
+    │   ├── SegmentOwnerError        belongs to another user
+    │   └── SegmentCorruptError      not ours, truncated or inconsistent
+    ├── QueueFullError               no room for the task within the wait allowed
+    ├── PayloadTooLargeError         arguments or result beyond max_payload_bytes
+    ├── SerializationError           arguments, result or exception cannot be pickled
+    ├── EngineClosedError            you shut the engine down; no new work
+    ├── EngineBrokenError            the engine broke (its supervisor died)
+    ├── UnknownTaskError             no task with that id (also a KeyError)
+    └── TaskError                    a task did not produce a result
+        ├── TaskTimeoutError         past its timeout_ms (also a TimeoutError)
+        ├── WorkerCrashedError       its worker died running it, attempts used up
+        └── TaskCancelledError       cancelled before it ran
+
+A task's own exception is re-raised as itself, with the worker's traceback
+text as its ``__cause__`` (a :class:`RemoteTraceback`). All of these pickle.
+"""
+from __future__ import annotations
+
+
+class CatzillaMPError(Exception):
+    """Root of every catzilla_mp error."""
+
+
+class SegmentError(CatzillaMPError):
+    """The shared-memory segment cannot be created or attached."""
+
+
+class SegmentExistsError(SegmentError):
+    """A segment with that name exists already."""
+
+
+class SegmentVersionError(SegmentError):
+    """The segment was made by another layout version of catzilla_mp."""
+
+
+class SegmentOwnerError(SegmentError):
+    """The segment belongs to another user; attaching would run their pickles."""
+
+
+class SegmentCorruptError(SegmentError):
+    """The segment is not a catzilla_mp segment, or is truncated or inconsistent."""
+
+
+class QueueFullError(CatzillaMPError):
+    """Every task slot stayed taken for the whole wait allowed; the task was not queued."""
+
+
+class PayloadTooLargeError(CatzillaMPError, ValueError):
+    """A pickled payload exceeds the engine's max_payload_bytes."""
+
+
+class SerializationError(CatzillaMPError):
+    """Arguments, a result or an exception could not be pickled or unpickled."""
+
+
+class EngineClosedError(CatzillaMPError, RuntimeError):
+    """The engine was shut down by its owner; it takes no new tasks."""
+
+
+class EngineBrokenError(CatzillaMPError, RuntimeError):
+    """The engine broke from outside (its supervisor died); pending tasks get this."""
+
+
+class UnknownTaskError(CatzillaMPError, KeyError):
+    """No task with that id is known to this engine (never submitted, or forgotten)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class TaskError(CatzillaMPError):
+    """A task ended without a result for a reason of the engine's, not its own."""
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """The task ran past its timeout_ms and was stopped."""
+
+
+class WorkerCrashedError(TaskError):
+    """The worker process running the task died, and no attempts were left.
+
+    ``exitcode`` is the process exit code, or minus the signal number.
+    """
+
+    def __init__(self, message: str = "", exitcode: int | None = None) -> None:
+        super().__init__(message, exitcode)
+        self.exitcode = exitcode
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class TaskCancelledError(TaskError):
+    """The task was cancelled before it started."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the worker's formatted traceback; set as ``__cause__`` of a task's exception."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb

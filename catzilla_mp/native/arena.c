@@ -1,0 +1,146 @@
+/* arena.c -- size-class chunk pools in the segment.
+ *
+ * Each class is an array of equal chunks plus one 32-bit holder tag per
+ * chunk. The tag IS the allocator's state: 0 means free, anything else names
+ * the holder (the app, worker w, or slot s; see CZMP_HOLDER_* in czmp.h).
+ *
+ *   alloc:   next-fit scan from a shared hint; CAS tag 0 -> holder
+ *   free:    CAS tag holder -> 0        (a double or foreign free is refused)
+ *   reclaim: CAS tag holder -> 0 for every chunk of a dead holder
+ *
+ * We chose tags over free lists kept as index rings (the design note's first
+ * idea): with one CAS as the only transition, a process killed at any
+ * instruction leaves every chunk either free or tagged with its holder, so
+ * crash recovery is one reclaim call and needs no ring repair. The cost is a
+ * scan when a class is nearly full; the hint keeps the common case O(1).
+ */
+#include <errno.h>
+
+#include "internal.h"
+
+static inline czmp_class_info_t *class_of(czmp_segment_t *seg, uint32_t c) {
+    return &seg->hdr->classes[c];
+}
+
+static inline uint32_t *tags_of(czmp_segment_t *seg, czmp_class_info_t *ci) {
+    return czmp_at(seg, ci->tags_off);
+}
+
+/* Decode a chunk handle; returns 0 and the class/index, or -EINVAL. */
+static int decode(czmp_segment_t *seg, uint64_t h, uint32_t *cls, uint32_t *idx) {
+    if (czmp_handle_kind(h) != CZMP_HANDLE_CHUNK)
+        return -EINVAL;
+    uint32_t c = (uint32_t)((h >> 48) & 0xff), i = (uint32_t)h;
+    if (c >= seg->hdr->nclasses || i >= class_of(seg, c)->nchunks)
+        return -EINVAL;
+    *cls = c;
+    *idx = i;
+    return 0;
+}
+
+static int alloc_in(czmp_segment_t *seg, uint32_t c, uint32_t holder, uint64_t *handle) {
+    czmp_class_info_t *ci = class_of(seg, c);
+    uint32_t *tags = tags_of(seg, ci);
+    uint32_t n = ci->nchunks;
+    uint32_t start = (uint32_t)(czmp_load_relaxed(&ci->hint) % n);
+    for (uint32_t k = 0; k < n; k++) {
+        uint32_t i = start + k < n ? start + k : start + k - n;
+        if (czmp_load_relaxed(&tags[i]) != CZMP_HOLDER_FREE)
+            continue;
+        uint32_t expect = CZMP_HOLDER_FREE;
+        /* acq_rel: acquire pairs with the release in czmp_arena_free, so the
+         * previous holder's writes are done before we write the chunk. */
+        if (czmp_cas(&tags[i], &expect, holder)) {
+            czmp_store_relaxed(&ci->hint, (uint64_t)(i + 1));  /* a hint only */
+            *handle = czmp_handle_chunk(c, i);
+            CZMP_FAULT(CZMP_FAULT_ARENA_HELD);
+            return 0;
+        }
+    }
+    return -ENOMEM;
+}
+
+int czmp_arena_alloc(czmp_segment_t *seg, uint64_t size, uint32_t holder, uint64_t *handle) {
+    if (holder == CZMP_HOLDER_FREE)
+        return -EINVAL;
+    int rc = -EFBIG;
+    for (uint32_t c = 0; c < seg->hdr->nclasses; c++) {
+        if (class_of(seg, c)->chunk_size < size)
+            continue;
+        /* a full class spills into the next larger one */
+        rc = alloc_in(seg, c, holder, handle);
+        if (rc == 0)
+            return 0;
+    }
+    return rc;
+}
+
+void *czmp_arena_ptr(czmp_segment_t *seg, uint64_t handle) {
+    uint32_t c, i;
+    if (decode(seg, handle, &c, &i) != 0)
+        return NULL;
+    czmp_class_info_t *ci = class_of(seg, c);
+    return czmp_at(seg, ci->data_off + (uint64_t)i * ci->chunk_size);
+}
+
+uint64_t czmp_arena_chunk_size(czmp_segment_t *seg, uint64_t handle) {
+    uint32_t c, i;
+    return decode(seg, handle, &c, &i) == 0 ? class_of(seg, c)->chunk_size : 0;
+}
+
+uint32_t czmp_arena_holder(czmp_segment_t *seg, uint64_t handle) {
+    uint32_t c, i;
+    if (decode(seg, handle, &c, &i) != 0)
+        return 0;
+    return czmp_load_acquire(&tags_of(seg, class_of(seg, c))[i]);
+}
+
+int czmp_arena_retag(czmp_segment_t *seg, uint64_t handle, uint32_t from, uint32_t to) {
+    uint32_t c, i;
+    if (decode(seg, handle, &c, &i) != 0 || from == CZMP_HOLDER_FREE)
+        return -EINVAL;
+    uint32_t expect = from;
+    /* release (in acq_rel): the chunk's bytes are complete before the new
+     * holder can see it is theirs */
+    return czmp_cas(&tags_of(seg, class_of(seg, c))[i], &expect, to) ? 0 : -EPERM;
+}
+
+int czmp_arena_free(czmp_segment_t *seg, uint64_t handle, uint32_t holder) {
+    return czmp_arena_retag(seg, handle, holder, CZMP_HOLDER_FREE);
+}
+
+int czmp_arena_reclaim(czmp_segment_t *seg, uint32_t holder) {
+    int freed = 0;
+    if (holder == CZMP_HOLDER_FREE)
+        return 0;
+    for (uint32_t c = 0; c < seg->hdr->nclasses; c++) {
+        czmp_class_info_t *ci = class_of(seg, c);
+        uint32_t *tags = tags_of(seg, ci);
+        for (uint32_t i = 0; i < ci->nchunks; i++) {
+            uint32_t expect = holder;
+            if (czmp_load_relaxed(&tags[i]) == holder &&
+                czmp_cas(&tags[i], &expect, CZMP_HOLDER_FREE))
+                freed++;
+        }
+    }
+    return freed;
+}
+
+int czmp_arena_stats(czmp_segment_t *seg, int cls, czmp_class_stats_t *out) {
+    if (cls < 0 || (uint32_t)cls >= seg->hdr->nclasses)
+        return -EINVAL;
+    czmp_class_info_t *ci = class_of(seg, (uint32_t)cls);
+    uint32_t *tags = tags_of(seg, ci);
+    uint32_t used = 0;
+    for (uint32_t i = 0; i < ci->nchunks; i++)
+        used += czmp_load_relaxed(&tags[i]) != CZMP_HOLDER_FREE;
+    out->chunk_size = ci->chunk_size;
+    out->nchunks = ci->nchunks;
+    out->used = used;
+    return 0;
+}
+
+uint64_t czmp_arena_max_size(czmp_segment_t *seg) {
+    uint32_t n = seg->hdr->nclasses;
+    return n ? class_of(seg, n - 1)->chunk_size : 0;
+}

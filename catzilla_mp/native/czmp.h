@@ -1,0 +1,377 @@
+/* czmp.h -- the one public header of catzilla_mp's native core.
+ *
+ * Everything the app process and its worker processes share lives in ONE
+ * POSIX shared-memory segment, laid out as:
+ *
+ *   +-----------------+  offset 0
+ *   | czmp_header_t   |  magic, layout version, owner, region offsets, wake words
+ *   +-----------------+  header.tasks_off
+ *   | task rings x4   |  CRITICAL, HIGH, NORMAL, LOW: slot hints, MPMC
+ *   +-----------------+  header.results_off
+ *   | result ring     |  slot hints, workers -> app
+ *   +-----------------+  header.slots_off
+ *   | czmp_slot_t[]   |  one per task in flight: state word, payload handles
+ *   +-----------------+  header.workers_off
+ *   | czmp_worker_t[] |  one per worker process: pid, heartbeat, counters
+ *   +-----------------+  header.funcs_off
+ *   | czmp_func_t[]   |  pickled functions, sent once, cached by workers
+ *   +-----------------+  header.arena_off
+ *   | chunk pools     |  per size class: holder tags, then the chunks
+ *   +-----------------+  header.total_size
+ *
+ * Only offsets are stored in shared memory, never pointers: every process
+ * maps the segment at its own address.
+ *
+ * Ring values are HINTS, not ownership. The truth about a task is the state
+ * word of its slot, and every transition of it is one CAS. A slot index may
+ * sit in a ring twice (after a ring repair, a retry or a cancel); whoever
+ * loses the CAS on the slot simply drops its copy. That is what makes every
+ * repair operation below safe to run while other processes are alive.
+ *
+ * Error convention (Redis-style, stated per function): 0 or a count on
+ * success, a negative errno or negative CZMP_E* code on failure; on failure
+ * the structure is unchanged unless the comment says otherwise.
+ *
+ * The block between CDEF BEGIN and CDEF END is fed verbatim to cffi's cdef():
+ * it holds no preprocessor lines other than plain integer #defines.
+ */
+#ifndef CZMP_H
+#define CZMP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* CDEF BEGIN */
+#define CZMP_MAGIC_LO 0x504d5a43          /* "CZMP" */
+#define CZMP_MAGIC_HI 0x31474553          /* "SEG1" */
+#define CZMP_LAYOUT_VERSION 3
+
+#define CZMP_NPRIO 4                      /* CRITICAL=0 HIGH=1 NORMAL=2 LOW=3 */
+#define CZMP_MAX_CLASSES 16
+#define CZMP_SLOT_SIZE 512
+#define CZMP_INLINE_ARGS 200              /* bytes of arguments kept in the slot */
+#define CZMP_INLINE_RESULT 224            /* bytes of result kept in the slot */
+#define CZMP_RING_TOMBSTONE 4294967295    /* value of a repaired, never-published cell */
+
+/* Errors beyond errno (returned negated). */
+#define CZMP_EMAGIC 1001                  /* not a catzilla_mp segment */
+#define CZMP_EVERSION 1002                /* other layout version */
+#define CZMP_ETRUNC 1003                  /* file shorter than its header says */
+#define CZMP_EOWNER 1004                  /* created by another user */
+#define CZMP_ELAYOUT 1005                 /* offsets/sizes inconsistent */
+#define CZMP_ECONFIG 1006                 /* invalid creation parameters */
+
+/* Slot states (low 8 bits of czmp_slot_t.state). */
+#define CZMP_SLOT_FREE 0                  /* on the app's free list */
+#define CZMP_SLOT_QUEUED 1                /* payload written, hint in a task ring */
+#define CZMP_SLOT_RUNNING 2               /* claimed by worker <owner> */
+#define CZMP_SLOT_DONE 3                  /* result written by <owner>, hint in result ring */
+#define CZMP_SLOT_HELD 4                  /* app holds it: delayed, backing off, collecting */
+
+/* Holder tags of arena chunks. */
+#define CZMP_HOLDER_FREE 0
+#define CZMP_HOLDER_APP 1                 /* the engine process itself */
+#define CZMP_HOLDER_WORKER_BASE 65536     /* + worker index: chunk a worker allocated */
+#define CZMP_HOLDER_SLOT_BASE 2147483648  /* + slot index: payload owned by a slot */
+
+/* Payload handles (64 bits): kind in the top byte. */
+#define CZMP_HANDLE_NONE 0
+#define CZMP_HANDLE_INLINE 1              /* bytes in the slot's inline area */
+#define CZMP_HANDLE_CHUNK 2               /* class in bits 48..55, chunk index in 0..31 */
+#define CZMP_HANDLE_EXTERNAL 3            /* own segment; id in bits 0..31 */
+
+/* Fault points, armed only by tests: the process SIGKILLs itself there. */
+#define CZMP_FAULT_NONE 0
+#define CZMP_FAULT_RING_PUSH_CLAIMED 1    /* after claiming a ring cell, before publishing */
+#define CZMP_FAULT_RING_POP_CLAIMED 2     /* after claiming a ring cell, before releasing */
+#define CZMP_FAULT_TAKE_SLOT_CLAIMED 3    /* slot RUNNING, its ring cell not yet released */
+#define CZMP_FAULT_ARENA_HELD 4           /* right after a chunk was allocated */
+#define CZMP_FAULT_FINISH_DONE 5          /* slot DONE, hint not yet in the result ring */
+
+/* Worker record states. */
+#define CZMP_WORKER_EMPTY 0
+#define CZMP_WORKER_STARTING 1
+#define CZMP_WORKER_IDLE 2
+#define CZMP_WORKER_BUSY 3
+#define CZMP_WORKER_STOPPING 4
+#define CZMP_WORKER_DEAD 5
+
+/* A futex word plus the count of processes sleeping on it. A waker makes a
+ * syscall only when sleepers > 0, so a busy system pays no wake cost. */
+typedef struct czmp_wake {
+    uint32_t seq;         /* wakers: fetch_add seq_cst; sleepers futex-wait on it */
+    uint32_t sleepers;    /* sleepers: inc seq_cst before re-checking, dec after */
+    uint64_t wakes;       /* statistic: futex_wake syscalls made */
+    uint64_t waits;       /* statistic: futex_wait syscalls made */
+    uint64_t pad[5];
+} czmp_wake_t;            /* 64 bytes, one cache line */
+
+/* Creation parameters. Chunk sizes must be multiples of 64, ascending. */
+typedef struct czmp_config {
+    uint32_t nslots;              /* tasks in flight at most; >= 1 */
+    uint32_t nworkers;            /* worker records; >= 1, < 65536 */
+    uint32_t nfuncs;              /* function table entries; >= 1 */
+    uint32_t nclasses;            /* arena size classes, 0..CZMP_MAX_CLASSES */
+    uint64_t class_size[16];      /* chunk bytes per class */
+    uint32_t class_count[16];     /* chunks per class */
+    uint32_t populate;            /* nonzero: pre-fault every page at creation */
+} czmp_config_t;
+
+typedef struct czmp_class_info {
+    uint64_t chunk_size;
+    uint32_t nchunks;
+    uint32_t pad;
+    uint64_t tags_off;            /* uint32_t holder tag per chunk */
+    uint64_t data_off;            /* nchunks * chunk_size bytes */
+    uint64_t hint;                /* next-fit start index; any process, relaxed */
+    uint64_t pad2[3];
+} czmp_class_info_t;              /* 64 bytes */
+
+typedef struct czmp_header {
+    uint32_t magic_lo, magic_hi;
+    uint32_t version;
+    uint32_t header_size;
+    uint64_t total_size;
+    uint32_t owner_uid;
+    uint32_t owner_pid;
+    uint64_t owner_start;         /* owner's start time, clock ticks since boot */
+    uint64_t created_ns;          /* CLOCK_REALTIME at creation */
+    uint32_t nslots, nworkers, nfuncs, nclasses;
+    uint32_t ring_cap;            /* power of two >= nslots */
+    uint32_t ready;               /* 1 once fully initialised (release) */
+    uint64_t tasks_off;           /* CZMP_NPRIO rings, each czmp_ring_bytes(ring_cap) */
+    uint64_t results_off;
+    uint64_t slots_off;
+    uint64_t workers_off;
+    uint64_t funcs_off;
+    uint64_t arena_off;
+    uint64_t ring_bytes;
+    uint32_t shutdown;            /* app: store release 1; workers: load acquire */
+    uint32_t pad0;
+    uint64_t pad1[7];
+    czmp_wake_t task_wake;        /* workers sleep here for tasks */
+    czmp_wake_t result_wake;      /* the app's collector sleeps here for results */
+    czmp_class_info_t classes[16];
+} czmp_header_t;
+
+/* One task in flight. The state word is the single source of truth:
+ *   bits 0..7 state, 8..23 owner (worker index + 1, 0 = none), 32..63 generation.
+ * The generation grows each time the slot is freed, so a stale ring hint or a
+ * late CAS from a previous use can never match. */
+typedef struct czmp_slot {
+    uint64_t state;               /* CAS only, acq_rel; see the layout above */
+    uint32_t priority;            /* app, before QUEUED */
+    uint32_t attempt;             /* app, before QUEUED; 0 for the first run */
+    uint64_t func_id;             /* app: index into the function table */
+    uint64_t task_id;             /* app: the engine's id for this task */
+    uint64_t queued_ns;           /* app: when it became QUEUED */
+    uint64_t started_ns;          /* worker: when it became RUNNING */
+    uint64_t finished_ns;         /* worker: when it became DONE */
+    uint64_t args_handle;         /* app; chunk tagged SLOT_BASE + index */
+    uint64_t result_handle;       /* worker, before DONE */
+    uint32_t args_len;
+    uint32_t result_len;
+    uint32_t result_flags;        /* worker: task-defined (ok/error) */
+    uint32_t worker;              /* worker index that last ran it */
+    uint8_t args_inline[200];     /* CZMP_INLINE_ARGS */
+    uint8_t result_inline[224];   /* CZMP_INLINE_RESULT */
+} czmp_slot_t;                    /* 512 bytes */
+
+/* One worker process, written mostly by itself. */
+typedef struct czmp_worker {
+    uint32_t pid;                 /* worker at start; app clears after reaping */
+    uint32_t state;               /* CZMP_WORKER_*, the worker's own view */
+    uint64_t heartbeat_ns;        /* worker's native heartbeat thread, relaxed */
+    uint64_t started_ns;
+    uint64_t tasks_done;          /* worker, relaxed */
+    uint64_t tasks_failed;        /* worker, relaxed */
+    uint64_t busy_ns;             /* worker: time spent running tasks */
+    uint32_t current_slot;        /* worker: slot being run + 1, 0 = none */
+    uint32_t incarnation;         /* app: bumped each time the record is reused */
+    uint64_t pad[9];
+} czmp_worker_t;                  /* 128 bytes */
+
+/* A pickled function, written once by the app, read by every worker. */
+typedef struct czmp_func {
+    uint64_t handle;              /* arena chunk holding the pickled bytes */
+    uint32_t len;
+    uint32_t ready;               /* app: store release 1 after handle/len */
+} czmp_func_t;
+
+typedef struct czmp_segment czmp_segment_t;   /* process-local mapping handle */
+typedef struct czmp_ring czmp_ring_t;         /* in shared memory, opaque */
+
+typedef struct czmp_class_stats {
+    uint64_t chunk_size;
+    uint32_t nchunks;
+    uint32_t used;
+} czmp_class_stats_t;
+
+/* ---- segment.c ---------------------------------------------------------- */
+
+/* Bytes a segment with this configuration needs; 0 if the config is invalid. */
+uint64_t czmp_segment_size(const czmp_config_t *cfg);
+
+/* Create /dev/shm/<name> (O_CREAT|O_EXCL, 0600), size, map, initialise.
+ * Returns 0 and *out, or -EEXIST, -CZMP_ECONFIG, -errno; nothing is left
+ * behind on failure. */
+int czmp_segment_create(const char *name, const czmp_config_t *cfg,
+                        czmp_segment_t **out);
+
+/* Map an existing segment and validate magic, version, owner uid, sizes and
+ * offsets. Returns 0 and *out, or -ENOENT, -CZMP_EMAGIC, -CZMP_EVERSION,
+ * -CZMP_ETRUNC, -CZMP_EOWNER, -CZMP_ELAYOUT, -errno. */
+int czmp_segment_attach(const char *name, czmp_segment_t **out);
+
+/* Unmap and free the handle. Never fails. NULL is ignored. */
+void czmp_segment_detach(czmp_segment_t *seg);
+
+/* shm_unlink. Returns 0 or -errno (-ENOENT if already gone). */
+int czmp_segment_unlink(const char *name);
+
+czmp_header_t *czmp_segment_header(czmp_segment_t *seg);
+void *czmp_segment_base(czmp_segment_t *seg);
+
+/* Start time of a process (clock ticks since boot, field 22 of
+ * /proc/<pid>/stat), or 0 if no such process. Used with the pid to name
+ * and to judge owners, so a reused pid cannot pass for a dead owner. */
+uint64_t czmp_process_start_time(uint32_t pid);
+
+uint64_t czmp_now_ns(void);       /* CLOCK_MONOTONIC */
+
+/* Worker side: ask for SIGKILL when the thread that started us exits, then
+ * check the parent is still parent_pid (it may have died before the prctl).
+ * 0, or -ESRCH if the parent is already gone. */
+int czmp_process_die_with_parent(uint32_t parent_pid);
+
+/* ---- ring.c: bounded lock-free MPMC ring of uint32 values --------------- */
+
+czmp_ring_t *czmp_segment_task_ring(czmp_segment_t *seg, int prio);  /* NULL if out of range */
+czmp_ring_t *czmp_segment_result_ring(czmp_segment_t *seg);
+
+/* Push one value (not CZMP_RING_TOMBSTONE). 0, or -EAGAIN when full. */
+int czmp_ring_push(czmp_ring_t *r, uint32_t v);
+/* Pop one value. 0, or -EAGAIN when empty. Tombstones are skipped. */
+int czmp_ring_pop(czmp_ring_t *r, uint32_t *v);
+/* Push up to n values; returns how many were pushed (a prefix of vals). */
+int czmp_ring_push_many(czmp_ring_t *r, const uint32_t *vals, int n);
+/* Pop up to n values; returns how many (0 when empty). */
+int czmp_ring_pop_many(czmp_ring_t *r, uint32_t *vals, int n);
+/* Approximate number of cells claimed and not yet consumed. */
+uint64_t czmp_ring_size(czmp_ring_t *r);
+uint32_t czmp_ring_capacity(czmp_ring_t *r);
+
+/* Repair cells left behind by a process that died inside push or pop:
+ *   - a cell claimed by a producer but never published becomes a tombstone
+ *     (a live, slow producer then fails its publishing CAS and retries);
+ *   - a cell claimed by a consumer but never released is released, and its
+ *     value is written to recovered[] so the caller can re-push it if the
+ *     slot still needs it (values are hints: a duplicate is harmless).
+ * Only cells already claimed at the previous call with the same cookie are
+ * touched, so a cell merely in progress is left alone: call it twice, some
+ * time apart. cookie points to 2 uint64_t, zeroed before the first call.
+ * Returns the number of values written to recovered (<= max). */
+int czmp_ring_repair(czmp_ring_t *r, uint64_t *cookie, uint32_t *recovered, int max);
+
+/* ---- wake.c ------------------------------------------------------------- */
+
+/* Sleep until woken or timeout_ns passes, unless the word moved past seq
+ * (the caller read seq before re-checking its condition). 0 when woken or
+ * the word moved, -ETIMEDOUT, -EINTR. */
+int czmp_wake_wait(czmp_wake_t *w, uint32_t seq, int64_t timeout_ns);
+/* Wake up to n sleepers; no syscall when nobody sleeps. Returns sleepers seen. */
+int czmp_wake_notify(czmp_wake_t *w, int n);
+
+/* ---- slots.c: the task queue and the slot state machine ----------------- */
+
+czmp_slot_t *czmp_slot(czmp_segment_t *seg, uint32_t idx);          /* NULL if out of range */
+czmp_worker_t *czmp_worker(czmp_segment_t *seg, uint32_t idx);      /* NULL if out of range */
+czmp_func_t *czmp_func(czmp_segment_t *seg, uint32_t idx);          /* NULL if out of range */
+
+uint64_t czmp_slot_state(czmp_segment_t *seg, uint32_t idx);        /* acquire load; 0 if out of range */
+/* CAS the state word. 0, -EAGAIN if it was not `expect`, -EINVAL. */
+int czmp_slot_cas(czmp_segment_t *seg, uint32_t idx, uint64_t expect, uint64_t desired);
+
+/* App: make HELD or FREE slots QUEUED (stamping queued_ns) and push their
+ * hints on ring[prio], then wake sleeping workers. Each slot must be in the
+ * state its caller gave it (HELD or FREE) with no other process touching it.
+ * Returns how many were queued (a prefix); the rest stay as they were
+ * (ring full cannot happen: rings hold >= nslots cells). -EINVAL on a bad
+ * priority or index. */
+int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n);
+
+/* Worker `worker`: take up to max tasks, highest priority first, claiming
+ * each slot QUEUED -> RUNNING(worker) before releasing its ring cell (so a
+ * crash at any point leaves either a stuck cell that repair hands back, or a
+ * RUNNING slot owned by the dead worker). Spins briefly, then sleeps up to
+ * timeout_ns. Returns how many slots were written to out (0 on timeout or
+ * shutdown), or -EINVAL. */
+int czmp_tasks_take(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max,
+                    int64_t timeout_ns);
+
+/* Worker: RUNNING(worker) -> DONE(worker), stamp finished_ns, push the hint
+ * to the result ring and wake the collector. 0, or -ESTALE if the slot is no
+ * longer RUNNING for this worker (the app took it back: timeout, cancel). */
+int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx);
+
+/* App: take up to max finished slots, DONE -> HELD; stale and duplicate
+ * hints are dropped. Spins briefly, then sleeps up to timeout_ns. Returns
+ * the count (0 on timeout). */
+int czmp_results_collect(czmp_segment_t *seg, uint32_t *out, int max, int64_t timeout_ns);
+
+/* App: HELD or QUEUED -> FREE with the generation bumped; frees the args
+ * and result chunks the slot owns. 0 or -EAGAIN if the slot was in another
+ * state (a worker claimed it first). */
+int czmp_slot_release(czmp_segment_t *seg, uint32_t idx, uint64_t expect_state);
+
+/* App, after worker `worker` died: RUNNING(worker) slots become HELD
+ * (written to running[], their result chunk freed); DONE(worker) slots
+ * become HELD (written to done[]); chunks the worker held are freed; all
+ * rings are repaired (pass the same cookie array of 2*(CZMP_NPRIO+1)
+ * entries between calls) and recovered hints whose slot is still QUEUED are pushed
+ * back. Returns 0; counts via *nrunning and *ndone. */
+int czmp_worker_reap(czmp_segment_t *seg, uint32_t worker,
+                     uint32_t *running, uint32_t *nrunning,
+                     uint32_t *done, uint32_t *ndone, uint64_t *cookies);
+/* Repair every ring (see czmp_ring_repair) and re-push recovered task hints
+ * whose slot is still QUEUED. Returns cells repaired. */
+int czmp_rings_repair(czmp_segment_t *seg, uint64_t *cookies);
+
+/* Start a native thread in this process that writes heartbeat_ns of worker
+ * `worker` every period_ns until czmp_heartbeat_stop(). 0 or -errno. */
+int czmp_heartbeat_start(czmp_segment_t *seg, uint32_t worker, int64_t period_ns);
+void czmp_heartbeat_stop(void);
+
+/* App: set the shutdown flag and wake every sleeper. */
+void czmp_segment_shutdown(czmp_segment_t *seg);
+
+/* ---- arena.c: size-class chunk pools ------------------------------------ */
+
+/* Allocate a chunk of the smallest class >= size, tagged `holder`.
+ * 0 and *handle; -EFBIG if size exceeds the largest class; -ENOMEM if every
+ * fitting chunk is taken. */
+int czmp_arena_alloc(czmp_segment_t *seg, uint64_t size, uint32_t holder, uint64_t *handle);
+/* Address of a chunk handle, or NULL if the handle is not a valid chunk. */
+void *czmp_arena_ptr(czmp_segment_t *seg, uint64_t handle);
+uint64_t czmp_arena_chunk_size(czmp_segment_t *seg, uint64_t handle);  /* 0 if invalid */
+/* Free a chunk if it is tagged `holder`. 0, -EINVAL bad handle, -EPERM
+ * tagged otherwise (nothing changes: a double free is refused). */
+int czmp_arena_free(czmp_segment_t *seg, uint64_t handle, uint32_t holder);
+/* Move a chunk from one holder to another (CAS). 0, -EINVAL, -EPERM. */
+int czmp_arena_retag(czmp_segment_t *seg, uint64_t handle, uint32_t from, uint32_t to);
+uint32_t czmp_arena_holder(czmp_segment_t *seg, uint64_t handle);  /* 0 if invalid */
+/* Free every chunk tagged `holder`; returns how many. */
+int czmp_arena_reclaim(czmp_segment_t *seg, uint32_t holder);
+/* Usage of class cls. 0 or -EINVAL. */
+int czmp_arena_stats(czmp_segment_t *seg, int cls, czmp_class_stats_t *out);
+/* Largest payload the arena can hold. */
+uint64_t czmp_arena_max_size(czmp_segment_t *seg);
+
+/* ---- faults (tests only) ------------------------------------------------ */
+
+/* Arm fault point `point`: the countdown-th time this process reaches it,
+ * it SIGKILLs itself. point 0 disarms. */
+void czmp_fault_arm(int point, uint64_t countdown);
+/* CDEF END */
+
+#endif /* CZMP_H */

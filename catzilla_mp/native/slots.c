@@ -1,0 +1,360 @@
+/* slots.c -- the slot state machine, the task queue built from the rings,
+ * and worker records.
+ *
+ *   FREE --app submit--> QUEUED --worker take--> RUNNING(w) --worker finish--> DONE(w)
+ *     ^                    |  ^                     |                           |
+ *     |               app cancel  \--app requeue--- HELD <--app collect---------/
+ *     \---- app release ---+-------------------------/ ^
+ *                                                      \-- app reap of dead w: RUNNING(w)/DONE(w)
+ *
+ * Every arrow is one CAS on the slot's state word, and only the process named
+ * on an arrow makes it. The app never takes a RUNNING slot from a live worker:
+ * it kills the worker first and reaps it (timeouts, cancels of running
+ * tasks), so a worker's finish cannot race the app's takeover.
+ *
+ * Who frees what after a crash:
+ *   args chunk    tagged SLOT+i by the app; freed only by czmp_slot_release.
+ *   result chunk  tagged WORKER+w while being written, SLOT+i from just before
+ *                 DONE; a dead worker's WORKER+w chunks are reclaimed by reap,
+ *                 a RUNNING slot's result chunk is dropped by reap.
+ *   ring cells    repaired by czmp_rings_repair (see ring.c).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "internal.h"
+
+/* Spin this many rounds of polling before sleeping. Each round is one pass
+ * over the rings plus a pause: a few microseconds in all, which is less than
+ * one futex round trip here (~43 us), so a steady stream never sleeps. */
+#define CZMP_SPIN_ROUNDS 200
+
+czmp_slot_t *czmp_slot(czmp_segment_t *seg, uint32_t idx) {
+    if (idx >= seg->hdr->nslots)
+        return NULL;
+    return (czmp_slot_t *)czmp_at(seg, seg->hdr->slots_off) + idx;
+}
+
+czmp_worker_t *czmp_worker(czmp_segment_t *seg, uint32_t idx) {
+    if (idx >= seg->hdr->nworkers)
+        return NULL;
+    return (czmp_worker_t *)czmp_at(seg, seg->hdr->workers_off) + idx;
+}
+
+czmp_func_t *czmp_func(czmp_segment_t *seg, uint32_t idx) {
+    if (idx >= seg->hdr->nfuncs)
+        return NULL;
+    return (czmp_func_t *)czmp_at(seg, seg->hdr->funcs_off) + idx;
+}
+
+uint64_t czmp_slot_state(czmp_segment_t *seg, uint32_t idx) {
+    czmp_slot_t *s = czmp_slot(seg, idx);
+    return s ? czmp_load_acquire(&s->state) : 0;
+}
+
+int czmp_slot_cas(czmp_segment_t *seg, uint32_t idx, uint64_t expect, uint64_t desired) {
+    czmp_slot_t *s = czmp_slot(seg, idx);
+    if (!s)
+        return -EINVAL;
+    return czmp_cas(&s->state, &expect, desired) ? 0 : -EAGAIN;
+}
+
+static inline uint32_t slot_holder(uint32_t idx) { return (uint32_t)CZMP_HOLDER_SLOT_BASE + idx; }
+static inline uint32_t worker_holder(uint32_t w) { return (uint32_t)CZMP_HOLDER_WORKER_BASE + w; }
+
+int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n) {
+    czmp_ring_t *r = czmp_segment_task_ring(seg, prio);
+    if (!r)
+        return -EINVAL;
+    uint64_t now = czmp_now_ns();
+    int done = 0;
+    for (; done < n; done++) {
+        czmp_slot_t *s = czmp_slot(seg, idx[done]);
+        if (!s)
+            return done ? done : -EINVAL;
+        uint64_t st = czmp_load_acquire(&s->state);
+        uint32_t kind = czmp_state_kind(st);
+        if (kind != CZMP_SLOT_FREE && kind != CZMP_SLOT_HELD)
+            break;
+        s->priority = (uint32_t)prio;
+        s->queued_ns = now;
+        /* release (CAS): payload and fields above are visible to the worker
+         * whose CAS in take_now() acquires this word */
+        if (!czmp_cas(&s->state, &st, czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_QUEUED)))
+            break;
+        if (czmp_ring_push(r, idx[done]) != 0) {
+            /* cannot happen while rings hold >= nslots cells; undo to stay exact */
+            uint64_t q = czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_QUEUED);
+            czmp_cas(&s->state, &q, st);
+            break;
+        }
+    }
+    if (done)
+        czmp_wake_notify(&seg->hdr->task_wake, done);
+    return done;
+}
+
+/* Claim slot hints from one ring without sleeping. */
+static int take_from(czmp_segment_t *seg, czmp_ring_t *r, uint32_t worker,
+                     uint32_t *out, int max) {
+    int got = 0;
+    uint64_t pos, w;
+    while (got < max && czmp_ring_claim_one(r, &pos, &w)) {
+        uint32_t idx = (uint32_t)w;
+        czmp_slot_t *s = czmp_slot(seg, idx);  /* NULL for a tombstone */
+        if (s) {
+            uint64_t st = czmp_load_acquire(&s->state);
+            while (czmp_state_kind(st) == CZMP_SLOT_QUEUED) {
+                uint64_t run = czmp_state_make(czmp_state_gen(st), worker + 1, CZMP_SLOT_RUNNING);
+                /* acq_rel: acquires the app's payload; pairs with the CAS in
+                 * czmp_tasks_submit */
+                if (czmp_cas(&s->state, &st, run)) {
+                    s->started_ns = czmp_now_ns();
+                    s->worker = worker;
+                    out[got++] = idx;
+                    CZMP_FAULT(CZMP_FAULT_TAKE_SLOT_CLAIMED);
+                    break;
+                }
+            }
+            /* any other state: a stale or duplicate hint; drop it */
+        }
+        czmp_ring_release_one(r, pos, w);
+    }
+    return got;
+}
+
+static int take_now(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max) {
+    int got = 0;
+    for (int p = 0; p < CZMP_NPRIO && got < max; p++)
+        got += take_from(seg, czmp_segment_task_ring(seg, p), worker, out + got, max - got);
+    return got;
+}
+
+/* The sleeper side of wake.c's protocol around a "try" function. */
+typedef int (*try_fn)(czmp_segment_t *, uint32_t, uint32_t *, int);
+
+static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t arg,
+                    uint32_t *out, int max, int64_t timeout_ns, int stop_on_shutdown) {
+    uint64_t deadline = timeout_ns > 0 ? czmp_now_ns() + (uint64_t)timeout_ns : 0;
+    for (;;) {
+        for (int i = 0; i < CZMP_SPIN_ROUNDS; i++) {
+            int n = try(seg, arg, out, max);
+            if (n > 0)
+                return n;
+            if (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown))
+                return 0;
+            if (timeout_ns == 0)
+                return 0;
+            czmp_cpu_relax();
+        }
+        czmp_fetch_add(&wk->sleepers, 1);
+        uint32_t seq = czmp_load_acquire(&wk->seq);
+        int n = try(seg, arg, out, max);
+        if (n > 0 || (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown))) {
+            czmp_fetch_sub(&wk->sleepers, 1);
+            return n;
+        }
+        int64_t left = -1;
+        if (deadline) {
+            uint64_t now = czmp_now_ns();
+            left = now >= deadline ? 0 : (int64_t)(deadline - now);
+        }
+        int rc = left == 0 ? -ETIMEDOUT : czmp_wake_wait(wk, seq, left);
+        czmp_fetch_sub(&wk->sleepers, 1);
+        if (rc == -ETIMEDOUT)
+            return try(seg, arg, out, max);
+    }
+}
+
+int czmp_tasks_take(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max,
+                    int64_t timeout_ns) {
+    if (worker >= seg->hdr->nworkers || max <= 0)
+        return -EINVAL;
+    return wait_for(seg, &seg->hdr->task_wake, take_now, worker, out, max, timeout_ns, 1);
+}
+
+int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx) {
+    czmp_slot_t *s = czmp_slot(seg, idx);
+    if (!s || worker >= seg->hdr->nworkers)
+        return -EINVAL;
+    uint64_t st = czmp_load_acquire(&s->state);
+    if (czmp_state_kind(st) != CZMP_SLOT_RUNNING || czmp_state_owner(st) != worker + 1)
+        return -ESTALE;
+    int retagged = czmp_handle_kind(s->result_handle) == CZMP_HANDLE_CHUNK &&
+                   czmp_arena_retag(seg, s->result_handle, worker_holder(worker),
+                                    slot_holder(idx)) == 0;
+    s->finished_ns = czmp_now_ns();
+    /* release (CAS): result bytes and fields are visible to the collector's
+     * acquiring CAS in collect_now() */
+    if (!czmp_cas(&s->state, &st, czmp_state_make(czmp_state_gen(st), worker + 1, CZMP_SLOT_DONE))) {
+        if (retagged && czmp_arena_retag(seg, s->result_handle, slot_holder(idx),
+                                         worker_holder(worker)) == 0)
+            czmp_arena_free(seg, s->result_handle, worker_holder(worker));
+        return -ESTALE;
+    }
+    CZMP_FAULT(CZMP_FAULT_FINISH_DONE);
+    czmp_ring_push(czmp_segment_result_ring(seg), idx);
+    czmp_wake_notify(&seg->hdr->result_wake, 1);
+    return 0;
+}
+
+static int collect_now(czmp_segment_t *seg, uint32_t unused, uint32_t *out, int max) {
+    (void)unused;
+    czmp_ring_t *r = czmp_segment_result_ring(seg);
+    int got = 0;
+    uint64_t pos, w;
+    while (got < max && czmp_ring_claim_one(r, &pos, &w)) {
+        uint32_t idx = (uint32_t)w;
+        czmp_slot_t *s = czmp_slot(seg, idx);
+        if (s) {
+            uint64_t st = czmp_load_acquire(&s->state);
+            if (czmp_state_kind(st) == CZMP_SLOT_DONE &&
+                czmp_cas(&s->state, &st, czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_HELD)))
+                out[got++] = idx;
+        }
+        czmp_ring_release_one(r, pos, w);
+    }
+    return got;
+}
+
+int czmp_results_collect(czmp_segment_t *seg, uint32_t *out, int max, int64_t timeout_ns) {
+    if (max <= 0)
+        return -EINVAL;
+    return wait_for(seg, &seg->hdr->result_wake, collect_now, 0, out, max, timeout_ns, 0);
+}
+
+/* Free a chunk handle the slot owns, whoever of slot or worker holds it. */
+static void drop_chunk(czmp_segment_t *seg, uint32_t idx, uint64_t *handle, uint32_t worker) {
+    if (czmp_handle_kind(*handle) == CZMP_HANDLE_CHUNK &&
+        czmp_arena_free(seg, *handle, slot_holder(idx)) != 0 && worker != UINT32_MAX)
+        czmp_arena_free(seg, *handle, worker_holder(worker));
+    *handle = CZMP_HANDLE_NONE;
+}
+
+int czmp_slot_release(czmp_segment_t *seg, uint32_t idx, uint64_t expect_state) {
+    czmp_slot_t *s = czmp_slot(seg, idx);
+    if (!s)
+        return -EINVAL;
+    uint32_t kind = czmp_state_kind(expect_state);
+    if (kind != CZMP_SLOT_HELD && kind != CZMP_SLOT_QUEUED)
+        return -EINVAL;
+    uint64_t st = expect_state;
+    /* HELD -> HELD with the next generation first: from here no stale hint
+     * or late CAS can match, and the chunks are ours alone to free. */
+    uint64_t held = czmp_state_make(czmp_state_gen(st) + 1, 0, CZMP_SLOT_HELD);
+    if (!czmp_cas(&s->state, &st, held))
+        return -EAGAIN;
+    drop_chunk(seg, idx, &s->args_handle, UINT32_MAX);
+    drop_chunk(seg, idx, &s->result_handle, UINT32_MAX);
+    s->args_len = s->result_len = 0;
+    czmp_store_release(&s->state, czmp_state_make(czmp_state_gen(held), 0, CZMP_SLOT_FREE));
+    return 0;
+}
+
+static int repair_ring(czmp_segment_t *seg, czmp_ring_t *r, uint64_t *cookie, int requeue) {
+    uint32_t got[256];
+    int total = 0, n;
+    do {
+        n = czmp_ring_repair(r, cookie, got, 256);
+        total += n;
+        for (int i = 0; requeue && i < n; i++) {
+            czmp_slot_t *s = czmp_slot(seg, got[i]);
+            if (s && czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
+                czmp_ring_push(czmp_segment_task_ring(seg, (int)(s->priority & 3)), got[i]);
+                czmp_wake_notify(&seg->hdr->task_wake, 1);
+            }
+        }
+    } while (n == 256);
+    return total;
+}
+
+int czmp_rings_repair(czmp_segment_t *seg, uint64_t *cookies) {
+    int total = 0;
+    for (int p = 0; p < CZMP_NPRIO; p++)
+        total += repair_ring(seg, czmp_segment_task_ring(seg, p), cookies + 2 * p, 1);
+    /* result hints recovered here are dropped: the slot stays DONE and the
+     * reap of its (dead) worker, or the next collect, picks it up */
+    total += repair_ring(seg, czmp_segment_result_ring(seg), cookies + 2 * CZMP_NPRIO, 0);
+    return total;
+}
+
+int czmp_worker_reap(czmp_segment_t *seg, uint32_t worker, uint32_t *running,
+                     uint32_t *nrunning, uint32_t *done, uint32_t *ndone, uint64_t *cookies) {
+    *nrunning = *ndone = 0;
+    if (worker >= seg->hdr->nworkers)
+        return -EINVAL;
+    for (uint32_t i = 0; i < seg->hdr->nslots; i++) {
+        czmp_slot_t *s = czmp_slot(seg, i);
+        uint64_t st = czmp_load_acquire(&s->state);
+        if (czmp_state_owner(st) != worker + 1)
+            continue;
+        uint64_t held = czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_HELD);
+        if (czmp_state_kind(st) == CZMP_SLOT_RUNNING && czmp_cas(&s->state, &st, held)) {
+            drop_chunk(seg, i, &s->result_handle, worker);
+            s->result_len = 0;
+            running[(*nrunning)++] = i;
+        } else if (czmp_state_kind(st) == CZMP_SLOT_DONE && czmp_cas(&s->state, &st, held)) {
+            done[(*ndone)++] = i;
+        }
+    }
+    czmp_arena_reclaim(seg, worker_holder(worker));
+    czmp_worker_t *wr = czmp_worker(seg, worker);
+    czmp_store_relaxed(&wr->current_slot, 0);
+    czmp_store_release(&wr->state, CZMP_WORKER_DEAD);
+    czmp_rings_repair(seg, cookies);
+    return 0;
+}
+
+/* ---- heartbeat: a native thread in each worker process ---------------- */
+
+static struct {
+    pthread_t thread;
+    int running;
+    int stop;
+    czmp_worker_t *rec;
+    int64_t period_ns;
+    pid_t parent;
+} hb;
+
+static void *heartbeat_main(void *arg) {
+    (void)arg;
+    struct timespec ts = {hb.period_ns / 1000000000LL, hb.period_ns % 1000000000LL};
+    while (!czmp_load_acquire(&hb.stop)) {
+        czmp_store_relaxed(&hb.rec->heartbeat_ns, czmp_now_ns());
+        /* a worker never outlives its app: PDEATHSIG follows the thread
+         * that forked us, so also watch for re-parenting ourselves */
+        if (hb.parent && getppid() != hb.parent)
+            _exit(70);
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+int czmp_heartbeat_start(czmp_segment_t *seg, uint32_t worker, int64_t period_ns) {
+    czmp_worker_t *rec = czmp_worker(seg, worker);
+    if (!rec || period_ns <= 0)
+        return -EINVAL;
+    if (hb.running)
+        return -EBUSY;
+    hb.rec = rec;
+    hb.period_ns = period_ns;
+    hb.stop = 0;
+    hb.parent = getppid();
+    czmp_store_relaxed(&rec->heartbeat_ns, czmp_now_ns());
+    int rc = pthread_create(&hb.thread, NULL, heartbeat_main, NULL);
+    if (rc != 0)
+        return -rc;
+    hb.running = 1;
+    return 0;
+}
+
+void czmp_heartbeat_stop(void) {
+    if (!hb.running)
+        return;
+    czmp_store_release(&hb.stop, 1);
+    pthread_join(hb.thread, NULL);
+    hb.running = 0;
+}

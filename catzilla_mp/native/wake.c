@@ -1,0 +1,54 @@
+/* wake.c -- futex sleep/wake on a word in shared memory.
+ *
+ * Protocol (Dekker style, both sides seq_cst):
+ *   sleeper:  sleepers++ ; seq = w->seq ; re-check condition ; futex_wait(seq)
+ *             ; sleepers--
+ *   waker:    make condition true ; fence ; if sleepers: seq++ ; futex_wake
+ * Either the sleeper's re-check sees the waker's change, or the waker sees
+ * the sleeper counted and bumps seq, which makes futex_wait return at once
+ * (the kernel compares the word with the seq the sleeper read). The callers
+ * in slots.c implement the sleeper side; czmp_wake_wait is its last step.
+ *
+ * The futexes are not FUTEX_PRIVATE: the word is shared between processes.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static long futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts) {
+    return syscall(SYS_futex, uaddr, op, val, ts, NULL, 0);
+}
+
+int czmp_wake_wait(czmp_wake_t *w, uint32_t seq, int64_t timeout_ns) {
+    struct timespec ts, *tsp = NULL;
+    if (timeout_ns >= 0) {
+        ts.tv_sec = timeout_ns / 1000000000LL;
+        ts.tv_nsec = timeout_ns % 1000000000LL;
+        tsp = &ts;
+    }
+    czmp_fetch_add_relaxed(&w->waits, 1);
+    if (futex(&w->seq, FUTEX_WAIT, seq, tsp) == 0)
+        return 0;
+    if (errno == EAGAIN)
+        return 0;  /* the word moved before we slept: a wake happened */
+    return -errno;  /* -ETIMEDOUT or -EINTR */
+}
+
+int czmp_wake_notify(czmp_wake_t *w, int n) {
+    /* seq_cst fence: the caller's "condition made true" (a ring push) is
+     * ordered before reading sleepers; pairs with the sleeper's increment
+     * of sleepers before its re-check. */
+    czmp_fence_seq_cst();
+    uint32_t sleepers = czmp_load_relaxed(&w->sleepers);
+    if (sleepers == 0)
+        return 0;
+    czmp_fetch_add(&w->seq, 1);
+    czmp_fetch_add_relaxed(&w->wakes, 1);
+    futex(&w->seq, FUTEX_WAKE, n <= 0 ? INT_MAX : (uint32_t)n, NULL);
+    return (int)sleepers;
+}
