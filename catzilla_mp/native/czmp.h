@@ -188,7 +188,9 @@ typedef struct czmp_worker {
     uint64_t busy_ns;             /* worker: time spent running tasks */
     uint32_t current_slot;        /* worker: slot being run + 1, 0 = none */
     uint32_t incarnation;         /* app: bumped each time the record is reused */
-    uint64_t pad[9];
+    uint64_t progress_seq;        /* worker: odd while writing progress, even when stable */
+    double progress;              /* worker: report_progress() of the running task */
+    char progress_msg[56];        /* worker: its message, NUL-terminated */
 } czmp_worker_t;                  /* 128 bytes */
 
 /* A pickled function, written once by the app, read by every worker. */
