@@ -190,7 +190,9 @@ typedef struct czmp_worker {
     uint32_t incarnation;         /* app: bumped each time the record is reused */
     uint64_t progress_seq;        /* worker: odd while writing progress, even when stable */
     double progress;              /* worker: report_progress() of the running task */
-    char progress_msg[56];        /* worker: its message, NUL-terminated */
+    uint64_t deadline_ns;         /* worker: earliest timeout of its running tasks, 0 none;
+                                     the app signals it then, and kills it after a grace */
+    char progress_msg[48];        /* worker: its message, NUL-terminated */
 } czmp_worker_t;                  /* 128 bytes */
 
 /* A pickled function, written once by the app, read by every worker. */
