@@ -1,0 +1,203 @@
+"""Fixtures every test gets: nothing may be left behind, nothing may hang.
+
+Two guards, both autouse and generic (native, engine and fault tests alike):
+
+* ``leak_guard`` snapshots the /dev/shm entries of our naming schemes and
+  this process's children before a test; afterwards it removes and kills
+  whatever the test added and FAILS the test that added it. The cleanup runs
+  even when the test itself failed, so one bad test cannot poison the rest.
+* ``hang_guard`` arms a watchdog per test (default ``CZMP_TEST_TIMEOUT``
+  seconds, or ``@pytest.mark.timeout_guard(seconds)``). When it fires it dumps
+  every thread's traceback (faulthandler), SIGKILLs the children and
+  interrupts the main thread; if the main thread is stuck in C and does not
+  come back within a grace period, it cleans /dev/shm and exits the run.
+
+Helpers for tests that spawn processes are at the bottom (``spawn_python``).
+"""
+from __future__ import annotations
+
+import _thread
+import faulthandler
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import pytest
+
+#: Per-test watchdog, in seconds; generous because CI machines are noisy.
+DEFAULT_TIMEOUT = float(os.environ.get("CZMP_TEST_TIMEOUT", "180"))
+#: Time the interrupted main thread gets to unwind before the run is ended.
+GRACE_S = 15.0
+#: /dev/shm name prefixes that belong to us (segments, side segments, engines).
+SHM_PREFIXES = ("czmp", "catzilla")
+SHM_DIR = "/dev/shm"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "timeout_guard(seconds): per-test watchdog override")
+    config.addinivalue_line("markers", "slow: large sizes, skipped unless CZMP_STRESS_ITEMS is set")
+
+
+def shm_entries() -> set[str]:
+    """Our entries in /dev/shm right now."""
+    try:
+        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIXES)}
+    except FileNotFoundError:
+        return set()
+
+
+def _helper_pids() -> set[int]:
+    """Long-lived helpers multiprocessing starts on demand: not a test's leak."""
+    pids = set()
+    try:
+        from multiprocessing import resource_tracker
+        pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+        if pid:
+            pids.add(pid)
+    except Exception:
+        pass
+    try:
+        from multiprocessing import forkserver
+        pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        if pid:
+            pids.add(pid)
+    except Exception:
+        pass
+    return pids
+
+
+def live_children() -> dict[int, psutil.Process]:
+    """Children (recursive) that are still running; zombies are reaped here."""
+    out = {}
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                try:
+                    os.waitpid(child.pid, os.WNOHANG)
+                except ChildProcessError:
+                    pass
+                continue
+            out[child.pid] = child
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def kill_children(pids) -> None:
+    """SIGKILL the given children and wait for them, ignoring the gone."""
+    procs = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            p.kill()
+            procs.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=5)
+    for p in procs:
+        try:
+            os.waitpid(p.pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            pass
+
+
+def remove_shm(names) -> None:
+    for n in names:
+        try:
+            os.unlink(os.path.join(SHM_DIR, n))
+        except FileNotFoundError:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def leak_guard(request):
+    shm_before = shm_entries()
+    kids_before = set(live_children())
+    yield
+    # children first: a live child may still be creating segments
+    deadline = time.monotonic() + 2.0
+    while True:
+        extra_kids = set(live_children()) - kids_before - _helper_pids()
+        if not extra_kids or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)  # a child that is exiting right now is not a leak
+    if extra_kids:
+        kill_children(extra_kids)
+    extra_shm = shm_entries() - shm_before
+    remove_shm(extra_shm)
+    problems = []
+    if extra_kids:
+        problems.append(f"child processes left running (killed now): {sorted(extra_kids)}")
+    if extra_shm:
+        problems.append(f"/dev/shm entries left behind (removed now): {sorted(extra_shm)}")
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def hang_guard(request):
+    marker = request.node.get_closest_marker("timeout_guard")
+    timeout = float(marker.args[0]) if marker else DEFAULT_TIMEOUT
+    shm_before = shm_entries()
+    done = threading.Event()
+
+    def watchdog():
+        if done.wait(timeout):
+            return
+        sys.stderr.write(f"\n*** {request.node.nodeid}: no progress after {timeout:.0f}s; "
+                         "tracebacks follow, children are killed ***\n")
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        kill_children(set(live_children()) - _helper_pids())
+        _thread.interrupt_main()
+        if done.wait(GRACE_S):
+            return
+        # stuck in C: nothing in Python will unwind, so clean up and end the run
+        remove_shm(shm_entries() - shm_before)
+        sys.stderr.write("*** main thread did not unwind; ending the test run ***\n")
+        sys.stderr.flush()
+        os._exit(3)
+
+    t = threading.Thread(target=watchdog, name="czmp-hang-guard", daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+
+
+# ---- helpers for tests that start processes -------------------------------
+
+def spawn_python(code: str, *args: str, **kwargs) -> subprocess.Popen:
+    """Start ``python -c code args...`` with this interpreter and environment.
+
+    The child sees the same sys.path (PYTHONPATH carries it), so it imports the
+    same build of catzilla_mp, sanitized or not.
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, **kwargs)
+
+
+@pytest.fixture
+def spawn():
+    """``spawn(code, *args, **popen_kw)`` -> Popen; every child is killed at teardown."""
+    procs: list[subprocess.Popen] = []
+
+    def start(code: str, *args: str, **kwargs) -> subprocess.Popen:
+        p = spawn_python(code, *args, **kwargs)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        for stream in (p.stdout, p.stderr, p.stdin):
+            if stream:
+                stream.close()
