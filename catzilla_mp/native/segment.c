@@ -202,9 +202,14 @@ int czmp_segment_create(const char *name, const czmp_config_t *cfg, czmp_segment
         return -errno;
     int rc = 0;
     /* fallocate, unlike ftruncate, makes tmpfs reserve the pages now: a full
-     * /dev/shm fails here with ENOSPC instead of SIGBUS on first touch. */
-    if (posix_fallocate(fd, 0, (off_t)size) != 0 && ftruncate(fd, (off_t)size) != 0)
-        rc = -errno;
+     * /dev/shm fails here with ENOSPC instead of SIGBUS on first touch. Only
+     * a file system that cannot fallocate at all falls back to ftruncate;
+     * falling back on ENOSPC would create exactly the sparse file we avoid. */
+    int frc = posix_fallocate(fd, 0, (off_t)size);
+    if (frc == EOPNOTSUPP || frc == ENOSYS || frc == EINVAL)
+        rc = ftruncate(fd, (off_t)size) == 0 ? 0 : -errno;
+    else if (frc != 0)
+        rc = -frc;
     if (rc == 0)
         rc = map_fd(fd, size, cfg->populate, out);
     close(fd);
