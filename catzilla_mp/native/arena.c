@@ -31,7 +31,9 @@ static int decode(czmp_segment_t *seg, uint64_t h, uint32_t *cls, uint32_t *idx)
     if (czmp_handle_kind(h) != CZMP_HANDLE_CHUNK)
         return -EINVAL;
     uint32_t c = (uint32_t)((h >> 48) & 0xff), i = (uint32_t)h;
-    if (c >= seg->hdr->nclasses || i >= class_of(seg, c)->nchunks)
+    /* bits 32..47 are unused: a handle with any of them set is not one we
+     * made (a corrupt or stale value), so it must not alias a real chunk */
+    if (((h >> 32) & 0xffff) != 0 || c >= seg->hdr->nclasses || i >= class_of(seg, c)->nchunks)
         return -EINVAL;
     *cls = c;
     *idx = i;
