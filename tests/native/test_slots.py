@@ -1,0 +1,199 @@
+"""Slot state machine, one process: submit/take/finish/collect/release/reap."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from catzilla_mp._core import (
+    HANDLE_CHUNK,
+    SLOT_DONE,
+    SLOT_FREE,
+    SLOT_HELD,
+    SLOT_QUEUED,
+    SLOT_RUNNING,
+    holder_slot,
+    holder_worker,
+    new_repair_cookies,
+    state_gen,
+    state_kind,
+    state_make,
+    state_owner,
+)
+from catzilla_mp._native import lib
+
+CRITICAL, HIGH, NORMAL, LOW = range(4)
+
+
+def kind(seg, i):
+    return state_kind(seg.slot_state(i))
+
+
+def with_args_chunk(seg, i, data: bytes) -> int:
+    h = seg.alloc(len(data), holder_slot(i))
+    seg.chunk(h)[0:len(data)] = data
+    s = seg.slot(i)
+    s.args_handle, s.args_len = h, len(data)
+    return h
+
+
+def test_a_task_goes_round_the_whole_state_machine(seg):
+    args = with_args_chunk(seg, 0, b"args")
+    assert seg.submit(NORMAL, [0]) == 1
+    st = seg.slot_state(0)
+    assert state_kind(st) == SLOT_QUEUED and state_gen(st) == 0
+    assert seg.slot(0).priority == NORMAL and seg.slot(0).queued_ns > 0
+    assert seg.queue_depths() == [0, 0, 1, 0]
+
+    assert seg.take(2, 8, 0) == [0]
+    st = seg.slot_state(0)
+    assert state_kind(st) == SLOT_RUNNING and state_owner(st) == 3
+    assert seg.slot(0).worker == 2 and seg.slot(0).started_ns >= seg.slot(0).queued_ns
+
+    res = seg.alloc(300, holder_worker(2))
+    seg.slot(0).result_handle, seg.slot(0).result_len = res, 300
+    assert seg.finish(2, 0)
+    assert kind(seg, 0) == SLOT_DONE
+    assert seg.holder(res) == holder_slot(0)   # the slot owns its result now
+
+    assert seg.collect(8, 0) == [0]
+    st = seg.slot_state(0)
+    assert state_kind(st) == SLOT_HELD and state_owner(st) == 0
+    assert seg.release(0, st)
+    st2 = seg.slot_state(0)
+    assert state_kind(st2) == SLOT_FREE and state_gen(st2) == 1
+    assert seg.holder(args) == 0 and seg.holder(res) == 0
+    assert [c.used for c in seg.class_stats()] == [0, 0, 0]
+
+
+def test_take_serves_the_highest_priority_first(seg):
+    for i, prio in enumerate([LOW, NORMAL, HIGH, CRITICAL, NORMAL, CRITICAL]):
+        seg.submit(prio, [i])
+    assert seg.take(0, 3, 0) == [3, 5, 2]
+    assert seg.take(0, 10, 0) == [1, 4, 0]
+    assert seg.take(0, 10, 0) == []
+
+
+def test_batch_submit_queues_a_prefix_and_stops_at_a_busy_slot(seg):
+    seg.submit(HIGH, [2])
+    assert seg.submit(NORMAL, [0, 1, 2, 3]) == 2   # slot 2 is already QUEUED
+    assert [kind(seg, i) for i in range(4)] == [SLOT_QUEUED] * 3 + [SLOT_FREE]
+
+
+def test_bad_arguments_are_refused(seg):
+    assert lib.czmp_tasks_submit(seg.raw, 4, [0], 1) == -errno.EINVAL
+    assert lib.czmp_tasks_submit(seg.raw, 0, [999], 1) == -errno.EINVAL
+    out = [0] * 4
+    assert lib.czmp_tasks_take(seg.raw, 99, out, 4, 0) == -errno.EINVAL
+    assert lib.czmp_tasks_take(seg.raw, 0, out, 0, 0) == -errno.EINVAL
+    assert lib.czmp_tasks_finish(seg.raw, 0, 999) == -errno.EINVAL
+    assert lib.czmp_slot_release(seg.raw, 0, state_make(0, 0, SLOT_RUNNING)) == -errno.EINVAL
+
+
+def test_stale_and_duplicate_task_hints_are_dropped(seg):
+    seg.submit(NORMAL, [0])
+    ring = seg.task_ring(HIGH)
+    ring.push(0)          # duplicate hint on another ring (a repair, a retry)
+    ring.push(7)          # hint of a FREE slot
+    ring.push(10_000)     # index out of range
+    assert seg.take(0, 8, 0) == [0]
+    assert seg.take(1, 8, 0) == []
+    assert all(len(seg.task_ring(p)) == 0 for p in range(4))
+
+
+def test_stale_result_hints_are_dropped(seg):
+    seg.submit(NORMAL, [0, 1])
+    seg.take(0, 8, 0)
+    seg.finish(0, 0)
+    r = seg.result_ring()
+    r.push(0)             # duplicate
+    r.push(1)             # RUNNING, not DONE
+    assert seg.collect(8, 0) == [0]
+    assert seg.collect(8, 0) == []
+
+
+def test_finish_by_another_worker_or_of_a_non_running_slot_is_stale(seg):
+    seg.submit(NORMAL, [0])
+    seg.take(1, 8, 0)
+    assert lib.czmp_tasks_finish(seg.raw, 0, 0) == -errno.ESTALE
+    assert lib.czmp_tasks_finish(seg.raw, 1, 1) == -errno.ESTALE
+    assert seg.finish(1, 0)
+    assert lib.czmp_tasks_finish(seg.raw, 1, 0) == -errno.ESTALE   # already DONE
+
+
+def test_cancel_of_a_queued_task_frees_it_and_its_hint_goes_stale(seg):
+    with_args_chunk(seg, 4, b"x" * 500)
+    seg.submit(LOW, [4])
+    st = seg.slot_state(4)
+    assert seg.release(4, st)
+    assert kind(seg, 4) == SLOT_FREE
+    assert seg.take(0, 8, 0) == []
+    assert [c.used for c in seg.class_stats()] == [0, 0, 0]
+
+
+def test_release_with_an_out_of_date_state_is_refused(seg):
+    seg.submit(NORMAL, [0])
+    queued = seg.slot_state(0)
+    seg.take(0, 1, 0)                       # the worker won the race
+    assert lib.czmp_slot_release(seg.raw, 0, queued) == -errno.EAGAIN
+    assert kind(seg, 0) == SLOT_RUNNING
+
+
+def test_generation_defeats_a_late_cas_from_a_previous_use(seg):
+    seg.submit(NORMAL, [0])
+    seg.take(0, 1, 0)
+    seg.finish(0, 0)
+    seg.collect(1, 0)
+    old_held = seg.slot_state(0)
+    seg.release(0, old_held)
+    seg.submit(NORMAL, [0])                 # reused
+    assert lib.czmp_slot_cas(seg.raw, 0, old_held, state_make(0, 0, SLOT_FREE)) == -errno.EAGAIN
+    assert state_gen(seg.slot_state(0)) == 1 and kind(seg, 0) == SLOT_QUEUED
+
+
+def test_held_slots_can_be_requeued_for_a_retry(seg):
+    seg.submit(NORMAL, [0])
+    seg.take(0, 1, 0)
+    seg.finish(0, 0)
+    seg.collect(1, 0)
+    seg.slot(0).attempt = 1
+    assert seg.submit(HIGH, [0]) == 1
+    assert seg.take(1, 4, 0) == [0]
+
+
+def test_reap_of_a_dead_worker_hands_back_its_running_and_done_slots(seg):
+    with_args_chunk(seg, 0, b"a" * 100)
+    with_args_chunk(seg, 1, b"b" * 100)
+    seg.submit(NORMAL, [0, 1, 2])
+    assert seg.take(3, 2, 0) == [0, 1]
+    partial = seg.alloc(1000, holder_worker(3))         # result being written
+    seg.slot(1).result_handle = partial
+    scratch = seg.alloc(60000, holder_worker(3))        # anything else it held
+    assert seg.finish(3, 0)                             # 0 is DONE, hint pushed
+    seg.take(2, 1, 0)                                    # slot 2 run by another worker
+
+    running, done = seg.reap(3, new_repair_cookies())
+    assert (running, done) == ([1], [0])
+    assert kind(seg, 0) == SLOT_HELD and kind(seg, 1) == SLOT_HELD
+    assert kind(seg, 2) == SLOT_RUNNING                 # not the dead worker's
+    assert seg.holder(partial) == 0 and seg.holder(scratch) == 0
+    assert seg.slot(1).result_handle == 0
+    assert seg.worker(3).state == lib.CZMP_WORKER_DEAD
+    # the stale result hint of slot 0 is dropped by the collector
+    assert seg.collect(4, 0) == []
+    # the running one is re-run elsewhere, the done one released
+    assert seg.submit(NORMAL, [1]) == 1
+    assert seg.take(0, 4, 0) == [1]
+    assert seg.release(0, seg.slot_state(0))
+    assert [c.used for c in seg.class_stats()] == [1, 0, 0]   # slot 1's args
+
+
+def test_take_with_zero_timeout_does_not_sleep(seg):
+    waits = seg.header.task_wake.waits
+    assert seg.take(0, 4, 0) == []
+    assert seg.header.task_wake.waits == waits
+
+
+def test_take_returns_nothing_after_shutdown(seg):
+    seg.shutdown()
+    assert seg.take(0, 4, None) == []     # would block for ever otherwise
