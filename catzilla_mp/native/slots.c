@@ -65,6 +65,51 @@ int czmp_slot_cas(czmp_segment_t *seg, uint32_t idx, uint64_t expect, uint64_t d
 static inline uint32_t slot_holder(uint32_t idx) { return (uint32_t)CZMP_HOLDER_SLOT_BASE + idx; }
 static inline uint32_t worker_holder(uint32_t w) { return (uint32_t)CZMP_HOLDER_WORKER_BASE + w; }
 
+/* The app found ring[prio] full. Rings hold >= nslots cells, so a full ring
+ * holds stale hints: a cancelled task's hint stays in its ring until a
+ * worker drops it, and cancel/resubmit rounds with no worker popping can
+ * fill the ring with them. Pop everything, keep the first hint of each slot
+ * that is still QUEUED for this priority, push those back (order kept) and
+ * wake workers for them. Returns the number of hints dropped. The app is
+ * just one more consumer and producer here, so workers may run meanwhile:
+ * a hint they miss while it is out of the ring is pushed back and notified. */
+static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio) {
+    uint32_t cap = czmp_ring_capacity(r), nslots = seg->hdr->nslots;
+    uint32_t *vals = malloc((size_t)cap * sizeof *vals);
+    uint8_t *seen = calloc(nslots, 1);
+    int dropped = 0;
+    if (vals && seen) {
+        int got = czmp_ring_pop_many(r, vals, (int)cap), kept = 0;
+        for (int i = 0; i < got; i++) {
+            czmp_slot_t *s = czmp_slot(seg, vals[i]);
+            if (s && !seen[vals[i]] && s->priority == (uint32_t)prio &&
+                czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
+                seen[vals[i]] = 1;
+                vals[kept++] = vals[i];
+            }
+        }
+        /* kept <= nslots <= cap minus what others pushed meanwhile; only the
+         * app pushes task hints, from the caller's thread or the supervisor,
+         * so a failure here is a hint of a slot already hinted elsewhere */
+        czmp_ring_push_many(r, vals, kept);
+        if (kept)
+            czmp_wake_notify(&seg->hdr->task_wake, kept);
+        dropped = got - kept;
+    }
+    free(vals);
+    free(seen);
+    return dropped;
+}
+
+/* Push a task hint on ring[prio], purging stale hints once if it is full. */
+static int push_hint(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t idx) {
+    if (czmp_ring_push(r, idx) == 0)
+        return 0;
+    if (purge_stale_hints(seg, r, prio) > 0 && czmp_ring_push(r, idx) == 0)
+        return 0;
+    return -EAGAIN;
+}
+
 int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n) {
     czmp_ring_t *r = czmp_segment_task_ring(seg, prio);
     if (!r)
@@ -85,8 +130,9 @@ int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n)
          * whose CAS in take_now() acquires this word */
         if (!czmp_cas(&s->state, &st, czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_QUEUED)))
             break;
-        if (czmp_ring_push(r, idx[done]) != 0) {
-            /* cannot happen while rings hold >= nslots cells; undo to stay exact */
+        if (push_hint(seg, r, prio, idx[done]) != 0) {
+            /* cannot happen once stale hints are purged (rings hold >=
+             * nslots cells); undo to stay exact */
             uint64_t q = czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_QUEUED);
             czmp_cas(&s->state, &q, st);
             break;
@@ -263,7 +309,8 @@ static int repair_ring(czmp_segment_t *seg, czmp_ring_t *r, uint64_t *cookie, in
         for (int i = 0; requeue && i < n; i++) {
             czmp_slot_t *s = czmp_slot(seg, got[i]);
             if (s && czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
-                czmp_ring_push(czmp_segment_task_ring(seg, (int)(s->priority & 3)), got[i]);
+                int prio = (int)(s->priority & 3);
+                push_hint(seg, czmp_segment_task_ring(seg, prio), prio, got[i]);
                 czmp_wake_notify(&seg->hdr->task_wake, 1);
             }
         }

@@ -197,3 +197,18 @@ def test_take_with_zero_timeout_does_not_sleep(seg):
 def test_take_returns_nothing_after_shutdown(seg):
     seg.shutdown()
     assert seg.take(0, 4, None) == []     # would block for ever otherwise
+
+
+def test_cancelled_tasks_stale_hints_do_not_make_the_queue_refuse_new_tasks(seg):
+    # Regression: cancelling a QUEUED task leaves its hint in the ring; with
+    # no worker draining it, a few cancel/resubmit rounds filled the ring with
+    # stale hints and submit refused tasks although every slot was free.
+    n = seg.header.nslots
+    cap = seg.task_ring(LOW).capacity
+    for _ in range(cap // n + 1):
+        assert seg.submit(LOW, list(range(n))) == n
+        for i in range(n):
+            assert seg.release(i, seg.slot_state(i))
+    assert seg.submit(LOW, list(range(n))) == n
+    assert sorted(seg.take(0, 4 * n, 0)) == list(range(n))
+    assert seg.take(0, 4 * n, 0) == []
