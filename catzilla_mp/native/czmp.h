@@ -313,6 +313,22 @@ int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n)
 int czmp_tasks_take(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max,
                     int64_t timeout_ns);
 
+/* App, the whole submit of a small task in one call (added in layout 3, no
+ * layout change): write func_id, task_id and len bytes of arguments into
+ * slot idx's inline area (args_handle = CZMP_HANDLE_INLINE << 56), then queue it
+ * as czmp_tasks_submit(seg, prio, &idx, 1). Returns 1 if queued, 0 if the
+ * slot was neither FREE nor HELD (nothing written), -EMSGSIZE if len >
+ * CZMP_INLINE_ARGS, -EINVAL on a bad slot or priority. */
+int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64_t func_id,
+                             uint64_t task_id, const void *args, uint32_t len);
+
+/* Worker, as czmp_tasks_take with max 1, then copy the task's arguments
+ * (inline or chunk; at most cap bytes) to buf. Returns 1 with *idx and *len
+ * (the full args_len: if it exceeds cap, only cap bytes were copied; for an
+ * external handle nothing is copied), 0 on timeout or shutdown, -EINVAL. */
+int czmp_tasks_take_copy(czmp_segment_t *seg, uint32_t worker, uint32_t *idx, void *buf,
+                         uint32_t cap, uint32_t *len, int64_t timeout_ns);
+
 /* Worker: RUNNING(worker) -> DONE(worker), stamp finished_ns, push the hint
  * to the result ring and wake the collector. 0, or -ESTALE if the slot is no
  * longer RUNNING for this worker (the app took it back: timeout, cancel). */

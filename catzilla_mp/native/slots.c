@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "internal.h"
@@ -197,6 +198,12 @@ static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t a
             czmp_cpu_relax();
         }
         czmp_fetch_add(&wk->sleepers, 1);
+        /* seq_cst fence: the sleepers increment above is ordered before the
+         * re-check below; pairs with the fence in czmp_wake_notify (waker:
+         * push, fence, read sleepers). A seq_cst RMW alone does not order a
+         * later acquire load of another word in C11 (it only happens to on
+         * x86, where the locked add is a full barrier). */
+        czmp_fence_seq_cst();
         uint32_t seq = czmp_load_acquire(&wk->seq);
         int n = try(seg, arg, out, max);
         if (n > 0 || (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown))) {
@@ -220,6 +227,53 @@ int czmp_tasks_take(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max
     if (worker >= seg->hdr->nworkers || max <= 0)
         return -EINVAL;
     return wait_for(seg, &seg->hdr->task_wake, take_now, worker, out, max, timeout_ns, 1);
+}
+
+int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64_t func_id,
+                             uint64_t task_id, const void *args, uint32_t len) {
+    czmp_slot_t *s = czmp_slot(seg, idx);
+    if (!s || prio < 0 || prio >= CZMP_NPRIO)
+        return -EINVAL;
+    if (len > CZMP_INLINE_ARGS)
+        return -EMSGSIZE;
+    uint32_t kind = czmp_state_kind(czmp_load_acquire(&s->state));
+    if (kind != CZMP_SLOT_FREE && kind != CZMP_SLOT_HELD)
+        return 0;
+    /* plain writes: the caller owns the slot; czmp_tasks_submit's CAS
+     * releases them to the worker */
+    s->func_id = func_id;
+    s->task_id = task_id;
+    s->args_handle = (uint64_t)CZMP_HANDLE_INLINE << 56;
+    s->args_len = len;
+    if (len)
+        memcpy(s->args_inline, args, len);
+    return czmp_tasks_submit(seg, prio, &idx, 1);
+}
+
+int czmp_tasks_take_copy(czmp_segment_t *seg, uint32_t worker, uint32_t *idx, void *buf,
+                         uint32_t cap, uint32_t *len, int64_t timeout_ns) {
+    int n = czmp_tasks_take(seg, worker, idx, 1, timeout_ns);
+    if (n <= 0)
+        return n;
+    czmp_slot_t *s = czmp_slot(seg, *idx);
+    uint32_t alen = s->args_len;
+    const void *src = NULL;
+    if (czmp_handle_kind(s->args_handle) == CZMP_HANDLE_INLINE) {
+        if (alen > CZMP_INLINE_ARGS)
+            alen = CZMP_INLINE_ARGS;  /* a corrupt length cannot read past the slot */
+        src = s->args_inline;
+    } else if (czmp_handle_kind(s->args_handle) == CZMP_HANDLE_CHUNK) {
+        uint64_t csize = czmp_arena_chunk_size(seg, s->args_handle);
+        if (alen > csize)
+            alen = (uint32_t)csize;
+        src = czmp_arena_ptr(seg, s->args_handle);
+    } else {
+        alen = 0;  /* external or none: the caller reads it itself */
+    }
+    *len = s->args_len;
+    if (src && alen)
+        memcpy(buf, src, alen < cap ? alen : cap);
+    return 1;
 }
 
 int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx) {

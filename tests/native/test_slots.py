@@ -212,3 +212,37 @@ def test_cancelled_tasks_stale_hints_do_not_make_the_queue_refuse_new_tasks(seg)
     assert seg.submit(LOW, list(range(n))) == n
     assert sorted(seg.take(0, 4 * n, 0)) == list(range(n))
     assert seg.take(0, 4 * n, 0) == []
+
+
+def test_submit_inline_and_take_copy_carry_a_small_task_in_two_calls(seg):
+    from catzilla_mp._native import ffi
+    assert lib.czmp_tasks_submit_inline(seg.raw, HIGH, 3, 7, 99, b"hello", 5) == 1
+    s = seg.slot(3)
+    assert (s.func_id, s.task_id, s.args_len, s.args_handle) == (7, 99, 5, lib.CZMP_HANDLE_INLINE << 56)
+    assert kind(seg, 3) == SLOT_QUEUED
+    # a busy slot is not overwritten
+    assert lib.czmp_tasks_submit_inline(seg.raw, HIGH, 3, 8, 100, b"other", 5) == 0
+    assert s.task_id == 99
+    idx, ln, buf = ffi.new("uint32_t *"), ffi.new("uint32_t *"), ffi.new("char[]", 64)
+    assert lib.czmp_tasks_take_copy(seg.raw, 1, idx, buf, 64, ln, 0) == 1
+    assert (idx[0], ln[0], ffi.buffer(buf, 5)[:]) == (3, 5, b"hello")
+    assert state_owner(seg.slot_state(3)) == 2
+    assert lib.czmp_tasks_take_copy(seg.raw, 1, idx, buf, 64, ln, 0) == 0
+
+
+def test_take_copy_reads_chunk_args_and_truncates_to_the_buffer(seg):
+    from catzilla_mp._native import ffi
+    data = bytes(range(256)) * 2
+    with_args_chunk(seg, 0, data)
+    seg.submit(NORMAL, [0])
+    idx, ln, buf = ffi.new("uint32_t *"), ffi.new("uint32_t *"), ffi.new("char[]", 100)
+    assert lib.czmp_tasks_take_copy(seg.raw, 0, idx, buf, 100, ln, 0) == 1
+    assert ln[0] == 512 and ffi.buffer(buf, 100)[:] == data[:100]
+
+
+def test_submit_inline_refuses_oversized_args_and_bad_arguments(seg):
+    big = b"x" * (lib.CZMP_INLINE_ARGS + 1)
+    assert lib.czmp_tasks_submit_inline(seg.raw, 0, 0, 0, 0, big, len(big)) == -errno.EMSGSIZE
+    assert lib.czmp_tasks_submit_inline(seg.raw, 4, 0, 0, 0, b"", 0) == -errno.EINVAL
+    assert lib.czmp_tasks_submit_inline(seg.raw, 0, 999, 0, 0, b"", 0) == -errno.EINVAL
+    assert kind(seg, 0) == SLOT_FREE
