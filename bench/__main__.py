@@ -94,6 +94,7 @@ def main(argv=None) -> int:
     started = time.monotonic()
     now = datetime.datetime.now(datetime.timezone.utc)
     print(f"{mode} run: {len(runnable)} peers x {len(names)} workloads x {reps} repetitions")
+    foreign = runner.ForeignLoad()
     results = runner.run_suite(runnable, names, params, reps, budget_s=budget)
     summary = runner.summarize(results)
     meta = {
@@ -110,6 +111,8 @@ def main(argv=None) -> int:
                            "priorities": p.priorities} for p in runnable},
         "skipped": skipped,
         "elapsed_s": None,
+        # Other work on the machine skews everything; say how much there was.
+        "other_cpu_percent": round(foreign.percent(), 1),
     }
     with_chart = not args.no_chart
     if with_chart:

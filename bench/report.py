@@ -45,7 +45,9 @@ def markdown(summary: dict, meta: dict, names: list) -> str:
     cols = _labels(summary)
     out = [f"# catzilla_mp benchmark — {meta['date']} on {meta['host']}", "",
            f"Machine: {meta['machine']}. Command: `{meta['command']}` "
-           f"({meta['mode']}, {meta['reps']} interleaved repetitions, 2 workers each).", ""]
+           f"({meta['mode']}, {meta['reps']} interleaved repetitions, 2 workers each). "
+           f"Other processes on the machine used {fmt(meta.get('other_cpu_percent'))}% of a "
+           f"core during the run (0 means the figures are undisturbed).", ""]
     out += ["Median over repetitions; in brackets each peer's ratio to catzilla_mp "
             "(peer ÷ catzilla_mp; ↑ higher is better, ↓ lower is better).", ""]
     out.append("| Workload | " + " | ".join(label for _, label in cols) + " |")

@@ -198,6 +198,45 @@ def run_suite(peer_classes: list, names: list, params: wl.Params, reps: int,
     return results
 
 
+class ForeignLoad:
+    """CPU used by processes other than this one and its (waited-for) children, over a span.
+
+    Every figure here is skewed when something else runs on the machine (on a shared
+    development VM, it often does); the report states how much else ran.
+    """
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+        self._busy0, self._own0 = self._busy(), self._own()
+
+    @staticmethod
+    def _busy() -> float:
+        """Seconds of CPU the whole machine has spent not idle, from /proc/stat."""
+        try:
+            fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+        except OSError:
+            return float("nan")
+        ticks = [int(x) for x in fields]
+        idle = ticks[3] + ticks[4]  # idle + iowait
+        # steal (index 7) is the hypervisor's; guest counts (8, 9) are inside user already.
+        return (sum(ticks[:8]) - idle - ticks[7]) / os.sysconf("SC_CLK_TCK")
+
+    @staticmethod
+    def _own() -> float:
+        import resource
+        total = 0.0
+        for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+            ru = resource.getrusage(who)
+            total += ru.ru_utime + ru.ru_stime
+        return total
+
+    def percent(self) -> float:
+        """Other processes' CPU since construction, in % of one core (>= 0)."""
+        span = time.monotonic() - self._t0
+        other = (self._busy() - self._busy0) - (self._own() - self._own0)
+        return max(0.0, 100.0 * other / span) if span > 0 else 0.0
+
+
 def summarize(results: dict, baseline: str = "catzilla_mp") -> dict:
     """Add median/min/max per metric, and each peer's ratio (peer / baseline median)."""
     summary = {}
