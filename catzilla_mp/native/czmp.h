@@ -103,7 +103,11 @@ typedef struct czmp_wake {
     uint32_t sleepers;    /* sleepers: inc seq_cst before re-checking, dec after */
     uint64_t wakes;       /* statistic: futex_wake syscalls made */
     uint64_t waits;       /* statistic: futex_wait syscalls made */
-    uint64_t pad[5];
+    uint32_t spinners;    /* consumers polling before they sleep: while one spins,
+                             a producer need not wake anybody (it will be seen) */
+    uint32_t waking;      /* 1 from a lazy wake until the woken consumer spins: a
+                             burst of pushes then makes one syscall, not one each */
+    uint64_t pad[4];
 } czmp_wake_t;            /* 64 bytes, one cache line */
 
 /* Creation parameters. Chunk sizes must be multiples of 64, ascending. */
@@ -137,7 +141,7 @@ typedef struct czmp_header {
     uint64_t owner_start;         /* owner's start time, clock ticks since boot */
     uint64_t created_ns;          /* CLOCK_REALTIME at creation */
     uint32_t nslots, nworkers, nfuncs, nclasses;
-    uint32_t ring_cap;            /* power of two >= nslots */
+    uint32_t ring_cap;            /* power of two >= 2 * nslots (and >= 64) */
     uint32_t ready;               /* 1 once fully initialised (release) */
     uint64_t tasks_off;           /* CZMP_NPRIO rings, each czmp_ring_bytes(ring_cap) */
     uint64_t results_off;
@@ -285,6 +289,10 @@ int czmp_ring_repair(czmp_ring_t *r, uint64_t *cookie, uint32_t *recovered, int 
 int czmp_wake_wait(czmp_wake_t *w, uint32_t seq, int64_t timeout_ns);
 /* Wake up to n sleepers; no syscall when nobody sleeps. Returns sleepers seen. */
 int czmp_wake_notify(czmp_wake_t *w, int n);
+/* As czmp_wake_notify, but no syscall either while a consumer is spinning:
+ * that consumer will find the work, and wakes a sleeper itself if it finds
+ * more than it takes (see slots.c). Returns 1 if it made the syscall. */
+int czmp_wake_notify_lazy(czmp_wake_t *w);
 
 /* ---- slots.c: the task queue and the slot state machine ----------------- */
 
@@ -300,8 +308,9 @@ int czmp_slot_cas(czmp_segment_t *seg, uint32_t idx, uint64_t expect, uint64_t d
  * hints on ring[prio], then wake sleeping workers. Each slot must be in the
  * state its caller gave it (HELD or FREE) with no other process touching it.
  * Returns how many were queued (a prefix); the rest stay as they were
- * (ring full cannot happen: rings hold >= nslots cells). -EINVAL on a bad
- * priority or index. */
+ * (rarely: rings hold 2 * nslots cells, stale hints are purged when one
+ * fills, and a ring that only looks full -- a worker stalled inside a pop --
+ * is waited on for up to 2 ms). -EINVAL on a bad priority or index. */
 int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n);
 
 /* Worker `worker`: take up to max tasks, highest priority first, claiming
@@ -330,7 +339,9 @@ int czmp_tasks_take_copy(czmp_segment_t *seg, uint32_t worker, uint32_t *idx, vo
                          uint32_t cap, uint32_t *len, int64_t timeout_ns);
 
 /* Worker: RUNNING(worker) -> DONE(worker), stamp finished_ns, push the hint
- * to the result ring and wake the collector. 0, or -ESTALE if the slot is no
+ * to the result ring and wake the collector. If the result ring looks full
+ * (a collector stalled or died inside a pop) it waits until the cell is
+ * released or repaired: the hint is never dropped. 0, or -ESTALE if the slot is no
  * longer RUNNING for this worker (the app took it back: timeout, cancel). */
 int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx);
 

@@ -22,16 +22,21 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "internal.h"
 
-/* Spin this many rounds of polling before sleeping. Each round is one pass
- * over the rings plus a pause: a few microseconds in all, which is less than
- * one futex round trip here (~43 us), so a steady stream never sleeps. */
-#define CZMP_SPIN_ROUNDS 200
+/* A consumer polls before it sleeps: CZMP_SPIN_PAUSE_ROUNDS passes with a
+ * pause, then passes with sched_yield() until CZMP_SPIN_NS have gone by.
+ * 50 us is about one futex round trip here (~43 us): a steady stream of
+ * tasks is picked up without any syscall on either side, and an idle
+ * consumer sleeps 50 us after the last task. */
+#define CZMP_SPIN_PAUSE_ROUNDS 64
+#define CZMP_SPIN_NS 50000
 
 czmp_slot_t *czmp_slot(czmp_segment_t *seg, uint32_t idx) {
     if (idx >= seg->hdr->nslots)
@@ -102,11 +107,46 @@ static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio) {
     return dropped;
 }
 
+/* Push v on r, waiting while the ring looks full; give up after max_wait_ns
+ * (< 0: never). A Vyukov ring can look full with fewer than cap values in
+ * it: a push one lap ahead must wait until the consumer that claimed the
+ * cell releases it, and that consumer may be preempted between its claim
+ * and its release (or dead, until czmp_rings_repair releases the cell). So
+ * "full" from a ring sized for every slot is transient, and dropping the
+ * value on it loses a hint that nobody else holds. */
+static int push_patiently(czmp_ring_t *r, uint32_t v, int64_t max_wait_ns) {
+    uint64_t start = 0;
+    for (int round = 0;; round++) {
+        if (czmp_ring_push(r, v) == 0)
+            return 0;
+        if (round < 64) {
+            czmp_cpu_relax();
+            continue;
+        }
+        uint64_t now = czmp_now_ns();
+        if (!start)
+            start = now;
+        else if (max_wait_ns >= 0 && now - start >= (uint64_t)max_wait_ns)
+            return -EAGAIN;
+        if (round < 256) {
+            sched_yield();
+        } else {
+            struct timespec ts = {0, 20000};  /* 20 us: a stuck consumer needs a repair */
+            nanosleep(&ts, NULL);
+        }
+    }
+}
+
+/* How long the app waits on a task ring that looks full before purging it
+ * and, failing that, refusing the task: long enough for a preempted worker
+ * to be scheduled again, short enough not to stall add_task visibly. */
+#define CZMP_SUBMIT_WAIT_NS 2000000
+
 /* Push a task hint on ring[prio], purging stale hints once if it is full. */
 static int push_hint(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t idx) {
-    if (czmp_ring_push(r, idx) == 0)
+    if (push_patiently(r, idx, CZMP_SUBMIT_WAIT_NS) == 0)
         return 0;
-    if (purge_stale_hints(seg, r, prio) > 0 && czmp_ring_push(r, idx) == 0)
+    if (purge_stale_hints(seg, r, prio) > 0 && push_patiently(r, idx, CZMP_SUBMIT_WAIT_NS) == 0)
         return 0;
     return -EAGAIN;
 }
@@ -140,7 +180,7 @@ int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n)
         }
     }
     if (done)
-        czmp_wake_notify(&seg->hdr->task_wake, done);
+        czmp_wake_notify_lazy(&seg->hdr->task_wake);
     return done;
 }
 
@@ -183,20 +223,45 @@ static int take_now(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max
 /* The sleeper side of wake.c's protocol around a "try" function. */
 typedef int (*try_fn)(czmp_segment_t *, uint32_t, uint32_t *, int);
 
+/* Poll try() for up to CZMP_SPIN_NS, counted in wk->spinners so producers
+ * skip the wake syscall meanwhile. After the first rounds each poll yields
+ * the CPU: on a machine with as many workers as cores, a spinning consumer
+ * must not take the core from the app thread that is producing its work. */
+static int spin(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t arg,
+                uint32_t *out, int max, int stop_on_shutdown) {
+    czmp_fetch_add(&wk->spinners, 1);
+    /* producers now see us spinning; a lazy wake in flight has done its job */
+    czmp_store_release(&wk->waking, 0);
+    uint64_t start = 0;
+    int n = 0;
+    for (uint32_t i = 0;; i++) {
+        n = try(seg, arg, out, max);
+        if (n > 0 || (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown)))
+            break;
+        if (i < CZMP_SPIN_PAUSE_ROUNDS) {
+            czmp_cpu_relax();
+            continue;
+        }
+        uint64_t now = czmp_now_ns();
+        if (!start)
+            start = now;
+        else if (now - start > CZMP_SPIN_NS)
+            break;
+        sched_yield();
+    }
+    czmp_fetch_sub(&wk->spinners, 1);
+    return n;
+}
+
 static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t arg,
                     uint32_t *out, int max, int64_t timeout_ns, int stop_on_shutdown) {
+    if (timeout_ns == 0)
+        return try(seg, arg, out, max);
     uint64_t deadline = timeout_ns > 0 ? czmp_now_ns() + (uint64_t)timeout_ns : 0;
     for (;;) {
-        for (int i = 0; i < CZMP_SPIN_ROUNDS; i++) {
-            int n = try(seg, arg, out, max);
-            if (n > 0)
-                return n;
-            if (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown))
-                return 0;
-            if (timeout_ns == 0)
-                return 0;
-            czmp_cpu_relax();
-        }
+        int n = spin(seg, wk, try, arg, out, max, stop_on_shutdown);
+        if (n > 0 || (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown)))
+            return n;
         czmp_fetch_add(&wk->sleepers, 1);
         /* seq_cst fence: the sleepers increment above is ordered before the
          * re-check below; pairs with the fence in czmp_wake_notify (waker:
@@ -205,7 +270,7 @@ static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t a
          * x86, where the locked add is a full barrier). */
         czmp_fence_seq_cst();
         uint32_t seq = czmp_load_acquire(&wk->seq);
-        int n = try(seg, arg, out, max);
+        n = try(seg, arg, out, max);
         if (n > 0 || (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown))) {
             czmp_fetch_sub(&wk->sleepers, 1);
             return n;
@@ -222,11 +287,23 @@ static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t a
     }
 }
 
+static int tasks_queued(czmp_segment_t *seg) {
+    for (int p = 0; p < CZMP_NPRIO; p++)
+        if (czmp_ring_size(czmp_segment_task_ring(seg, p)))
+            return 1;
+    return 0;
+}
+
 int czmp_tasks_take(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max,
                     int64_t timeout_ns) {
     if (worker >= seg->hdr->nworkers || max <= 0)
         return -EINVAL;
-    return wait_for(seg, &seg->hdr->task_wake, take_now, worker, out, max, timeout_ns, 1);
+    int n = wait_for(seg, &seg->hdr->task_wake, take_now, worker, out, max, timeout_ns, 1);
+    /* Producers wake nobody while a consumer spins (czmp_wake_notify_lazy);
+     * that consumer, now busy, passes the baton if work is left. */
+    if (n > 0 && tasks_queued(seg))
+        czmp_wake_notify_lazy(&seg->hdr->task_wake);
+    return n;
 }
 
 int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64_t func_id,
@@ -296,8 +373,11 @@ int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx) {
         return -ESTALE;
     }
     CZMP_FAULT(CZMP_FAULT_FINISH_DONE);
-    czmp_ring_push(czmp_segment_result_ring(seg), idx);
-    czmp_wake_notify(&seg->hdr->result_wake, 1);
+    /* the result ring holds a cell per slot (twice over), so only a claimed,
+     * unreleased cell can make it look full: wait it out rather than drop
+     * the only hint of a DONE slot (the app's collector would never see it) */
+    push_patiently(czmp_segment_result_ring(seg), idx, -1);
+    czmp_wake_notify_lazy(&seg->hdr->result_wake);
     return 0;
 }
 

@@ -52,3 +52,21 @@ int czmp_wake_notify(czmp_wake_t *w, int n) {
     futex(&w->seq, FUTEX_WAKE, n <= 0 ? INT_MAX : (uint32_t)n, NULL);
     return (int)sleepers;
 }
+
+int czmp_wake_notify_lazy(czmp_wake_t *w) {
+    /* seq_cst fence: pairs with the consumer's "spinners--; sleepers++;
+     * fence; re-check" in slots.c, so either we see it counted as a
+     * spinner or sleeper, or its re-check sees our push. */
+    czmp_fence_seq_cst();
+    if (czmp_load_relaxed(&w->sleepers) == 0 || czmp_load_relaxed(&w->spinners) != 0)
+        return 0;
+    /* one wake in flight is enough: the woken consumer clears `waking` once
+     * it counts as a spinner (slots.c), and passes the baton from there */
+    uint32_t idle = 0;
+    if (!czmp_cas(&w->waking, &idle, 1))
+        return 0;
+    czmp_fetch_add(&w->seq, 1);
+    czmp_fetch_add_relaxed(&w->wakes, 1);
+    futex(&w->seq, FUTEX_WAKE, 1, NULL);
+    return 1;
+}

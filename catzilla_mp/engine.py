@@ -1,0 +1,523 @@
+"""BackgroundTasks: the engine behind the Catzilla background-task API.
+
+Data flow in process mode (the default):
+
+    app threads                        |  shared memory (one segment)     |  worker processes
+                                       |                                  |
+    add_task(fn, *args) ──pickle──►  slot[i] payload (inline/chunk)     |
+         │                             |  ring[priority] ◄─ hint i ───────┼── take: QUEUED→RUNNING(w)
+         ▼                             |                                  |        unpickle, run fn,
+    TaskResult ◄── collector thread ◄──┼─ result ring ◄── hint i ─────────┼── finish: RUNNING→DONE(w)
+         ▲         (unpickle, retry?)  |                                  |
+         └──── supervisor thread: spawns/reaps/scales workers, enforces timeouts, repairs rings
+               delay thread:      delayed starts and retry back-offs
+
+Actors:
+  * Submitters (any app thread) take a free slot, write the pickled call into
+    it and push its index on the ring of its priority. A full table waits up
+    to ``queue_full_timeout`` seconds, then raises QueueFullError: a task is
+    never dropped silently.
+  * The collector thread sleeps in C (GIL released) until results arrive,
+    unpickles each outcome, and either schedules a retry (the slot and its
+    arguments are kept) or releases the slot and completes the TaskResult.
+  * The supervisor thread (supervisor.py) owns the worker processes.
+  * The delay thread (delays.py) re-queues delayed and backing-off tasks.
+
+Who frees what after a crash: see the header of native/slots.c. In short,
+the slot state word says who owns a task at every instant, a dead worker's
+RUNNING slots are re-run (as a new attempt) or failed with
+WorkerCrashedError, and its chunks are reclaimed by holder tag.
+
+Thread mode (``mode="thread"``) runs the same API on threads of the app
+process (thread_backend.py), for I/O-bound work.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from concurrent.futures import Executor
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+
+from .errors import (
+    EngineClosedError,
+    PayloadTooLargeError,
+    SerializationError,
+    TaskTimeoutError,
+    UnknownTaskError,
+)
+from .records import EngineStats, TaskConfig, TaskPriority, TaskStatus
+from .results import TaskFuture, TaskResult, cancelled_error
+
+T = TypeVar("T")
+log = logging.getLogger("catzilla_mp")
+
+MODES = ("process", "thread")
+#: Errors a retry cannot fix: the same input fails the same way.
+NOT_RETRYABLE = (SerializationError, PayloadTooLargeError, TaskTimeoutError)
+
+_DEFAULTS = TaskConfig()
+_id_prefix = itertools.count(1)
+
+
+class EngineOptions:
+    """Every option of an engine, validated once. Raises ValueError/TypeError on bad values."""
+
+    def __init__(self, *, workers, min_workers, max_workers, queue_size, enable_auto_scaling,
+                 memory_pool_mb, mode, threads_per_worker, start_method, max_payload_bytes,
+                 queue_full_timeout, retry_backoff_base, retry_backoff_cap, timeout_grace_ms,
+                 scale_down_idle_s, max_tasks_per_worker, worker_memory_limit_mb,
+                 worker_niceness, shutdown_timeout, keep_finished, populate) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if start_method != "spawn":
+            raise ValueError("start_method must be 'spawn': workers are fresh interpreters; "
+                             "forking a threaded app is unsafe")
+        cpus = os.cpu_count() or 1
+        _int_at_least("workers", workers, 1, allow_none=True)
+        _int_at_least("min_workers", min_workers, 0)
+        _int_at_least("max_workers", max_workers, 1, allow_none=True)
+        initial = workers if workers is not None else (cpus if mode == "process" else cpus * 2)
+        if max_workers is not None and min_workers > max_workers:
+            raise ValueError(f"min_workers ({min_workers}) is above max_workers ({max_workers})")
+        if workers is not None and max_workers is not None and workers > max_workers:
+            raise ValueError(f"workers ({workers}) is above max_workers ({max_workers})")
+        self.max_workers = max_workers if max_workers is not None else max(initial, min_workers)
+        self.min_workers = min(min_workers, initial)
+        self.workers = max(initial, self.min_workers)
+        self.queue_size = _int_at_least("queue_size", queue_size, 1)
+        if queue_size > 1 << 22:
+            raise ValueError("queue_size is limited to 4,194,304 tasks in flight")
+        self.enable_auto_scaling = bool(enable_auto_scaling)
+        self.memory_pool_mb = _int_at_least("memory_pool_mb", memory_pool_mb, 1)
+        self.mode = mode
+        self.threads_per_worker = _int_at_least("threads_per_worker", threads_per_worker, 1)
+        self.start_method = start_method
+        self.max_payload_bytes = _int_at_least("max_payload_bytes", max_payload_bytes, 1)
+        self.queue_full_timeout = _non_negative("queue_full_timeout", queue_full_timeout)
+        self.retry_backoff_base = _non_negative("retry_backoff_base", retry_backoff_base)
+        self.retry_backoff_cap = _non_negative("retry_backoff_cap", retry_backoff_cap)
+        self.timeout_grace_ms = _int_at_least("timeout_grace_ms", timeout_grace_ms, 0)
+        self.scale_down_idle_s = _non_negative("scale_down_idle_s", scale_down_idle_s)
+        self.max_tasks_per_worker = _int_at_least("max_tasks_per_worker", max_tasks_per_worker, 0)
+        self.worker_memory_limit_mb = _int_at_least("worker_memory_limit_mb", worker_memory_limit_mb, 0)
+        self.worker_niceness = _int_at_least("worker_niceness", worker_niceness, 0)
+        self.shutdown_timeout = _non_negative("shutdown_timeout", shutdown_timeout)
+        self.keep_finished = _int_at_least("keep_finished", keep_finished, 0)
+        self.populate = bool(populate)
+
+
+class BackgroundTasks(Executor):
+    """Run Python functions in the background: in worker processes (default) or threads.
+
+    The constructor's first eight arguments are Catzilla's; the rest,
+    keyword-only, are catzilla_mp's (see the README's configuration table).
+
+    Raises:
+        ValueError, TypeError: an invalid option.
+        SegmentError: the shared-memory segment could not be created.
+    """
+
+    def __init__(
+        self,
+        workers: Optional[int] = None,
+        min_workers: int = 2,
+        max_workers: Optional[int] = None,
+        queue_size: int = 10000,
+        enable_auto_scaling: bool = True,
+        memory_pool_mb: int = 500,
+        enable_c_compilation: bool = True,
+        enable_profiling: bool = False,
+        *,
+        mode: str = "process",
+        threads_per_worker: int = 1,
+        start_method: str = "spawn",
+        max_payload_bytes: int = 256 << 20,
+        queue_full_timeout: float = 10.0,
+        retry_backoff_base: float = 0.1,
+        retry_backoff_cap: float = 30.0,
+        timeout_grace_ms: int = 2000,
+        scale_down_idle_s: float = 30.0,
+        max_tasks_per_worker: int = 0,
+        worker_memory_limit_mb: int = 0,
+        worker_niceness: int = 0,
+        shutdown_timeout: float = 30.0,
+        keep_finished: int = 100_000,
+        populate: bool = True,
+    ) -> None:
+        self.options = EngineOptions(
+            workers=workers, min_workers=min_workers, max_workers=max_workers,
+            queue_size=queue_size, enable_auto_scaling=enable_auto_scaling,
+            memory_pool_mb=memory_pool_mb, mode=mode, threads_per_worker=threads_per_worker,
+            start_method=start_method, max_payload_bytes=max_payload_bytes,
+            queue_full_timeout=queue_full_timeout, retry_backoff_base=retry_backoff_base,
+            retry_backoff_cap=retry_backoff_cap, timeout_grace_ms=timeout_grace_ms,
+            scale_down_idle_s=scale_down_idle_s, max_tasks_per_worker=max_tasks_per_worker,
+            worker_memory_limit_mb=worker_memory_limit_mb, worker_niceness=worker_niceness,
+            shutdown_timeout=shutdown_timeout, keep_finished=keep_finished, populate=populate)
+        # Catzilla's attribute names, kept for code that reads them
+        self.workers = self.options.workers
+        self.min_workers = self.options.min_workers
+        self.max_workers = self.options.max_workers
+        self.queue_size = queue_size
+        self.enable_auto_scaling = enable_auto_scaling
+        self.memory_pool_mb = memory_pool_mb
+        self.enable_c_compilation = enable_c_compilation
+        self.enable_profiling = enable_profiling
+        self.mode = mode
+
+        self._ids = itertools.count(1)
+        self._id_prefix = f"task_{os.getpid()}_{next(_id_prefix)}_"
+        self._tasks: dict[str, TaskResult] = {}
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._in_flight = 0
+        self._closed = False
+        self._registered_tasks: dict[str, Callable] = {}
+        from .monitor import Monitor
+        from .delays import DelayQueue
+        self.monitor = Monitor(self)
+        self._delays = DelayQueue()
+        try:
+            self._backend = self._make_backend()
+        except BaseException:
+            self._delays.stop()
+            raise
+        self._atexit = _register_atexit(self)
+
+    def _make_backend(self):
+        if self.options.mode == "thread":
+            from .thread_backend import ThreadBackend
+            return ThreadBackend(self)
+        from .process_backend import ProcessBackend
+        return ProcessBackend(self)
+
+    # -- submitting ----------------------------------------------------------
+
+    def add_task(
+        self,
+        func: Callable[..., T],
+        *args: Any,
+        priority: TaskPriority = TaskPriority.NORMAL,
+        delay_ms: int = 0,
+        max_retries: int = 3,
+        timeout_ms: int = 30000,
+        compile_to_c: Optional[bool] = None,
+        **kwargs: Any,
+    ) -> TaskResult[T]:
+        """Submit ``func(*args, **kwargs)``; returns its TaskResult at once.
+
+        Options left at their defaults take the values of ``@task(...)`` if
+        ``func`` was decorated. ``compile_to_c`` is accepted for Catzilla
+        compatibility and ignored: tasks run as Python in workers.
+
+        Raises:
+            ValueError/TypeError: an invalid option or a non-callable.
+            SerializationError: arguments that cannot be pickled.
+            PayloadTooLargeError: arguments beyond max_payload_bytes.
+            QueueFullError: no free slot within queue_full_timeout.
+            EngineClosedError: after shutdown().
+        In every error case the task was not queued.
+        """
+        task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
+        self._admit(task)
+        try:
+            self._backend.dispatch(task, func, args, kwargs)
+        except BaseException:
+            self._forget(task)
+            raise
+        return task
+
+    def add_tasks(self, func: Callable[..., T], arg_tuples: Iterable[Any], *,
+                  priority: TaskPriority = TaskPriority.NORMAL, delay_ms: int = 0,
+                  max_retries: int = 3, timeout_ms: int = 30000) -> list[TaskResult[T]]:
+        """Submit ``func(*a)`` for each ``a`` of ``arg_tuples`` in one call (a non-tuple ``a`` is one argument).
+
+        Faster than add_task in a loop: one pass of validation and batched
+        pushes. Raises as add_task; tasks submitted before an error stay
+        submitted and the error names how many were.
+        """
+        calls = [(a if isinstance(a, tuple) else (a,)) for a in arg_tuples]
+        tasks = [self._new_task(func, priority, delay_ms, max_retries, timeout_ms) for _ in calls]
+        for t in tasks:
+            self._admit(t)
+        done = 0
+        try:
+            done = self._backend.dispatch_many(tasks, func, calls)
+        finally:
+            for t in tasks[done:]:
+                self._forget(t)
+        return tasks
+
+    def _new_task(self, func, priority, delay_ms, max_retries, timeout_ms) -> TaskResult:
+        if not callable(func):
+            raise TypeError(f"task function must be callable, not {type(func).__name__}")
+        config: Optional[TaskConfig] = getattr(func, "_task_config", None)
+        if config is not None:
+            priority = config.priority if priority == _DEFAULTS.priority else priority
+            delay_ms = config.delay_ms if delay_ms == _DEFAULTS.delay_ms else delay_ms
+            max_retries = config.max_retries if max_retries == _DEFAULTS.max_retries else max_retries
+            timeout_ms = config.timeout_ms if timeout_ms == _DEFAULTS.timeout_ms else timeout_ms
+        prio = TaskPriority.parse(priority)
+        delay_ms = _int_at_least("delay_ms", delay_ms, 0)
+        max_retries = _int_at_least("max_retries", max_retries, 0)
+        timeout_ms = _int_at_least("timeout_ms", timeout_ms, 0)
+        task = TaskResult(self._id_prefix + str(next(self._ids)), self, prio,
+                          max_retries, timeout_ms, delay_ms)
+        return task
+
+    def _admit(self, task: TaskResult) -> None:
+        with self._lock:
+            if self._closed:
+                raise EngineClosedError("the engine is shut down; it takes no new tasks")
+            self._tasks[task.task_id] = task
+            self._in_flight += 1
+
+    def _forget(self, task: TaskResult) -> None:
+        with self._lock:
+            self._tasks.pop(task.task_id, None)
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+
+    def task(self, priority: TaskPriority = TaskPriority.NORMAL, compile_to_c: bool = True,
+             **config_kwargs: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: attach a TaskConfig that add_task applies to this function.
+
+        The function itself is returned unchanged, so calling it still runs it
+        inline; ``fn.submit(*args, **kwargs)`` is added as a shortcut for
+        ``add_task(fn, ...)``.
+
+        Raises:
+            TypeError: an unknown configuration name. ValueError: a bad value.
+        """
+        config = TaskConfig(priority=TaskPriority.parse(priority), compile_to_c=compile_to_c,
+                            **config_kwargs)
+        _int_at_least("delay_ms", config.delay_ms, 0)
+        _int_at_least("max_retries", config.max_retries, 0)
+        _int_at_least("timeout_ms", config.timeout_ms, 0)
+
+        def decorate(func: Callable[..., T]) -> Callable[..., T]:
+            func._task_config = config  # type: ignore[attr-defined]
+            func._is_background_task = True  # type: ignore[attr-defined]
+            func.submit = lambda *a, **kw: self.add_task(func, *a, **kw)  # type: ignore[attr-defined]
+            self._registered_tasks[getattr(func, "__name__", repr(func))] = func
+            return func
+
+        return decorate
+
+    # -- results ---------------------------------------------------------------
+
+    def get_task_result(self, task_id: str) -> TaskResult:
+        """The TaskResult of ``task_id``.
+
+        Raises:
+            UnknownTaskError: never submitted here, or finished so long ago it
+                was forgotten (the engine keeps the last ``keep_finished``).
+        """
+        task = self._tasks.get(task_id)
+        if task is None:
+            raise UnknownTaskError(f"no task {task_id!r} in this engine")
+        return task
+
+    def get_stats(self) -> EngineStats:
+        return self.monitor.snapshot()
+
+    # -- concurrent.futures.Executor ----------------------------------------
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> TaskFuture:
+        """Executor.submit: run ``fn(*args, **kwargs)`` with max_retries=0 (as an executor would)."""
+        return self.add_task(fn, *args, max_retries=0, **kwargs).future
+
+    def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: Optional[float] = None,
+            chunksize: int = 1) -> Iterator[T]:
+        """Executor.map, in order; ``chunksize`` > 1 sends that many calls per task."""
+        _int_at_least("chunksize", chunksize, 1)
+        calls = list(zip(*iterables))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if chunksize == 1:
+            tasks = self.add_tasks(fn, calls, max_retries=0)
+        else:
+            chunks = [calls[i:i + chunksize] for i in range(0, len(calls), chunksize)]
+            tasks = self.add_tasks(_run_chunk, [(fn, c) for c in chunks], max_retries=0)
+
+        def results() -> Iterator[T]:
+            for t in tasks:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if chunksize == 1:
+                    yield t.wait(left)
+                else:
+                    yield from t.wait(left)
+
+        return results()
+
+    def shutdown(self, wait_for_completion: bool = True, timeout: float = 30.0, *,
+                 cancel_futures: bool = False, wait: Optional[bool] = None) -> None:
+        """Stop the engine; afterwards no worker process and no segment remain.
+
+        Args:
+            wait_for_completion: True lets every submitted task finish
+                (delayed and retrying ones included) for up to ``timeout``
+                seconds; False cancels what has not started and lets running
+                tasks finish for up to ``timeout``. Tasks still running after
+                that are stopped and fail with EngineClosedError.
+            wait / cancel_futures: Executor.shutdown's spelling
+                (``wait=False`` returns at once; the shutdown completes in a
+                background thread).
+        """
+        if cancel_futures:
+            wait_for_completion = False
+        if wait is False:
+            threading.Thread(target=self.shutdown, args=(wait_for_completion, timeout),
+                             name="czmp-shutdown", daemon=True).start()
+            return
+        with self._lock:
+            if self._closed and self._backend is None:
+                return
+            self._closed = True
+        deadline = time.monotonic() + max(0.0, timeout)
+        if not wait_for_completion:
+            self._cancel_not_started()
+        with self._lock:
+            while self._in_flight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._idle.wait(min(left, 0.1))
+        for fn in self._delays.drain():
+            fn()  # delayed entries complete as cancelled now that _closed is set
+        backend, self._backend = self._backend, None
+        if backend is not None:
+            backend.close(self._abandon)
+        self._delays.stop()
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+            self._atexit = None
+
+    def __enter__(self) -> "BackgroundTasks":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown(wait_for_completion=exc[0] is None, timeout=self.options.shutdown_timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- called by backends --------------------------------------------------------
+
+    def _attempt_failed(self, task: TaskResult, exc: BaseException) -> bool:
+        """Decide after a failed attempt: True to retry (the caller keeps the task's payload)."""
+        if self._closed or task.attempt >= task.max_retries or isinstance(exc, NOT_RETRYABLE):
+            return False
+        task.attempt += 1
+        task.status = TaskStatus.RETRYING
+        self.monitor.count_retry()
+        return True
+
+    def _backoff_s(self, attempt: int) -> float:
+        """Exponential back-off with "full jitter": uniform in [0.5, 1] x base x 2^(attempt-1), capped."""
+        o = self.options
+        ceiling = min(o.retry_backoff_cap, o.retry_backoff_base * (2 ** (attempt - 1)))
+        return ceiling * (0.5 + random.random() * 0.5)
+
+    def _schedule(self, delay_s: float, fn: Callable[[], None]) -> None:
+        self._delays.call_at(time.monotonic() + delay_s, fn)
+
+    def _finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
+        """Final outcome: complete the TaskResult once and account for it."""
+        if not task._finish(ok, value, status):
+            return
+        self.monitor.count_final(task, ok, value)
+        with self._lock:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.notify_all()
+            if self.options.keep_finished:
+                self._finished[task.task_id] = None
+                while len(self._finished) > self.options.keep_finished:
+                    old, _ = self._finished.popitem(last=False)
+                    self._tasks.pop(old, None)
+            else:
+                self._tasks.pop(task.task_id, None)
+
+    def _abandon(self, task: TaskResult) -> None:
+        """A task still unfinished when the engine closed."""
+        if task.status in (TaskStatus.PENDING, TaskStatus.RETRYING) and task.started_at is None:
+            self._finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
+        else:
+            self._finish(task, False, EngineClosedError(
+                f"the engine shut down before task {task.task_id} finished"), TaskStatus.FAILED)
+
+    def _cancel(self, task: TaskResult) -> bool:
+        backend = self._backend
+        if task.done() or backend is None or not backend.cancel(task):
+            return False
+        self._finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
+        return True
+
+    def _cancel_not_started(self) -> None:
+        with self._lock:
+            pending = [t for t in self._tasks.values() if not t.done()]
+        for t in pending:
+            self._cancel(t)
+
+    def _observe(self, task: TaskResult) -> None:
+        backend = self._backend
+        if backend is not None and not task.done():
+            backend.observe(task)
+
+    def _live_progress(self, task: TaskResult):
+        backend = self._backend
+        if backend is None or task.done():
+            return None
+        return backend.live_progress(task)
+
+    def _unfinished(self) -> list[TaskResult]:
+        with self._lock:
+            return [t for t in self._tasks.values() if not t.done()]
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "running"
+        return f"<BackgroundTasks mode={self.mode} workers={self.workers} {state}>"
+
+
+def _run_chunk(fn: Callable, calls: list) -> list:
+    return [fn(*c) for c in calls]
+
+
+def _register_atexit(engine: BackgroundTasks):
+    ref = weakref.ref(engine)
+
+    def _at_exit() -> None:
+        eng = ref()
+        if eng is not None:
+            eng.shutdown(wait_for_completion=True, timeout=eng.options.shutdown_timeout)
+
+    atexit.register(_at_exit)
+    return _at_exit
+
+
+def _int_at_least(name: str, value: Any, least: int, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if value < least:
+        raise ValueError(f"{name} must be >= {least}, not {value}")
+    return value
+
+
+def _non_negative(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0, not {value}")
+    return float(value)

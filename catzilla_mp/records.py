@@ -1,0 +1,122 @@
+"""The records of the Catzilla background-task API: enums and dataclasses.
+
+Names, values and fields are Catzilla's (``catzilla.background_tasks``,
+0.2.3), so code written against it keeps working; see shared/API.md.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional, Union
+
+
+class TaskPriority(Enum):
+    """Task priority; lower values run first."""
+
+    CRITICAL = 0
+    HIGH = 1
+    NORMAL = 2
+    LOW = 3
+
+    @classmethod
+    def parse(cls, value: Union["TaskPriority", str, int]) -> "TaskPriority":
+        """Accept a TaskPriority, its name in any case ("high"), or its value.
+
+        Raises:
+            ValueError: for anything else, naming the accepted values.
+        """
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls[value.strip().upper()]
+            except KeyError:
+                pass
+        elif isinstance(value, int) and not isinstance(value, bool):
+            try:
+                return cls(value)
+            except ValueError:
+                pass
+        names = ", ".join(p.name.lower() for p in cls)
+        raise ValueError(f"unknown priority {value!r}; use TaskPriority or one of: {names}")
+
+
+class TaskStatus(Enum):
+    """Where a task is in its life."""
+
+    PENDING = 0
+    RUNNING = 1
+    COMPLETED = 2
+    FAILED = 3
+    CANCELLED = 4
+    RETRYING = 5
+
+
+@dataclass
+class TaskConfig:
+    """Per-task configuration, as given to ``@task(...)`` or ``add_task(...)``."""
+
+    priority: TaskPriority = TaskPriority.NORMAL
+    delay_ms: int = 0
+    max_retries: int = 3
+    timeout_ms: int = 30000
+    retry_backoff: str = "exponential"
+    memory_limit_mb: int = 100
+    compile_to_c: bool = True
+    enable_profiling: bool = False
+
+
+@dataclass
+class TaskStats:
+    """What is known about one task. Times are Unix timestamps (seconds)."""
+
+    task_id: str
+    status: TaskStatus
+    created_at: float
+    started_at: Optional[float] = None
+    completed_at: Optional[float] = None
+    execution_time_ms: Optional[float] = None
+    memory_usage_mb: Optional[float] = None
+    retries: int = 0
+    worker_id: Optional[int] = None
+
+
+@dataclass
+class EngineStats:
+    """A snapshot of the engine, every field measured (see BackgroundTasks.get_stats)."""
+
+    # Queue metrics
+    critical_queue_size: int = 0
+    high_queue_size: int = 0
+    normal_queue_size: int = 0
+    low_queue_size: int = 0
+    total_queued: int = 0
+    queue_pressure: float = 0.0
+
+    # Worker metrics
+    active_workers: int = 0
+    idle_workers: int = 0
+    total_workers: int = 0
+    avg_worker_utilization: float = 0.0
+    worker_cpu_usage: float = 0.0
+    worker_memory_usage: int = 0
+
+    # Performance metrics
+    tasks_per_second: float = 0.0
+    avg_execution_time_ms: float = 0.0
+    p95_execution_time_ms: float = 0.0
+    p99_execution_time_ms: float = 0.0
+    memory_usage_mb: float = 0.0
+    memory_efficiency: float = 0.0
+
+    # Error metrics
+    failed_tasks: int = 0
+    retry_count: int = 0
+    timeout_count: int = 0
+    error_rate: float = 0.0
+
+    # Engine metrics
+    uptime_seconds: float = 0.0
+    total_tasks_processed: int = 0
+    engine_cpu_usage: float = 0.0
+    engine_memory_usage: int = 0

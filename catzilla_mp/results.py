@@ -1,0 +1,274 @@
+"""TaskResult and TaskFuture: what a caller holds for a submitted task.
+
+A TaskResult is also the engine's record of its task (one object per task:
+the submit path is measured in microseconds). Its fields are written by the
+engine's threads; callers read them through the public methods. Completion
+happens exactly once, under ``_lock``; waiters and futures are created only
+when someone asks for them, so a task nobody waits on costs no Event.
+"""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
+
+from .errors import TaskCancelledError
+from .records import TaskPriority, TaskStats, TaskStatus
+
+if TYPE_CHECKING:
+    from .engine import BackgroundTasks
+
+T = TypeVar("T")
+log = logging.getLogger("catzilla_mp")
+
+# One lock for every task's completion hand-off: held for a few attribute
+# writes only, so sharing it costs less than a lock per task would.
+_lock = threading.Lock()
+
+_FINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+class TaskFuture(concurrent.futures.Future, Generic[T]):
+    """A concurrent.futures.Future for a task, awaitable from asyncio."""
+
+    def __init__(self, task_id: str, engine: Optional["BackgroundTasks"] = None,
+                 task: Optional["TaskResult"] = None) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self._engine = engine
+        self._task = task
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started (Executor semantics)."""
+        if self._task is not None and not self.done():
+            self._task.cancel()
+            return self.cancelled()
+        return super().cancel()
+
+    def __await__(self):
+        # wrap_future hands completion to the running loop thread-safely;
+        # awaiting never blocks the event loop.
+        return asyncio.wrap_future(self).__await__()
+
+    def then(self, callback: Callable[[T], Any]) -> "TaskFuture":
+        """A future of ``callback(result)``; failures pass through unchanged."""
+        chained: TaskFuture = TaskFuture(f"{self.task_id}_chained", self._engine)
+
+        def _chain(fut: concurrent.futures.Future) -> None:
+            try:
+                chained.set_result(callback(fut.result()))
+            except BaseException as exc:  # noqa: BLE001 - handed to the chained future
+                chained.set_exception(exc)
+
+        self.add_done_callback(_chain)
+        return chained
+
+    def catch(self, handler: Callable[[BaseException], Any]) -> "TaskFuture":
+        """A future of the result, or of ``handler(exception)`` if the task failed."""
+        caught: TaskFuture = TaskFuture(f"{self.task_id}_error", self._engine)
+
+        def _catch(fut: concurrent.futures.Future) -> None:
+            try:
+                caught.set_result(fut.result())
+            except BaseException as exc:  # noqa: BLE001
+                try:
+                    caught.set_result(handler(exc))
+                except BaseException as again:  # noqa: BLE001
+                    caught.set_exception(again)
+
+        self.add_done_callback(_catch)
+        return caught
+
+
+class TaskResult(Generic[T]):
+    """A submitted task: its outcome, status and statistics."""
+
+    __slots__ = (
+        "task_id", "_engine", "status", "_ok", "_value", "_event", "_callbacks", "_fut",
+        "fn", "func_id", "payload", "priority", "delay_ms", "max_retries", "timeout_ms",
+        "attempt", "created_at", "started_at", "completed_at", "exec_ms", "worker_id",
+        "slot", "ext_args", "progress_value", "meta", "parked",
+    )
+
+    def __init__(self, task_id: str, engine: "BackgroundTasks", priority: TaskPriority,
+                 max_retries: int, timeout_ms: int, delay_ms: int) -> None:
+        self.task_id = task_id
+        self._engine = engine
+        self.status = TaskStatus.PENDING
+        self._ok = None          # None until final; then True/False
+        self._value: Any = None  # result, or the exception to raise
+        self._event: Optional[threading.Event] = None
+        self._callbacks: Optional[list] = None
+        self._fut: Optional[TaskFuture] = None
+        self.priority = priority
+        self.max_retries = max_retries
+        self.timeout_ms = timeout_ms
+        self.delay_ms = delay_ms
+        self.attempt = 0
+        self.created_at = time.time()
+        self.started_at: Optional[float] = None
+        self.completed_at: Optional[float] = None
+        self.exec_ms: Optional[float] = None
+        self.worker_id: Optional[int] = None
+        self.slot = -1
+        self.ext_args = 0
+        self.progress_value: Optional[tuple] = None
+        self.meta: Optional[dict] = None
+        self.parked = False
+        self.fn = None
+        self.func_id = 0
+        self.payload = None
+
+    # -- the Catzilla API -------------------------------------------------
+
+    def wait(self, timeout: Optional[float] = None) -> T:
+        """Block until the task ends; return its result or raise its exception.
+
+        Raises:
+            TimeoutError: the built-in, if ``timeout`` seconds pass first
+                (the task keeps running).
+            Exception: the task's own exception (remote traceback as
+                ``__cause__``), or TaskTimeoutError, WorkerCrashedError,
+                TaskCancelledError, SerializationError.
+        """
+        if self._ok is None:
+            ev = self._waiter()
+            if ev is not None and not ev.wait(timeout):
+                raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")
+        if self._ok:
+            return self._value
+        raise self._value
+
+    def result(self, timeout: Optional[float] = None) -> T:
+        """Alias of wait(), as on a Future."""
+        return self.wait(timeout)
+
+    def is_ready(self) -> bool:
+        """True once the task has a final outcome (result, error or cancel)."""
+        return self._ok is not None
+
+    def add_callback(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(result)`` when the task ends, or ``callback(exception)`` if it failed.
+
+        Runs in the engine's collector thread (or at once if already ended);
+        an exception in the callback is logged, never propagated.
+        """
+        with _lock:
+            if self._ok is None:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(callback)
+                return
+        _run_callback(callback, self._value)
+
+    def get_stats(self) -> TaskStats:
+        self._engine._observe(self)
+        return TaskStats(
+            task_id=self.task_id, status=self.status, created_at=self.created_at,
+            started_at=self.started_at, completed_at=self.completed_at,
+            execution_time_ms=self.exec_ms, memory_usage_mb=None,
+            retries=self.attempt, worker_id=self.worker_id)
+
+    # -- extras -----------------------------------------------------------
+
+    @property
+    def future(self) -> TaskFuture:
+        """A TaskFuture bound to this task (created on first use)."""
+        with _lock:
+            if self._fut is None:
+                self._fut = TaskFuture(self.task_id, self._engine, self)
+                if self._ok is not None:
+                    _settle(self._fut, self._ok, self._value, self.status)
+            return self._fut
+
+    def __await__(self):
+        return self.future.__await__()
+
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started; True if it was cancelled."""
+        return self._engine._cancel(self)
+
+    def cancelled(self) -> bool:
+        return self.status is TaskStatus.CANCELLED
+
+    def done(self) -> bool:
+        return self._ok is not None
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        try:
+            self.wait(timeout)
+        except TimeoutError as exc:
+            if self._ok is None:
+                raise
+            return exc
+        except BaseException as exc:  # noqa: BLE001
+            return exc
+        return None
+
+    @property
+    def progress(self) -> tuple[Optional[float], Optional[str]]:
+        """(fraction, message) last reported by the task, or (None, None)."""
+        live = self._engine._live_progress(self)
+        if live is not None:
+            self.progress_value = live
+        return self.progress_value or (None, None)
+
+    def __repr__(self) -> str:
+        return f"<TaskResult {self.task_id} {self.status.name}>"
+
+    # -- engine side --------------------------------------------------------
+
+    def _waiter(self) -> Optional[threading.Event]:
+        with _lock:
+            if self._ok is not None:
+                return None
+            if self._event is None:
+                self._event = threading.Event()
+            return self._event
+
+    def _finish(self, ok: bool, value: Any, status: TaskStatus) -> bool:
+        """Record the final outcome once; False if it was already final."""
+        with _lock:
+            if self._ok is not None:
+                return False
+            self._value = value
+            self.status = status
+            self.completed_at = time.time()
+            self._ok = ok
+            ev, cbs, fut = self._event, self._callbacks, self._fut
+            self._callbacks = None
+        self.payload = None
+        self.fn = None
+        if ev is not None:
+            ev.set()
+        if fut is not None:
+            _settle(fut, ok, value, status)
+        if cbs:
+            for cb in cbs:
+                _run_callback(cb, value)
+        return True
+
+
+def cancelled_error(task: TaskResult) -> TaskCancelledError:
+    return TaskCancelledError(f"task {task.task_id} was cancelled before it started")
+
+
+def _settle(fut: concurrent.futures.Future, ok: bool, value: Any, status: TaskStatus) -> None:
+    if fut.done():
+        return
+    if status is TaskStatus.CANCELLED:
+        concurrent.futures.Future.cancel(fut)
+    elif ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def _run_callback(cb: Callable, value: Any) -> None:
+    try:
+        cb(value)
+    except Exception:  # noqa: BLE001 - a user callback must not kill the collector
+        log.exception("task callback %r raised", cb)

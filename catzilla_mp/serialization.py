@@ -1,0 +1,152 @@
+"""How calls, functions, results and exceptions cross the process boundary.
+
+Arguments and results go through the standard pickle (protocol 5) first and
+fall back to cloudpickle only when that fails (lambdas, closures, objects
+from ``__main__``): the standard pickler is several times faster for the
+plain data most tasks carry. Functions always go through cloudpickle, once
+per function (see engine._FunctionTable), since it pickles module-level
+functions by reference and everything else by value.
+
+Payload formats (the first byte of a call payload says which):
+  CALL_PLAIN   pickle of (args, kwargs)
+  CALL_FULL    pickle of (args, kwargs, timeout_ms, fn_bytes_or_None)
+Outcome flags (czmp_slot_t.result_flags):
+  OUTCOME_OK, OUTCOME_ERROR  pickle of the value / of (exception, traceback text)
+"""
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any, Callable
+
+import cloudpickle
+
+from .errors import RemoteTraceback, SerializationError, TaskError
+
+PROTOCOL = 5
+CALL_PLAIN = b"P"
+CALL_FULL = b"F"
+OUTCOME_OK = 0
+OUTCOME_ERROR = 1
+
+_dumps = pickle.dumps
+_loads = pickle.loads
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle ``obj``, falling back to cloudpickle; SerializationError if neither can."""
+    try:
+        return _dumps(obj, PROTOCOL)
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(obj, PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle {_describe(obj)}: {exc}") from exc
+
+
+def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
+               fn_bytes: bytes | None = None) -> bytes:
+    """Bytes of one call's arguments (and, when needed, its own timeout or function)."""
+    if timeout_ms is None and fn_bytes is None:
+        try:
+            return CALL_PLAIN + _dumps((args, kwargs), PROTOCOL)
+        except Exception:
+            pass
+        return CALL_PLAIN + _dumps_fallback((args, kwargs), "arguments")
+    return CALL_FULL + _dumps_fallback((args, kwargs, timeout_ms, fn_bytes), "arguments")
+
+
+def loads_call(data) -> tuple[tuple, dict, int | None, bytes | None]:
+    """Inverse of dumps_call: (args, kwargs, timeout_ms or None, fn_bytes or None)."""
+    kind = bytes(data[:1])
+    body = _loads(data[1:])
+    if kind == CALL_PLAIN:
+        return body[0], body[1], None, None
+    return body
+
+
+def _dumps_fallback(obj: Any, what: str) -> bytes:
+    try:
+        return cloudpickle.dumps(obj, PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle the task's {what}: {exc}") from exc
+
+
+def dumps_function(fn: Callable) -> bytes:
+    try:
+        return cloudpickle.dumps(fn, PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle function {_describe(fn)}: {exc}") from exc
+
+
+def loads_function(data) -> Callable:
+    return _loads(data)
+
+
+def dumps_result(value: Any) -> tuple[int, bytes]:
+    """Worker side: (flags, bytes) for a return value, or for the error if it cannot pickle."""
+    try:
+        return OUTCOME_OK, _dumps(value, PROTOCOL)
+    except Exception:
+        pass
+    try:
+        return OUTCOME_OK, cloudpickle.dumps(value, PROTOCOL)
+    except Exception as exc:
+        err = SerializationError(f"the task's result {_describe(value)} cannot be pickled: {exc}")
+        return dumps_exception(err)
+
+
+def dumps_exception(exc: BaseException) -> tuple[int, bytes]:
+    """Worker side: (OUTCOME_ERROR, bytes of (exception, traceback text)).
+
+    The exception is round-tripped before it is sent: some pickle but cannot
+    be re-created (an __init__ with required arguments it does not pass to
+    super()), and the app must get a clear error, not an unpickling crash.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None
+    try:
+        data = dumps((exc, tb))
+        _loads(data)
+        return OUTCOME_ERROR, data
+    except Exception as why:
+        stand_in = SerializationError(
+            f"the task raised {type(exc).__qualname__}: {_safe_str(exc)}, "
+            f"which cannot be sent back to the app ({type(why).__name__}: {why})")
+        return OUTCOME_ERROR, _dumps((stand_in, tb), PROTOCOL)
+
+
+def loads_outcome(flags: int, data) -> tuple[bool, Any]:
+    """App side: (True, value) or (False, exception ready to raise)."""
+    try:
+        body = _loads(data)
+    except Exception as exc:
+        return False, SerializationError(f"cannot unpickle the task's outcome: {exc}")
+    if flags == OUTCOME_OK:
+        return True, body
+    exc, tb = body
+    if not isinstance(exc, Exception):
+        # SystemExit, KeyboardInterrupt, GeneratorExit...: raising those in
+        # the app's thread would stop the app, not report the task.
+        wrapped = TaskError(f"the task raised {type(exc).__name__}{_args_repr(exc)}")
+        wrapped.__cause__ = RemoteTraceback(tb)
+        return False, wrapped
+    exc.__cause__ = RemoteTraceback(tb)
+    return False, exc
+
+
+def _args_repr(exc: BaseException) -> str:
+    return "(" + ", ".join(repr(a) for a in exc.args) + ")"
+
+
+def _safe_str(obj: Any) -> str:
+    try:
+        return str(obj)
+    except Exception:
+        return f"<unprintable {type(obj).__name__}>"
+
+
+def _describe(obj: Any) -> str:
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{name} ({type(obj).__name__})"

@@ -1,0 +1,276 @@
+"""The supervisor: one app-side thread that owns the worker processes.
+
+Every tick it
+  * reaps workers that exited (any cause) and hands their slots back: DONE
+    ones are collected, RUNNING ones retried or failed (process_backend);
+  * starts workers until the target count is reached (replacements too);
+  * enforces timeouts from each worker record's ``deadline_ns``: SIGUSR1 at
+    the deadline (the worker raises TaskTimeoutError inside the task), SIGKILL
+    after ``timeout_grace_ms`` if the task is still running;
+  * scales between min_workers and max_workers on queue pressure and idleness;
+  * recycles workers over ``worker_memory_limit_mb`` (psutil RSS);
+  * repairs ring cells that a dead process left mid-operation.
+
+All workers are started from this thread, and only from it: a worker asks
+the kernel for SIGKILL when the thread that forked it ends (PR_SET_PDEATHSIG
+follows the thread, not the process), so this thread must live exactly as
+long as the engine.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Optional
+
+import psutil
+
+from . import _core
+from ._native import lib
+
+if TYPE_CHECKING:
+    from .process_backend import ProcessBackend
+
+log = logging.getLogger("catzilla_mp")
+
+#: Seconds between supervisor passes: bounds how late a timeout, a crash or
+#: a scaling need is noticed; each pass costs a few syscalls per worker.
+TICK_S = 0.05
+#: Seconds between ring repairs and memory checks (each scans a little).
+SLOW_TICK_S = 1.0
+#: Queued tasks per live worker above which the pool grows by one.
+SCALE_UP_PRESSURE = 2
+#: Seconds a stopping worker gets to exit before SIGKILL at shutdown.
+STOP_GRACE_S = 2.0
+
+
+@dataclass
+class WorkerProcess:
+    index: int
+    popen: subprocess.Popen
+    started: float
+    last_active: float
+    seen_tasks: int = 0
+    soft_sent_for: int = 0          # deadline_ns we sent SIGUSR1 for
+    killed_for_timeout: bool = False
+    stopping: bool = False          # asked to exit (scale-down, recycling)
+    ps: Optional[psutil.Process] = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+
+class Supervisor:
+    def __init__(self, backend: "ProcessBackend") -> None:
+        self.backend = backend
+        self.seg = backend.seg
+        o = backend.engine.options
+        self.options = o
+        self.target = o.workers
+        self.procs: dict[int, WorkerProcess] = {}
+        self.free_indices = list(range(o.max_workers - 1, -1, -1))
+        self.cookies = _core.new_repair_cookies()
+        self.spawned = 0
+        self.crashes = 0
+        self._stop = threading.Event()
+        self._closing = False
+        self._last_slow = 0.0
+        self._lock = threading.Lock()
+        self._env = _worker_env()
+        self._thread = threading.Thread(target=self._run, name="czmp-supervisor", daemon=True)
+        self._thread.start()
+
+    # -- main loop ------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._tick()
+            except Exception:  # noqa: BLE001 - the supervisor must outlive any one bug
+                log.exception("supervisor pass failed")
+            self._stop.wait(TICK_S)
+        self._shutdown_workers()
+
+    def _tick(self) -> None:
+        self._reap()
+        now = time.monotonic()
+        self._enforce_timeouts()
+        if self.options.enable_auto_scaling:
+            self._scale(now)
+        if now - self._last_slow >= SLOW_TICK_S:
+            self._last_slow = now
+            lib.czmp_rings_repair(self.seg.raw, self.cookies)
+            self._recycle_by_memory()
+        while len(self._live()) < self.target and self.free_indices:
+            self._spawn()
+
+    def _live(self) -> list[WorkerProcess]:
+        return [w for w in self.procs.values() if not w.stopping]
+
+    # -- spawning and reaping -------------------------------------------------------
+
+    def _spawn(self) -> None:
+        index = self.free_indices.pop()
+        rec = self.seg.worker(index)
+        rec.pid = 0
+        rec.state = lib.CZMP_WORKER_STARTING
+        rec.incarnation += 1
+        rec.tasks_done = rec.tasks_failed = rec.busy_ns = 0
+        rec.current_slot = 0
+        rec.deadline_ns = 0
+        rec.progress = -1.0
+        o = self.options
+        cfg = {
+            "segment": self.seg.name, "index": index, "parent": os.getpid(),
+            "threads": o.threads_per_worker, "max_payload_bytes": o.max_payload_bytes,
+            "default_timeout_ms": 30000, "max_tasks": o.max_tasks_per_worker,
+            "niceness": o.worker_niceness,
+        }
+        popen = subprocess.Popen(
+            [sys.executable, "-m", "catzilla_mp.workers", json.dumps(cfg)],
+            env=self._env, stdin=subprocess.DEVNULL, close_fds=True)
+        now = time.monotonic()
+        with self._lock:
+            self.procs[index] = WorkerProcess(index, popen, now, now)
+        self.spawned += 1
+        log.info("worker %d started (pid %d)", index, popen.pid)
+
+    def _reap(self) -> None:
+        for w in list(self.procs.values()):
+            code = w.popen.poll()
+            if code is not None:
+                self._on_exit(w, code)
+
+    def _on_exit(self, w: WorkerProcess, code: int) -> None:
+        running, done = self.seg.reap(w.index, self.cookies)
+        with self._lock:
+            del self.procs[w.index]
+        self.free_indices.append(w.index)
+        if code != 0 or running:
+            self.crashes += 1
+            log.warning("worker %d (pid %d) %s with %d task(s) running", w.index, w.pid,
+                        _describe(code), len(running))
+        else:
+            log.info("worker %d (pid %d) exited", w.index, w.pid)
+        for idx in done:
+            self.backend.on_done(idx)
+        if self._closing:
+            return  # the engine abandons what was running
+        for idx in running:
+            self.backend.on_crash(idx, code, w.pid, w.killed_for_timeout)
+
+    # -- timeouts ----------------------------------------------------------------
+
+    def _enforce_timeouts(self) -> None:
+        now = lib.czmp_now_ns()
+        grace = self.options.timeout_grace_ms * 1_000_000
+        for w in list(self.procs.values()):
+            deadline = self.seg.worker(w.index).deadline_ns
+            if not deadline or now < deadline:
+                continue
+            if w.soft_sent_for != deadline:
+                w.soft_sent_for = deadline
+                _signal(w, signal.SIGUSR1)
+            elif now >= deadline + grace and not w.killed_for_timeout:
+                w.killed_for_timeout = True
+                log.warning("worker %d (pid %d): task past its timeout ignored the "
+                            "TaskTimeoutError; killing the worker", w.index, w.pid)
+                _signal(w, signal.SIGKILL)
+
+    # -- scaling and recycling ----------------------------------------------------------
+
+    def _scale(self, now: float) -> None:
+        o = self.options
+        live = self._live()
+        queued = sum(self.seg.queue_depths())
+        if queued > SCALE_UP_PRESSURE * max(1, len(live)) and self.target < o.max_workers:
+            self.target += 1
+            log.info("scaling up to %d workers (%d tasks queued)", self.target, queued)
+            return
+        for w in live:
+            rec = self.seg.worker(w.index)
+            seen = rec.tasks_done + rec.tasks_failed
+            if seen != w.seen_tasks or rec.current_slot:
+                w.seen_tasks, w.last_active = seen, now
+        if self.target <= o.min_workers or queued:
+            return
+        idle = [w for w in live if now - w.last_active >= o.scale_down_idle_s]
+        if idle:
+            self.target -= 1
+            victim = max(idle, key=lambda w: w.index)
+            victim.stopping = True
+            log.info("scaling down to %d workers (worker %d idle)", self.target, victim.index)
+            _signal(victim, signal.SIGTERM)
+
+    def _recycle_by_memory(self) -> None:
+        limit = self.options.worker_memory_limit_mb << 20
+        if not limit:
+            return
+        for w in self._live():
+            try:
+                if w.ps is None:
+                    w.ps = psutil.Process(w.pid)
+                rss = w.ps.memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > limit:
+                w.stopping = True
+                log.info("recycling worker %d (pid %d): RSS %d MiB over the %d MiB limit",
+                         w.index, w.pid, rss >> 20, limit >> 20)
+                _signal(w, signal.SIGTERM)
+
+    # -- observation ------------------------------------------------------
+
+    def snapshot(self) -> list[tuple[WorkerProcess, object]]:
+        """(process, record) for every worker process alive now."""
+        with self._lock:
+            procs = list(self.procs.values())
+        return [(w, self.seg.worker(w.index)) for w in procs]
+
+    # -- shutdown --------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop every worker (the segment's shutdown flag is already set) and end the thread."""
+        self._closing = True
+        self._stop.set()
+        self._thread.join(timeout=STOP_GRACE_S + 10)
+
+    def _shutdown_workers(self) -> None:
+        for w in list(self.procs.values()):
+            _signal(w, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while self.procs and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(0.01)
+        for w in list(self.procs.values()):
+            _signal(w, signal.SIGKILL)
+            w.popen.wait()
+        self._reap()
+
+
+def _signal(w: WorkerProcess, sig: int) -> None:
+    try:
+        w.popen.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _describe(code: int) -> str:
+    from .process_backend import describe_exit
+
+    return describe_exit(code)
+
+
+def _worker_env() -> dict[str, str]:
+    """The app's environment, with its sys.path, so workers import what the app imports."""
+    env = dict(os.environ)
+    paths = [p if p else os.getcwd() for p in sys.path]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env

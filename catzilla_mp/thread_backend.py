@@ -1,0 +1,220 @@
+"""Thread mode: the same API on threads of the app process, for I/O-bound work.
+
+No pickling and no processes: a priority heap and ``workers`` threads. What
+process mode does with processes, this does as far as threads allow: a task
+past its timeout fails with TaskTimeoutError at once and its thread gets the
+exception raised inside it (at its next Python instruction; a blocking C
+call runs to its end first, and a thread cannot be killed).
+"""
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Optional
+
+from . import progress
+from .errors import QueueFullError, TaskTimeoutError
+from .records import TaskStatus
+from .results import TaskResult
+
+if TYPE_CHECKING:
+    from .engine import BackgroundTasks
+
+
+class _ThreadRecord:
+    """What monitor.py reads of a worker, for one executor thread."""
+
+    def __init__(self) -> None:
+        self.pid = 0
+        self.busy_ns = 0
+        self.current_slot = 0
+        self.tasks_done = 0
+        self.current: Optional[TaskResult] = None
+        self.ident = 0
+
+
+class ThreadBackend:
+    def __init__(self, engine: "BackgroundTasks") -> None:
+        self.engine = engine
+        o = engine.options
+        self._heap: list[tuple[int, int, TaskResult]] = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._capacity = o.queue_size
+        self._in_use = 0
+        self._running = True
+        self._records = [_ThreadRecord() for _ in range(o.workers)]
+        self._threads = [threading.Thread(target=self._loop, args=(r,), name=f"czmp-thread-{i}",
+                                          daemon=True) for i, r in enumerate(self._records)]
+        for t in self._threads:
+            t.start()
+
+    # -- submit -------------------------------------------------------------
+
+    def dispatch(self, task: TaskResult, fn: Callable, args: tuple, kwargs: dict) -> None:
+        self._reserve()
+        task.fn = fn
+        task.payload = (args, kwargs)
+        if task.delay_ms:
+            self._park(task, task.delay_ms / 1000.0)
+        else:
+            self._push(task)
+
+    def dispatch_many(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple]) -> int:
+        done = 0
+        for task, args in zip(tasks, calls):
+            self.dispatch(task, fn, args, {})
+            done += 1
+        return done
+
+    def _reserve(self) -> None:
+        timeout = self.engine.options.queue_full_timeout
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._in_use < self._capacity, timeout):
+                raise QueueFullError(f"all {self._capacity} task places stayed in use for "
+                                     f"{timeout:g} s (queue_size); the task was not queued")
+            self._in_use += 1
+
+    def _unreserve(self) -> None:
+        with self._cond:
+            self._in_use -= 1
+            self._cond.notify_all()
+
+    def _push(self, task: TaskResult) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (task.priority.value, next(self._seq), task))
+            self._cond.notify_all()
+
+    def _park(self, task: TaskResult, delay_s: float) -> None:
+        task.parked = True
+        self.engine._schedule(delay_s, lambda: self._unpark(task))
+
+    def _unpark(self, task: TaskResult) -> None:
+        with self._cond:
+            if not task.parked:
+                return
+            task.parked = False
+        task.status = TaskStatus.PENDING
+        self._push(task)
+
+    def cancel(self, task: TaskResult) -> bool:
+        with self._cond:
+            if task.parked:
+                task.parked = False
+            else:
+                entry = next((e for e in self._heap if e[2] is task), None)
+                if entry is None:
+                    return False
+                self._heap.remove(entry)
+                heapq.heapify(self._heap)
+            self._in_use -= 1
+            self._cond.notify_all()
+        return True
+
+    # -- run ----------------------------------------------------------------------
+
+    def _loop(self, rec: _ThreadRecord) -> None:
+        rec.ident = threading.get_ident()
+        progress.set_thread_sink(lambda f, m: self._progress(rec, f, m))
+        while True:
+            with self._cond:
+                while self._running and not self._heap:
+                    self._cond.wait()
+                if not self._heap:
+                    return
+                _, _, task = heapq.heappop(self._heap)
+            try:
+                self._run(rec, task)
+            except TaskTimeoutError:
+                pass  # a timeout raised into us after the task had already ended
+
+    def _run(self, rec: _ThreadRecord, task: TaskResult) -> None:
+        args, kwargs = task.payload
+        task.status = TaskStatus.RUNNING
+        task.started_at = time.time()
+        task.worker_id = self._records.index(rec)
+        task.progress_value = None
+        rec.current, rec.current_slot = task, 1
+        attempt = task.attempt
+        if task.timeout_ms:
+            self.engine._schedule(task.timeout_ms / 1000.0,
+                                  lambda: self._time_out(rec, task, attempt))
+        t0 = time.perf_counter_ns()
+        try:
+            ok, value = True, task.fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            ok, value = False, exc
+        elapsed = time.perf_counter_ns() - t0
+        rec.current, rec.current_slot = None, 0
+        rec.busy_ns += elapsed
+        rec.tasks_done += 1
+        if task.done() or task.attempt != attempt:
+            return  # timed out meanwhile: the outcome was already given
+        task.exec_ms = elapsed / 1e6
+        if not ok and not isinstance(value, Exception):
+            from .errors import TaskError
+
+            wrapped = TaskError(f"the task raised {type(value).__name__}")
+            wrapped.__cause__ = value
+            value = wrapped
+        self._settle(task, ok, value)
+
+    def _settle(self, task: TaskResult, ok: bool, value: Any) -> None:
+        engine = self.engine
+        if not ok and engine._attempt_failed(task, value):
+            self._park(task, engine._backoff_s(task.attempt))
+            return
+        self._unreserve()
+        engine._finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
+
+    def _time_out(self, rec: _ThreadRecord, task: TaskResult, attempt: int) -> None:
+        if rec.current is not task or task.attempt != attempt or task.done():
+            return
+        err = TaskTimeoutError(f"task {task.task_id} ran past its timeout of {task.timeout_ms} ms")
+        self._settle(task, False, err)
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(rec.ident),
+                                                   ctypes.py_object(TaskTimeoutError))
+
+    def _progress(self, rec: _ThreadRecord, fraction: float, message: str) -> None:
+        if rec.current is not None:
+            rec.current.progress_value = (fraction, message)
+
+    # -- observation ----------------------------------------------------------------
+
+    def observe(self, task: TaskResult) -> None:
+        pass  # status is kept current by the threads themselves
+
+    def live_progress(self, task: TaskResult):
+        return task.progress_value
+
+    def queue_depths(self) -> list[int]:
+        depths = [0, 0, 0, 0]
+        with self._cond:
+            for prio, _, _ in self._heap:
+                depths[prio] += 1
+        return depths
+
+    def worker_records(self):
+        return [(r, r) for r in self._records]
+
+    def in_flight_memory(self) -> tuple[int, int]:
+        return 0, 0
+
+    # -- shutdown -----------------------------------------------------------------
+
+    def close(self, abandon: Callable[[TaskResult], None]) -> None:
+        with self._cond:
+            self._running = False
+            queued = [e[2] for e in self._heap]
+            self._heap.clear()
+            self._cond.notify_all()
+        for task in queued:
+            abandon(task)
+        for t in self._threads:
+            t.join(timeout=1.0)
+        for task in self.engine._unfinished():
+            task.parked = False
+            abandon(task)
