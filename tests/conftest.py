@@ -43,11 +43,31 @@ def pytest_configure(config):
 
 
 def shm_entries() -> set[str]:
-    """Our entries in /dev/shm right now."""
+    """Our entries in /dev/shm right now.
+
+    An entry named for a live process outside this test process's tree is
+    someone else's (another test run, a benchmark, an app on this machine):
+    never counted, never removed.
+    """
     try:
-        return {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIXES)}
+        names = {n for n in os.listdir(SHM_DIR) if n.startswith(SHM_PREFIXES)}
     except FileNotFoundError:
         return set()
+    return {n for n in names if not _foreign(n)}
+
+
+def _foreign(name: str) -> bool:
+    from catzilla_mp.segment_janitor import owner_alive, parse_segment_name
+
+    parsed = parse_segment_name(name)
+    if parsed is None or not owner_alive(parsed):
+        return False
+    if parsed.pid == os.getpid():
+        return False
+    try:
+        return parsed.pid not in {c.pid for c in psutil.Process().children(recursive=True)}
+    except psutil.Error:
+        return True
 
 
 def _helper_pids() -> set[int]:
