@@ -153,7 +153,9 @@ class Supervisor:
         with self._lock:
             del self.procs[w.index]
         self.free_indices.append(w.index)
-        if code != 0 or running:
+        if self._closing and not running:
+            log.info("worker %d (pid %d) stopped", w.index, w.pid)
+        elif code != 0 or running:
             self.crashes += 1
             log.warning("worker %d (pid %d) %s with %d task(s) running", w.index, w.pid,
                         _describe(code), len(running))

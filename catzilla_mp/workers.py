@@ -24,7 +24,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from typing import Callable
 
 from . import _core, progress, serialization
@@ -37,6 +36,45 @@ from .payloads import Payloads
 #: a SIGTERM-requested stop is noticed.
 TAKE_TIMEOUT_NS = 200_000_000
 HEARTBEAT_NS = 100_000_000
+
+
+#: Test-only fault injection: CZMP_WORKER_FAULT="<point>:<countdown>:<claim file>".
+#: The first worker that creates <claim file> (O_EXCL) arms <point>, and
+#: SIGKILLs itself the <countdown>-th time it gets there; replacements do not
+#: re-arm, so a test sees exactly one crash. Points in this file:
+#:   taken      the slot is RUNNING (ours), nothing of the task has run yet
+#:   running    inside the task, before the function is called
+#:   ran        the function returned, its result not yet written
+#:   publishing the result is in the slot, the slot not yet DONE
+#: and the C core's own points by number (CZMP_FAULT_*), e.g. "c5" for
+#: CZMP_FAULT_FINISH_DONE (DONE, hint not yet in the result ring).
+FAULT_ENV = "CZMP_WORKER_FAULT"
+_fault_point = ""
+_fault_countdown = 0
+
+
+def _arm_fault_from_env() -> None:
+    global _fault_point, _fault_countdown
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    point, countdown, claim = spec.split(":", 2)
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except FileExistsError:
+        return  # another worker fired already
+    if point.startswith("c"):
+        lib.czmp_fault_arm(int(point[1:]), int(countdown))
+    else:
+        _fault_point, _fault_countdown = point, int(countdown)
+
+
+def _fault(point: str) -> None:
+    global _fault_countdown
+    if _fault_point == point:
+        _fault_countdown -= 1
+        if _fault_countdown <= 0:
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class _Running:
@@ -114,6 +152,8 @@ class Worker:
     def _run(self, idx: int, me: _Running) -> None:
         slot = lib.czmp_slot(self.raw, idx)
         rec = self.rec
+        if _fault_point:
+            _fault("taken")
         t0 = lib.czmp_now_ns()
         rec.current_slot = idx + 1
         rec.state = lib.CZMP_WORKER_BUSY
@@ -126,6 +166,8 @@ class Worker:
         slot.result_handle = handle
         slot.result_len = n
         slot.result_flags = flags
+        if _fault_point:
+            _fault("publishing")
         rec.current_slot = 0
         rec.state = lib.CZMP_WORKER_IDLE
         rec.busy_ns += lib.czmp_now_ns() - t0
@@ -143,10 +185,14 @@ class Worker:
                   else self._function(slot.func_id))
             timeout = self.default_timeout_ms if timeout_ms is None else timeout_ms
             self._arm(me, idx, t0 + timeout * 1_000_000 if timeout > 0 else 0)
+            if _fault_point:
+                _fault("running")
             try:
                 me.in_task = True
                 value = fn(*args, **kwargs)
                 me.in_task = False
+                if _fault_point:
+                    _fault("ran")
             finally:
                 me.in_task = False
                 self._disarm(me)
@@ -213,6 +259,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if cfg.get("niceness"):
         os.nice(cfg["niceness"])
+    _arm_fault_from_env()
     worker = Worker(cfg)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGUSR1, worker.on_timeout_signal)
