@@ -27,8 +27,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 #: (params, repetitions, time budget for the repetitions in seconds). The budget stops
 #: further repetitions when one more would not fit, so a slow machine still finishes in time.
 MODES = {
-    "quick": (dataclasses.replace(wl.QUICK, noop_tasks=3_000, round_trips=300, payloads=4,
-                                  mixed_seconds=1.0, idle_seconds=1.0, timeout=20.0), 3, 100.0),
+    "quick": (dataclasses.replace(wl.QUICK, noop_tasks=2_000, round_trips=300, payloads=4,
+                                  mixed_seconds=0.8, idle_seconds=1.0, timeout=20.0), 3, 100.0),
     "full": (wl.FULL, 5, 690.0),
 }
 
@@ -71,6 +71,8 @@ def main(argv=None) -> int:
     if unknown:
         print(f"unknown workload(s) {unknown}; choose from {list(wl.BY_NAME)}", file=sys.stderr)
         return 2
+    order = list(wl.BY_NAME)
+    names.sort(key=order.index)  # start-up first, shutdown last, whatever order was asked
     try:
         chosen = peers_mod.select(args.peers.split(",") if args.peers else None)
     except ValueError as exc:

@@ -22,8 +22,8 @@ from typing import Any, Callable, Iterable, Optional
 
 PRIORITIES = ("critical", "high", "normal", "low")
 
-#: Queue bound given to engines that have one. Large enough that no workload here fills it:
-#: the benchmark measures speed, not back-pressure (ProcessPoolExecutor's queue is unbounded).
+#: Queue bound for Catzilla, whose full queue drops tasks: large enough that no workload here
+#: fills it (ProcessPoolExecutor's queue is unbounded; catzilla_mp's waits when full).
 QUEUE_SIZE = 262_144
 
 
@@ -110,9 +110,11 @@ class CatzillaMP(_FuturePeer):
     def start(self):
         from catzilla_mp import BackgroundTasks
         # Fixed size: auto-scaling would make the worker count, not the engine, the variable.
+        # Default queue_size: its slot table lives in shared memory, pre-faulted at start, and
+        # a full one makes add_task wait (never drop), so a bigger one only slows start-up.
         self.engine = BackgroundTasks(workers=self.workers, min_workers=self.workers,
                                       max_workers=self.workers, enable_auto_scaling=False,
-                                      queue_size=QUEUE_SIZE, mode="process")
+                                      mode="process")
 
     def submit(self, fn, *args, priority="normal", on_done=None):
         r = self.engine.add_task(fn, *args, priority=priority)

@@ -58,22 +58,29 @@ def child_main(spec: dict) -> int:
         began = time.perf_counter()
         deadline = began + params.timeout
         try:
-            if work.own_engine:
+            if work.engine == "own":
                 metrics = work.run(peer_cls, params, deadline)
+            elif work.engine == "creates":
+                if engine is not None:
+                    engine.shutdown()
+                metrics, engine = work.run(peer_cls, params, deadline)
             else:
                 if engine is None:
                     engine = peer_cls(workers=spec.get("workers", 2))
                     engine.start()
                 metrics = work.run(engine, params, deadline)
+                if work.engine == "ends":
+                    engine = None
             _emit({"workload": name, "ok": True, "metrics": metrics,
                    "wall_s": time.perf_counter() - began})
         except BaseException as exc:  # report every failure; the parent decides what next
-            _emit({"workload": name, "ok": False,
+            # After a timeout the engine may be wedged, and shutting it down could hang too:
+            # leave, and let the parent clear the process group and go on in a fresh child.
+            fatal = isinstance(exc, (TimeoutError, KeyboardInterrupt))
+            _emit({"workload": name, "ok": False, "fatal": fatal,
                    "error": f"{type(exc).__name__}: {exc}",
                    "trace": traceback.format_exc(limit=6)})
-            if isinstance(exc, (TimeoutError, KeyboardInterrupt)):
-                # The engine may be wedged; shutting it down could hang too. Leave, and let
-                # the parent clear the process group and carry on in a fresh child.
+            if fatal:
                 os._exit(3)
     if engine is not None:
         engine.shutdown()
@@ -138,6 +145,7 @@ def _one_child(peer: str, names: list, params: wl.Params, workers: int,
                     tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
                     out[pending[0]] = {"ok": False, "error": f"child exited rc={proc.returncode}: "
                                        + " | ".join(tail)}
+                    log(f"    {peer}/{pending[0]}: {out[pending[0]]['error']}")
                     return pending[1:]
                 buf += chunk
                 while b"\n" in buf:
@@ -152,6 +160,8 @@ def _one_child(peer: str, names: list, params: wl.Params, workers: int,
                         deadline = time.monotonic() + params.timeout + 5.0
                         if not msg["ok"]:
                             log(f"    {peer}/{msg['workload']}: {msg['error']}")
+                        if msg.get("fatal"):
+                            return pending  # the child leaves now; a fresh one goes on
             # Everything reported: give the child time to shut its engine down.
             try:
                 proc.wait(timeout=30)

@@ -1,7 +1,7 @@
 """The workloads every peer runs, and the task functions they send to workers.
 
 A workload is a function ``run(peer, p, deadline) -> {metric: value}``: ``peer`` is a started
-:class:`bench.peers.Peer` (or, for ``own_engine`` workloads, a Peer it starts itself), ``p``
+:class:`bench.peers.Peer` (or a Peer class, see ``Workload.engine``), ``p``
 the size parameters (``QUICK`` or ``FULL``), ``deadline`` a ``time.perf_counter()`` instant
 after which every wait gives up, so a stuck peer fails its workload instead of the run.
 Both ``python -m bench`` and ``python -m bench.engine`` run these same functions.
@@ -259,7 +259,7 @@ def idle_cpu(peer, p: Params, deadline: float) -> dict:
     """CPU time the app process and all its children burn while the engine has no work."""
     import psutil
     peer.wait(peer.submit(noop, 0), left(deadline))
-    time.sleep(0.3)  # let any post-task housekeeping settle
+    time.sleep(0.2)  # let any post-task housekeeping settle
     me = psutil.Process()
     procs = [me] + me.children(recursive=True)
 
@@ -279,16 +279,20 @@ def idle_cpu(peer, p: Params, deadline: float) -> dict:
     return {"cpu_percent": 100.0 * (c1 - c0) / (t1 - t0), "processes": len(procs)}
 
 
-def startup(peer_cls, p: Params, deadline: float) -> dict:
-    """Fresh engine: constructor to first result, and shutdown of the idle engine."""
+def startup(peer_cls, p: Params, deadline: float):
+    """Fresh engine: constructor to the first result. The engine goes on to the next workloads."""
     t0 = time.perf_counter()
     peer = peer_cls(workers=2)
     peer.start()
     peer.wait(peer.submit(noop, 0), left(deadline))
-    t1 = time.perf_counter()
+    return {"first_result_ms": (time.perf_counter() - t0) * 1e3}, peer
+
+
+def shutdown(peer, p: Params, deadline: float) -> dict:
+    """Shutdown of the engine after all the workloads before it, now idle."""
+    t0 = time.perf_counter()
     peer.shutdown()
-    t2 = time.perf_counter()
-    return {"first_result_ms": (t1 - t0) * 1e3, "shutdown_ms": (t2 - t1) * 1e3}
+    return {"shutdown_ms": (time.perf_counter() - t0) * 1e3}
 
 
 # ---------------------------------------------------------------------------- catalogue
@@ -306,18 +310,22 @@ class Workload:
     name: str
     run: Callable
     metrics: tuple
-    own_engine: bool = False  # run() gets the peer class and starts its own engine
+    #: "own": run() gets the peer class, runs on an engine of its own; "creates": run() gets
+    #: the peer class and returns (metrics, started peer) for the workloads after it;
+    #: "ends": run() shuts the shared engine down.
+    engine: str = "shared"
     doc: str = field(default="")
 
 
-def _w(name, run, *metrics, own_engine=False):
-    return Workload(name, run, tuple(Metric(*m) for m in metrics), own_engine,
+def _w(name, run, *metrics, engine="shared"):
+    return Workload(name, run, tuple(Metric(*m) for m in metrics), engine,
                     (run.__doc__ or "").strip())
 
 
+# In running order: start-up first (its engine serves the rest), shutdown last.
 ALL = (
     _w("startup", startup, ("first_result_ms", "ms", "lower", "start-up to first result"),
-       ("shutdown_ms", "ms", "lower", "shutdown (idle)"), own_engine=True),
+       engine="creates"),
     _w("noop_single", noop_single, ("tasks_per_s", "tasks/s", "higher", "no-op end-to-end, one by one"),
        ("submit_per_s", "tasks/s", "higher", "submission rate, one by one")),
     _w("noop_batch", noop_batch, ("tasks_per_s", "tasks/s", "higher", "no-op end-to-end, batch"),
@@ -332,11 +340,13 @@ ALL = (
        ("all_tasks_s", "s", "lower", "mixed load: time to finish all")),
     _w("idle_cpu", idle_cpu, ("cpu_percent", "% core", "lower", "idle engine CPU"),
        ("processes", "", "lower", "processes measured")),
+    _w("shutdown", shutdown, ("shutdown_ms", "ms", "lower", "shutdown after the run"),
+       engine="ends"),
 )
 #: Not run by default: context for reading the others.
 EXTRA = (
     _w("cpu_ceiling", cpu_ceiling, ("speedup", "×", "higher", "2 bare processes over serial"),
-       own_engine=True),
+       engine="own"),
 )
 BY_NAME = {w.name: w for w in ALL + EXTRA}
 
