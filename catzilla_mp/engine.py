@@ -233,6 +233,8 @@ class BackgroundTasks(Executor):
         except BaseException:
             self._forget(task)
             raise
+        if self.monitor._listeners:
+            self.monitor.emit("submitted", task)
         return task
 
     def add_tasks(self, func: Callable[..., T], arg_tuples: Iterable[Any], *,
@@ -254,6 +256,9 @@ class BackgroundTasks(Executor):
         finally:
             for t in tasks[done:]:
                 self._forget(t)
+        if self.monitor._listeners:
+            for t in tasks:
+                self.monitor.emit("submitted", t)
         return tasks
 
     def _new_task(self, func, priority, delay_ms, max_retries, timeout_ms) -> TaskResult:
@@ -271,6 +276,7 @@ class BackgroundTasks(Executor):
         timeout_ms = _int_at_least("timeout_ms", timeout_ms, 0)
         task = TaskResult(self._id_prefix + str(next(self._ids)), self, prio,
                           max_retries, timeout_ms, delay_ms)
+        task.name = getattr(func, "__qualname__", None) or type(func).__qualname__
         return task
 
     def _admit(self, task: TaskResult) -> None:
@@ -419,7 +425,7 @@ class BackgroundTasks(Executor):
             return False
         task.attempt += 1
         task.status = TaskStatus.RETRYING
-        self.monitor.count_retry()
+        self.monitor.count_retry(task, exc)
         return True
 
     def _backoff_s(self, attempt: int) -> float:

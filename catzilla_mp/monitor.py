@@ -7,10 +7,11 @@ scans) happens only when someone asks for a snapshot.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
@@ -20,6 +21,8 @@ from .records import EngineStats
 if TYPE_CHECKING:
     from .engine import BackgroundTasks
     from .results import TaskResult
+
+log = logging.getLogger("catzilla_mp")
 
 #: Width of the window tasks_per_second is measured over, in seconds.
 RATE_WINDOW_S = 10
@@ -46,16 +49,45 @@ class Monitor:
         self._me.cpu_percent(None)
         self._worker_ps: dict[int, psutil.Process] = {}
         self._last_busy: dict[int, tuple[float, int]] = {}
+        self._listeners: tuple[Callable[[str, "TaskResult", Any], None], ...] = ()
+
+    # -- listeners ---------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[str, "TaskResult", Any], None]) -> None:
+        """Call ``listener(event, task, detail)`` on each task event.
+
+        Events: "submitted"; "retrying" (detail: the attempt's exception);
+        "completed" (detail: the result), "failed" (detail: the exception),
+        "cancelled". Listeners run on the engine's threads (the submitter's,
+        the collector's, the supervisor's): they must be quick and must not
+        block; one that raises is logged and kept.
+        """
+        self._listeners = self._listeners + (listener,)
+
+    def remove_listener(self, listener: Callable[[str, "TaskResult", Any], None]) -> None:
+        self._listeners = tuple(x for x in self._listeners if x is not listener)
+
+    def emit(self, event: str, task: "TaskResult", detail: Any = None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(event, task, detail)
+            except Exception:  # noqa: BLE001 - observers must not break the engine
+                log.exception("task listener %r failed on %s", listener, event)
 
     # -- counting (hot path) ------------------------------------------------
 
-    def count_retry(self) -> None:
+    def count_retry(self, task: "TaskResult", exc: BaseException) -> None:
         with self._lock:
             self.retries += 1
+        if self._listeners:
+            self.emit("retrying", task, exc)
 
     def count_final(self, task: "TaskResult", ok: bool, value: Any) -> None:
         sec = int(time.monotonic())
         b = sec % len(self._buckets)
+        if self._listeners:
+            self.emit(task.status.name.lower() if task.status.name != "COMPLETED" else "completed",
+                      task, value)
         with self._lock:
             if task.status.name == "CANCELLED":
                 self.cancelled += 1

@@ -157,3 +157,22 @@ def test_progress_reported_by_a_task_is_visible_while_it_runs(engine):
         time.sleep(0.02)
     assert r.wait(1) == 5
     assert len(seen) >= 2 and all(m.startswith("step") for _, m in seen)
+
+
+def test_listeners_see_every_task_event_once(engine, tmp_path):
+    import threading
+
+    events, lock = [], threading.Lock()
+
+    def listen(event, task, detail):
+        with lock:
+            events.append((event, task.name))
+
+    engine.monitor.add_listener(listen)
+    engine.add_task(jobs.add, 1, 1).wait(10)
+    with pytest.raises(ConnectionError):
+        engine.add_task(jobs.flaky, str(tmp_path / "n"), 5, max_retries=1).wait(10)
+    engine.monitor.remove_listener(listen)
+    engine.add_task(jobs.add, 1, 1).wait(10)
+    assert events == [("submitted", "add"), ("completed", "add"), ("submitted", "flaky"),
+                      ("retrying", "flaky"), ("failed", "flaky")]
