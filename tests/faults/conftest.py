@@ -1,0 +1,38 @@
+"""Fault-test fixtures: engines that always shut down, a fault armed per engine."""
+from __future__ import annotations
+
+import pytest
+
+from catzilla_mp import BackgroundTasks
+from faultkit import SMALL
+
+
+@pytest.fixture
+def make_engine():
+    """Factory for small engines; every one is shut down after the test, even a failed one."""
+    engines = []
+
+    def make(**options):
+        opts = dict(SMALL, workers=2)
+        opts.update(options)
+        engine = BackgroundTasks(**opts)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.shutdown(wait_for_completion=False, timeout=5)
+
+
+@pytest.fixture
+def arm_fault(monkeypatch, tmp_path):
+    """arm_fault("ran", 1): the first worker to get there SIGKILLs itself, once per engine.
+
+    Must be called before the engine is created: the supervisor copies the
+    environment when it starts.
+    """
+    def arm(point: str, countdown: int = 1) -> None:
+        monkeypatch.setenv("CZMP_WORKER_FAULT", f"{point}:{countdown}:{tmp_path / 'fault-claim'}")
+
+    arm.armed = lambda: (tmp_path / "fault-claim").exists()
+    return arm
