@@ -1,0 +1,66 @@
+"""Starlette routes for the dashboard and /metrics (FastAPI apps take them too).
+
+    from catzilla_mp.observability.asgi import dashboard_routes
+    app = Starlette(routes=[..., *dashboard_routes(lambda: engine, prefix="/tasks")])
+    # FastAPI: app.router.routes.extend(dashboard_routes(lambda: engine, prefix="/tasks"))
+
+``engine`` may be the engine or a zero-argument callable returning it (an
+app whose lifespan starts the engine has none yet when routes are built).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Union
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from . import dashboard_html, instrument, metrics_text, task_detail
+from .dashboard import DEFAULT_INTERVAL, SSE_HEADERS, SSE_MEDIA_TYPE, aiter_sse_events
+
+if TYPE_CHECKING:
+    from ..engine import BackgroundTasks
+
+EngineRef = Union["BackgroundTasks", Callable[[], "BackgroundTasks"]]
+
+
+def dashboard_routes(engine: EngineRef, prefix: str = "", *, metrics_path: str = "/metrics",
+                     interval: float = DEFAULT_INTERVAL) -> list[Route]:
+    """Routes: ``metrics_path``, ``{prefix}/dashboard``, ``.../events``, ``.../task/{task_id}``.
+
+    ``metrics_path=None`` leaves /metrics out (an app that exposes it elsewhere).
+    """
+    base = prefix.rstrip("/") + "/dashboard"
+    page = dashboard_html(prefix)
+
+    def get() -> "BackgroundTasks":
+        eng = engine() if callable(engine) and not hasattr(engine, "add_task") else engine
+        instrument(eng)
+        return eng
+
+    async def metrics(request: Request) -> Response:
+        body, ctype = metrics_text(get())
+        return Response(body, media_type=ctype)
+
+    async def page_route(request: Request) -> Response:
+        get()  # start counting as soon as someone looks
+        return HTMLResponse(page)
+
+    async def events(request: Request) -> Response:
+        stream = aiter_sse_events(get(), interval, request.is_disconnected)
+        return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+
+    async def task(request: Request) -> Response:
+        detail = task_detail(get(), request.path_params["task_id"])
+        if detail is None:
+            return JSONResponse({"error": "unknown task"}, status_code=404)
+        return JSONResponse(detail)
+
+    routes = [
+        Route(base, page_route, methods=["GET"]),
+        Route(base + "/events", events, methods=["GET"]),
+        Route(base + "/task/{task_id}", task, methods=["GET"]),
+    ]
+    if metrics_path:
+        routes.insert(0, Route(metrics_path, metrics, methods=["GET"]))
+    return routes

@@ -1,0 +1,213 @@
+// catzilla_mp dashboard: renders the "snapshot" events of {base}/events.
+// No framework and no build step: a few render functions that replace the
+// content of fixed elements, and two hand-drawn <canvas> line charts.
+"use strict";
+(function () {
+  const BASE = document.body.dataset.base.replace(/\/$/, "");
+  const HISTORY = 300;              // seconds kept for the charts (the server sends as much)
+  const PRIOS = ["critical", "high", "normal", "low"];
+  let series = [];                  // per-second points, oldest first
+  let last = null;                  // the latest snapshot
+  let openTask = null;              // task id shown in the detail panel
+
+  const $ = (id) => document.getElementById(id);
+  const fmtInt = (n) => (n === null || n === undefined) ? "–" : Number(n).toLocaleString("en-US");
+  const fmtMs = (ms) => (ms === null || ms === undefined) ? "–"
+    : ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : ms >= 10 ? ms.toFixed(0) + " ms" : ms.toFixed(2) + " ms";
+  const fmtBytes = (b) => (b === null || b === undefined) ? "–"
+    : b >= 1 << 30 ? (b / (1 << 30)).toFixed(2) + " GiB" : (b / (1 << 20)).toFixed(1) + " MiB";
+  const fmtTime = (t) => t ? new Date(t * 1000).toLocaleTimeString() : "–";
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === "class") e.className = v; else if (k.startsWith("data-")) e.setAttribute(k, v); else e[k] = v;
+    }
+    for (const c of children) e.append(c instanceof Node ? c : document.createTextNode(c === null || c === undefined ? "" : String(c)));
+    return e;
+  }
+
+  function taskLink(id, label) {
+    const a = el("a", { class: "task", href: "#", title: id, "data-task-id": id }, label || id);
+    a.addEventListener("click", (ev) => { ev.preventDefault(); showTask(id); });
+    return a;
+  }
+
+  function setText(id, text) { const e = $(id); if (e.textContent !== text) e.textContent = text; }
+
+  // -- rendering ---------------------------------------------------------------
+
+  function render(s) {
+    last = s;
+    const e = s.engine;
+    setText("engine-info", `${e.mode} mode · pid ${e.pid} · up ${Math.round(e.uptime_s)} s` +
+      (e.segment ? ` · ${e.segment}` : "") + (e.closed ? " · SHUT DOWN" : ""));
+    setText("total-queued", fmtInt(s.total_queued));
+    setText("total-running", fmtInt(s.workers.filter((w) => w.current_task).length));
+    for (const k of ["submitted", "completed", "failed", "retried", "timed_out", "crashed"]) {
+      setText("total-" + k, fmtInt(s.totals[k]));
+    }
+    setText("rate", s.stats.tasks_per_second.toFixed(1));
+    setText("p95", s.stats.p95_execution_time_ms ? fmtMs(s.stats.p95_execution_time_ms) : "–");
+    renderQueues(s.queues);
+    renderWorkers(s);
+    renderFailures(s.failures);
+    renderRecent(s.recent);
+    drawCharts();
+  }
+
+  function renderQueues(q) {
+    const box = $("queues");
+    const max = Math.max(1, ...PRIOS.map((p) => q[p] || 0));
+    box.replaceChildren(...PRIOS.map((p) => {
+      const bar = el("div"); bar.style.width = (100 * (q[p] || 0) / max) + "%";
+      return el("div", { class: "qrow", id: "q-" + p }, el("span", {}, p), el("div", { class: "qbar" }, bar),
+        el("span", { class: "n", id: "q-" + p + "-n" }, fmtInt(q[p] || 0)));
+    }));
+  }
+
+  function renderWorkers(s) {
+    const e = s.engine;
+    setText("workers-note", `${s.workers.length} live (min ${e.min_workers}, max ${e.max_workers})` +
+      (e.workers_started !== null ? ` · ${e.workers_started} started · ${e.worker_crashes} crashed` : ""));
+    $("workers-body").replaceChildren(...s.workers.map((w) => {
+      const cur = w.current_task;
+      return el("tr", { "data-pid": w.pid, "data-index": w.index },
+        el("td", {}, w.index), el("td", { class: "pid" }, w.pid || "thread"),
+        el("td", {}, el("span", { class: "badge " + w.state }, w.state)),
+        el("td", {}, cur ? taskLink(cur.task_id, cur.name + (cur.running_s !== null ? ` (${cur.running_s.toFixed(1)} s)` : "")) : "–"),
+        el("td", { class: "num" }, w.cpu_percent === null ? "–" : w.cpu_percent.toFixed(0)),
+        el("td", { class: "num" }, fmtBytes(w.rss_bytes)),
+        el("td", { class: "num done" }, fmtInt(w.tasks_done)),
+        el("td", { class: "num" }, fmtInt(w.tasks_failed)),
+        el("td", { class: "num" }, w.heartbeat_age_s === null ? "–" : w.heartbeat_age_s.toFixed(1) + " s"));
+    }));
+  }
+
+  function renderFailures(list) {
+    $("failures-body").replaceChildren(...list.map((f) => el("tr", { "data-task-id": f.task_id },
+      el("td", {}, fmtTime(f.at)), el("td", {}, taskLink(f.task_id, f.name)),
+      el("td", { class: "etype" }, f.error_type), el("td", { class: "msg" }, f.message),
+      el("td", {}, el("span", { class: "badge " + (f.final ? "failed" : "retrying") },
+        f.final ? "failed" : `retry ${f.attempt}`)))));
+  }
+
+  function renderRecent(list) {
+    $("recent-body").replaceChildren(...list.map((t) => el("tr", {},
+      el("td", {}, taskLink(t.task_id, t.name)), el("td", {}, el("span", { class: "badge " + t.status }, t.status)),
+      el("td", {}, t.priority), el("td", { class: "num" }, fmtMs(t.exec_ms)), el("td", { class: "num" }, t.attempts))));
+  }
+
+  // -- charts --------------------------------------------------------------------
+
+  function drawCharts() {
+    const xs = series.map((p) => p.t);
+    lineChart($("chart-throughput"), xs, [
+      { name: "completed", color: "#3fb950", values: series.map((p) => p.completed) },
+      { name: "failed", color: "#f85149", values: series.map((p) => p.failed) },
+      { name: "submitted", color: "#58a6ff", values: series.map((p) => p.submitted) },
+    ]);
+    lineChart($("chart-latency"), xs, [
+      { name: "p50", color: "#7ee787", values: series.map((p) => p.p50) },
+      { name: "p95", color: "#e3b341", values: series.map((p) => p.p95) },
+      { name: "p99", color: "#ffa198", values: series.map((p) => p.p99) },
+    ]);
+  }
+
+  function lineChart(canvas, xs, lines) {
+    const dpr = window.devicePixelRatio || 1;
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    if (!w || !h) return;
+    if (canvas.width !== Math.round(w * dpr)) { canvas.width = Math.round(w * dpr); canvas.height = Math.round(h * dpr); }
+    const g = canvas.getContext("2d");
+    g.setTransform(dpr, 0, 0, dpr, 0, 0);
+    g.clearRect(0, 0, w, h);
+    const L = 44, R = 8, T = 18, B = 18;
+    const now = xs.length ? xs[xs.length - 1] : Math.floor(Date.now() / 1000);
+    const x0 = now - HISTORY + 1;
+    let ymax = 0;
+    for (const l of lines) for (const v of l.values) if (v !== null && v > ymax) ymax = v;
+    ymax = niceCeil(ymax || 1);
+    const px = (t) => L + (w - L - R) * (t - x0) / (HISTORY - 1);
+    const py = (v) => T + (h - T - B) * (1 - v / ymax);
+    g.font = "11px system-ui, sans-serif"; g.strokeStyle = "#26313d"; g.fillStyle = "#7d8a99"; g.lineWidth = 1;
+    for (let i = 0; i <= 4; i++) {
+      const v = ymax * i / 4, y = Math.round(py(v)) + 0.5;
+      g.beginPath(); g.moveTo(L, y); g.lineTo(w - R, y); g.stroke();
+      g.textAlign = "right"; g.fillText(shortNum(v), L - 4, y + 4);
+    }
+    g.textAlign = "center";
+    for (const ago of [300, 240, 180, 120, 60, 0]) g.fillText(ago ? `-${ago / 60}m` : "now", px(now - ago), h - 4);
+    let lx = L;
+    for (const l of lines) {
+      g.strokeStyle = l.color; g.lineWidth = 1.6; g.beginPath();
+      let pen = false;
+      l.values.forEach((v, i) => {
+        if (v === null || xs[i] < x0) { pen = false; return; }
+        const x = px(xs[i]), y = py(v);
+        if (pen) g.lineTo(x, y); else g.moveTo(x, y);
+        pen = true;
+      });
+      g.stroke();
+      g.fillStyle = l.color; g.textAlign = "left"; g.fillRect(lx, 4, 10, 3); g.fillText(l.name, lx + 13, 10);
+      lx += 20 + g.measureText(l.name).width;
+    }
+  }
+
+  function niceCeil(v) {
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
+    return 10 * p;
+  }
+  function shortNum(v) { return v >= 1e6 ? (v / 1e6) + "M" : v >= 1e3 ? (v / 1e3) + "k" : +v.toFixed(2) + ""; }
+
+  // -- task detail -----------------------------------------------------------------
+
+  async function showTask(id) {
+    openTask = id;
+    const panel = $("detail");
+    panel.hidden = false;
+    setText("detail-title", id);
+    let d;
+    try {
+      const r = await fetch(BASE + "/task/" + encodeURIComponent(id), { headers: { Accept: "application/json" } });
+      d = r.ok ? await r.json() : null;
+    } catch (err) { d = null; }
+    if (openTask !== id) return;
+    const rows = d ? [
+      ["task", d.name], ["status", d.status], ["priority", d.priority], ["attempts", `${d.attempts} (max retries ${d.max_retries})`],
+      ["worker", d.worker_id], ["created", fmtTime(d.created_at)], ["started", fmtTime(d.started_at)],
+      ["finished", fmtTime(d.completed_at)], ["waited", fmtMs(d.wait_ms)], ["ran", fmtMs(d.exec_ms)],
+      ["timeout", d.timeout_ms + " ms"], ["progress", d.progress === null ? "–" : `${Math.round(d.progress * 100)} % ${d.progress_message || ""}`],
+      ["result", d.result === null ? "–" : d.result],
+      ["error", d.error ? `${d.error.type}: ${d.error.message}` : "–"],
+    ] : [["", "this task is not known (any more) to the engine"]];
+    $("detail-fields").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", { "data-field": k }, v)]));
+    const pre = $("detail-error");
+    pre.hidden = !(d && d.error);
+    pre.textContent = d && d.error ? d.error.traceback : "";
+  }
+  $("detail-close").addEventListener("click", () => { openTask = null; $("detail").hidden = true; });
+  document.addEventListener("keydown", (ev) => { if (ev.key === "Escape") $("detail-close").click(); });
+
+  // -- the stream ------------------------------------------------------------------
+
+  function connect() {
+    const src = new EventSource(BASE + "/events");
+    src.addEventListener("open", () => { $("conn").className = "conn up"; });
+    src.addEventListener("error", () => { $("conn").className = "conn down"; });  // EventSource retries by itself
+    src.addEventListener("snapshot", (ev) => {
+      const s = JSON.parse(ev.data);
+      if (s.series_reset) series = s.series.slice();
+      else {
+        const lastT = series.length ? series[series.length - 1].t : -1;
+        for (const p of s.series) if (p.t > lastT) series.push(p);
+      }
+      if (series.length > HISTORY) series = series.slice(series.length - HISTORY);
+      render(s);
+      document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
+    });
+  }
+  window.addEventListener("resize", () => { if (last) drawCharts(); });
+  connect();
+})();
