@@ -1,0 +1,79 @@
+"""Fixtures for the observability tests: small engines and an in-process web server."""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from catzilla_mp import BackgroundTasks
+
+SMALL = dict(memory_pool_mb=16, queue_size=256, retry_backoff_base=0.01, retry_backoff_cap=0.05,
+             enable_auto_scaling=False)
+
+
+@pytest.fixture
+def make_engine():
+    """Factory for test-sized engines; every one is shut down after the test."""
+    engines = []
+
+    def make(**options):
+        opts = dict(SMALL, workers=2, min_workers=1)
+        opts.update(options)
+        engine = BackgroundTasks(**opts)
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.shutdown(wait_for_completion=False, timeout=5)
+
+
+@pytest.fixture
+def serve():
+    """``serve(asgi_app) -> base URL``: uvicorn in a thread of this process, stopped at teardown.
+
+    In-process on purpose: the engine under test stays in the test process,
+    so the leak guard sees its workers, and the test can look at the engine
+    it asserts the page against.
+    """
+    uvicorn = pytest.importorskip("uvicorn")
+    servers = []
+
+    def start(app) -> str:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        servers.append((server, thread, sock))
+        deadline = time.monotonic() + 20
+        while not server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for server, thread, sock in servers:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def wait_until(predicate, timeout=30.0, what="condition"):
+    """Poll ``predicate`` until true; fail naming ``what`` (not a timing assertion: a hang guard)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(0.05)
+
+
+def worker_pids(engine) -> list[int]:
+    return sorted(p.pid for p, _ in engine._backend.supervisor.snapshot())
