@@ -15,7 +15,7 @@ def _trace(path, tag):
     # O_APPEND writes of one short line are atomic: concurrent runs never interleave
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        os.write(fd, f"{tag} {os.getpid()}\n".encode())
+        os.write(fd, f"{tag} {os.getpid()} {time.monotonic()}\n".encode())
     finally:
         os.close(fd)
 
@@ -31,6 +31,16 @@ def runs(path):
     except FileNotFoundError:
         pass
     return counts
+
+
+def run_times(path):
+    """When each tag ran (time.monotonic(), comparable across processes), in order."""
+    times: dict[str, list[float]] = {}
+    with open(path) as f:
+        for line in f:
+            tag, _, t = line.split()
+            times.setdefault(tag, []).append(float(t))
+    return times
 
 
 def mark(path, i):
