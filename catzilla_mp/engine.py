@@ -63,6 +63,8 @@ MODES = ("process", "thread")
 NOT_RETRYABLE = (SerializationError, PayloadTooLargeError, TaskTimeoutError)
 
 _DEFAULTS = TaskConfig()
+#: Task functions whose config and name are cached (see BackgroundTasks._describe).
+FN_INFO_CACHE = 1024
 _id_prefix = itertools.count(1)
 
 
@@ -181,6 +183,7 @@ class BackgroundTasks(Executor):
         self._in_flight = 0
         self._closed = False
         self._registered_tasks: dict[str, Callable] = {}
+        self._fn_info: dict[Any, tuple[Optional[TaskConfig], str]] = {}
         from .monitor import Monitor
         from .delays import DelayQueue
         self.monitor = Monitor(self)
@@ -262,22 +265,42 @@ class BackgroundTasks(Executor):
         return tasks
 
     def _new_task(self, func, priority, delay_ms, max_retries, timeout_ms) -> TaskResult:
-        if not callable(func):
-            raise TypeError(f"task function must be callable, not {type(func).__name__}")
-        config: Optional[TaskConfig] = getattr(func, "_task_config", None)
+        try:
+            config, name = self._fn_info[func]
+        except (KeyError, TypeError):
+            config, name = self._describe(func)
         if config is not None:
             priority = config.priority if priority == _DEFAULTS.priority else priority
             delay_ms = config.delay_ms if delay_ms == _DEFAULTS.delay_ms else delay_ms
             max_retries = config.max_retries if max_retries == _DEFAULTS.max_retries else max_retries
             timeout_ms = config.timeout_ms if timeout_ms == _DEFAULTS.timeout_ms else timeout_ms
-        prio = TaskPriority.parse(priority)
-        delay_ms = _int_at_least("delay_ms", delay_ms, 0)
-        max_retries = _int_at_least("max_retries", max_retries, 0)
-        timeout_ms = _int_at_least("timeout_ms", timeout_ms, 0)
-        task = TaskResult(self._id_prefix + str(next(self._ids)), self, prio,
+        # the common case costs three type checks; anything else is validated fully
+        if priority.__class__ is not TaskPriority:
+            priority = TaskPriority.parse(priority)
+        if type(delay_ms) is not int or delay_ms < 0:
+            _int_at_least("delay_ms", delay_ms, 0)
+        if type(max_retries) is not int or max_retries < 0:
+            _int_at_least("max_retries", max_retries, 0)
+        if type(timeout_ms) is not int or timeout_ms < 0:
+            _int_at_least("timeout_ms", timeout_ms, 0)
+        task = TaskResult(self._id_prefix + str(next(self._ids)), self, priority,
                           max_retries, timeout_ms, delay_ms)
-        task.name = getattr(func, "__qualname__", None) or type(func).__qualname__
+        task.name = name
         return task
+
+    def _describe(self, func) -> tuple[Optional[TaskConfig], str]:
+        """(the @task config, the name) of a task function, cached while the cache is small."""
+        if not callable(func):
+            raise TypeError(f"task function must be callable, not {type(func).__name__}")
+        info = (getattr(func, "_task_config", None),
+                getattr(func, "__qualname__", None) or type(func).__qualname__)
+        try:
+            if len(self._fn_info) >= FN_INFO_CACHE:
+                self._fn_info.clear()  # lambdas made per call must not grow it for ever
+            self._fn_info[func] = info
+        except TypeError:
+            pass  # an unhashable callable object: described on every call
+        return info
 
     def _admit(self, task: TaskResult) -> None:
         with self._lock:
@@ -312,6 +335,7 @@ class BackgroundTasks(Executor):
 
         def decorate(func: Callable[..., T]) -> Callable[..., T]:
             func._task_config = config  # type: ignore[attr-defined]
+            self._fn_info.pop(func, None)
             func._is_background_task = True  # type: ignore[attr-defined]
             func.submit = lambda *a, **kw: self.add_task(func, *a, **kw)  # type: ignore[attr-defined]
             self._registered_tasks[getattr(func, "__name__", repr(func))] = func
@@ -474,6 +498,12 @@ class BackgroundTasks(Executor):
             pending = [t for t in self._tasks.values() if not t.done()]
         for t in pending:
             self._cancel(t)
+
+    def _help_collect(self, task: TaskResult, timeout: Optional[float]) -> None:
+        """Let a waiting thread collect outcomes itself for a moment (see ProcessBackend)."""
+        backend = self._backend
+        if backend is not None:
+            backend.help_collect(task, timeout)
 
     def _observe(self, task: TaskResult) -> None:
         backend = self._backend

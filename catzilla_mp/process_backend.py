@@ -39,13 +39,18 @@ FUNCTION_TABLE_SIZE = 4096
 #: Results taken per collector wake-up; bounds the latency of the first
 #: result of a burst against the per-call cost of the C collect.
 COLLECT_BATCH = 256
-COLLECT_WAIT_NS = 100_000_000
+COLLECT_WAIT_NS = 1_000_000_000
+#: How long a thread in TaskResult.wait() polls for outcomes itself before it
+#: blocks (help_collect), and how many it takes per call.
+HELP_COLLECT_S = 0.002
+HELP_COLLECT_BATCH = 64
 #: Tasks pushed per C call by add_tasks()/map().
 SUBMIT_BATCH = 256
 #: The timeout every worker applies when a task carries none of its own.
 DEFAULT_TIMEOUT_MS = 30000
 
 _HANDLE_EXTERNAL = _core.HANDLE_EXTERNAL
+_INLINE_ARGS = _core.INLINE_ARGS
 _SLOT_HELD = _core.SLOT_HELD
 
 
@@ -137,7 +142,18 @@ class ProcessBackend:
     # -- submit -----------------------------------------------------------
 
     def dispatch(self, task: TaskResult, fn: Callable, args: tuple, kwargs: dict) -> None:
-        idx = self._prepare(task, fn, args, kwargs)
+        func_id, fn_bytes = self.functions.lookup(fn)
+        timeout = None if task.timeout_ms == DEFAULT_TIMEOUT_MS else task.timeout_ms
+        data = serialization.dumps_call(args, kwargs, timeout, fn_bytes)
+        if len(data) <= _INLINE_ARGS and not task.delay_ms:
+            # the common case, in one C call: write the slot, queue it, wake a worker
+            idx = self._take_slot()
+            task.slot = idx
+            self._slot_task[idx] = task
+            lib.czmp_tasks_submit_inline(self.raw, task.priority.value, idx, func_id, 0,
+                                         data, len(data))
+            return
+        idx = self._store(task, func_id, data)
         if task.delay_ms:
             self._park(task, idx, task.delay_ms / 1000.0)
         else:
@@ -171,11 +187,13 @@ class ProcessBackend:
         """Pickle the call into a free slot; the slot is the task's from here on."""
         func_id, fn_bytes = self.functions.lookup(fn)
         timeout = None if task.timeout_ms == DEFAULT_TIMEOUT_MS else task.timeout_ms
-        data = serialization.dumps_call(args, kwargs, timeout, fn_bytes)
+        return self._store(task, func_id, serialization.dumps_call(args, kwargs, timeout, fn_bytes))
+
+    def _store(self, task: TaskResult, func_id: int, data: bytes) -> int:
         idx = self._take_slot()
         slot = self.slots[idx]
         try:
-            handle, n = self.payloads.write(data, slot.args_inline, _core.INLINE_ARGS,
+            handle, n = self.payloads.write(data, slot.args_inline, _INLINE_ARGS,
                                             holder_slot(idx))
         except BaseException:
             self._return_slot(idx)
@@ -183,8 +201,6 @@ class ProcessBackend:
         slot.args_handle = handle
         slot.args_len = n
         slot.func_id = func_id
-        slot.attempt = 0
-        slot.result_handle = 0
         task.slot = idx
         if handle >> 56 == _HANDLE_EXTERNAL:
             task.ext_args = handle
@@ -276,6 +292,36 @@ class ProcessBackend:
                 try:
                     self.on_done(buf[i])
                 except Exception:  # noqa: BLE001 - the collector must survive anything
+                    log.exception("collecting slot %d failed", buf[i])
+
+    def help_collect(self, task: TaskResult, timeout: Optional[float]) -> None:
+        """A thread about to block in wait() first collects outcomes itself, briefly.
+
+        Handing a result from the collector thread to a waiting thread costs a
+        cross-CPU wake-up (~40 us here) on top of the worker's; polling the
+        result ring from the waiting thread instead (GIL released, the C call
+        spins then sleeps) saves it for short tasks. The ring is multi-consumer
+        and on_done() is safe for distinct slots, so this thread and the
+        collector thread can collect side by side. HELP_COLLECT_S bounds what
+        a wait on a long task spends here before it blocks on the Event.
+        """
+        budget = HELP_COLLECT_S if timeout is None else min(timeout, HELP_COLLECT_S)
+        if budget <= 0 or not self._running:
+            return
+        buf = getattr(self._tls, "collect_buf", None)
+        if buf is None:
+            buf = self._tls.collect_buf = ffi.new("uint32_t[]", HELP_COLLECT_BATCH)
+        raw, on_done = self.raw, self.on_done
+        end = time.monotonic() + budget
+        while task._ok is None:
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            n = lib.czmp_results_collect(raw, buf, HELP_COLLECT_BATCH, min(int(left * 1e9), 200_000))
+            for i in range(n):
+                try:
+                    on_done(buf[i])
+                except Exception:  # noqa: BLE001
                     log.exception("collecting slot %d failed", buf[i])
 
     def on_done(self, idx: int) -> None:

@@ -136,6 +136,8 @@ class TaskResult(Generic[T]):
                 TaskCancelledError, SerializationError.
         """
         if self._ok is None:
+            self._engine._help_collect(self, timeout)
+        if self._ok is None:
             ev = self._waiter()
             if ev is not None and not ev.wait(timeout):
                 raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")

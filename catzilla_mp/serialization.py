@@ -7,9 +7,10 @@ plain data most tasks carry. Functions always go through cloudpickle, once
 per function (see engine._FunctionTable), since it pickles module-level
 functions by reference and everything else by value.
 
-Payload formats (the first byte of a call payload says which):
-  CALL_PLAIN   pickle of (args, kwargs)
-  CALL_FULL    pickle of (args, kwargs, timeout_ms, fn_bytes_or_None)
+Call payloads (the tuple's length says which):
+  pickle of (args, kwargs)                            the common case
+  pickle of (args, kwargs, timeout_ms, fn_bytes)      a timeout of its own, or a
+                                                      function that travels with the call
 Outcome flags (czmp_slot_t.result_flags):
   OUTCOME_OK, OUTCOME_ERROR  pickle of the value / of (exception, traceback text)
 """
@@ -24,8 +25,6 @@ import cloudpickle
 from .errors import RemoteTraceback, SerializationError, TaskError
 
 PROTOCOL = 5
-CALL_PLAIN = b"P"
-CALL_FULL = b"F"
 OUTCOME_OK = 0
 OUTCOME_ERROR = 1
 
@@ -47,23 +46,22 @@ def dumps(obj: Any) -> bytes:
 
 def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
                fn_bytes: bytes | None = None) -> bytes:
-    """Bytes of one call's arguments (and, when needed, its own timeout or function)."""
-    if timeout_ms is None and fn_bytes is None:
-        try:
-            return CALL_PLAIN + _dumps((args, kwargs), PROTOCOL)
-        except Exception:
-            pass
-        return CALL_PLAIN + _dumps_fallback((args, kwargs), "arguments")
-    return CALL_FULL + _dumps_fallback((args, kwargs, timeout_ms, fn_bytes), "arguments")
+    """Bytes of one call: (args, kwargs), or (args, kwargs, timeout_ms, fn_bytes) when needed."""
+    call = (args, kwargs) if timeout_ms is None and fn_bytes is None else \
+        (args, kwargs, timeout_ms, fn_bytes)
+    try:
+        return _dumps(call, PROTOCOL)
+    except Exception:
+        pass
+    return _dumps_fallback(call, "arguments")
 
 
 def loads_call(data) -> tuple[tuple, dict, int | None, bytes | None]:
     """Inverse of dumps_call: (args, kwargs, timeout_ms or None, fn_bytes or None)."""
-    kind = bytes(data[:1])
-    body = _loads(data[1:])
-    if kind == CALL_PLAIN:
-        return body[0], body[1], None, None
-    return body
+    call = _loads(data)
+    if len(call) == 2:
+        return call[0], call[1], None, None
+    return call
 
 
 def _dumps_fallback(obj: Any, what: str) -> bytes:

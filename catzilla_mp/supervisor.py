@@ -41,7 +41,7 @@ log = logging.getLogger("catzilla_mp")
 
 #: Seconds between supervisor passes: bounds how late a timeout, a crash or
 #: a scaling need is noticed; each pass costs a few syscalls per worker.
-TICK_S = 0.05
+TICK_S = 0.1
 #: Seconds between ring repairs and memory checks (each scans a little).
 SLOW_TICK_S = 1.0
 #: Queued tasks per live worker above which the pool grows by one.

@@ -184,6 +184,9 @@ class ThreadBackend:
 
     # -- observation ----------------------------------------------------------------
 
+    def help_collect(self, task: TaskResult, timeout) -> None:
+        pass  # threads complete their tasks themselves
+
     def observe(self, task: TaskResult) -> None:
         pass  # status is kept current by the threads themselves
 

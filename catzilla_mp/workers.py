@@ -34,8 +34,15 @@ from .payloads import Payloads
 #: How long one take() sleeps before looking at the stop flag again. Longer
 #: costs nothing while idle (the futex wakes us for work); it bounds how late
 #: a SIGTERM-requested stop is noticed.
-TAKE_TIMEOUT_NS = 200_000_000
+TAKE_TIMEOUT_NS = 1_000_000_000
 HEARTBEAT_NS = 100_000_000
+#: Arguments up to this size are copied out of shared memory by the take
+#: call itself; larger ones are read in place.
+ARGS_COPY_BYTES = 64 << 10
+_INLINE_ARGS = _core.INLINE_ARGS
+_INLINE_RESULT = _core.INLINE_RESULT
+_INLINE_HANDLE = _core.HANDLE_INLINE << 56
+_OUTCOME_OK = serialization.OUTCOME_OK
 
 
 #: Test-only fault injection: CZMP_WORKER_FAULT="<point>:<countdown>:<claim file>".
@@ -105,6 +112,7 @@ class Worker:
         self.stop = False
         self.done = 0
         self.running: list[_Running] = []
+        self._progress_dirty = True
         self.lock = threading.Lock()
 
     # -- life cycle -----------------------------------------------------
@@ -136,55 +144,78 @@ class Worker:
         me = _Running(threading.get_ident())
         with self.lock:
             self.running.append(me)
-        buf = ffi.new("uint32_t[1]")
-        raw, header = self.raw, self.seg.header
+        single = self.cfg.get("threads", 1) == 1
+        idx_out, len_out = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+        buf = ffi.new("char[]", ARGS_COPY_BYTES)
+        raw, header, index = self.raw, self.seg.header, self.index
+        take = lib.czmp_tasks_take_copy
         while not self.stop:
-            n = lib.czmp_tasks_take(raw, self.index, buf, 1, TAKE_TIMEOUT_NS)
-            if n <= 0:
+            # one C call: claim a slot and copy its arguments into buf
+            if take(raw, index, idx_out, buf, ARGS_COPY_BYTES, len_out, TAKE_TIMEOUT_NS) <= 0:
                 if header.shutdown:
                     break
                 continue
-            self._run(buf[0], me)
+            idx, alen = idx_out[0], len_out[0]
+            slot = lib.czmp_slot(raw, idx)
+            if alen <= _INLINE_ARGS or (alen <= ARGS_COPY_BYTES and
+                                        slot.args_handle >> 56 != _core.HANDLE_EXTERNAL):
+                data = ffi.buffer(buf, alen)
+            else:
+                data = self.payloads.read(slot.args_handle, alen, slot.args_inline)
+            self._run(idx, slot, data, me, single)
             self.done += 1
             if self.max_tasks and self.done >= self.max_tasks:
                 self.stop = True  # recycled: the supervisor starts a fresh worker
 
-    def _run(self, idx: int, me: _Running) -> None:
-        slot = lib.czmp_slot(self.raw, idx)
+    def _run(self, idx: int, slot, data, me: _Running, single: bool) -> None:
         rec = self.rec
         if _fault_point:
             _fault("taken")
         t0 = lib.czmp_now_ns()
         rec.current_slot = idx + 1
-        rec.state = lib.CZMP_WORKER_BUSY
-        flags, out = self._execute(slot, idx, me, t0)
-        try:
-            handle, n = self.payloads.write(out, slot.result_inline, _core.INLINE_RESULT, self.holder)
-        except PayloadTooLargeError as exc:
-            flags, out = serialization.dumps_exception(exc)
-            handle, n = self.payloads.write(out, slot.result_inline, _core.INLINE_RESULT, self.holder)
-        slot.result_handle = handle
+        if self._progress_dirty:
+            self._progress_dirty = False
+            self._report_progress(-1.0, "")
+        flags, out = self._execute(slot, idx, data, me, t0, single)
+        n = len(out)
+        if n <= _INLINE_RESULT:
+            ffi.memmove(slot.result_inline, out, n)
+            slot.result_handle = _INLINE_HANDLE
+        else:
+            try:
+                slot.result_handle, n = self.payloads.write(out, slot.result_inline,
+                                                            _INLINE_RESULT, self.holder)
+            except PayloadTooLargeError as exc:
+                flags, out = serialization.dumps_exception(exc)
+                slot.result_handle, n = self.payloads.write(out, slot.result_inline,
+                                                            _INLINE_RESULT, self.holder)
         slot.result_len = n
         slot.result_flags = flags
         if _fault_point:
             _fault("publishing")
         rec.current_slot = 0
-        rec.state = lib.CZMP_WORKER_IDLE
         rec.busy_ns += lib.czmp_now_ns() - t0
-        if flags == serialization.OUTCOME_OK:
+        if flags == _OUTCOME_OK:
             rec.tasks_done += 1
         else:
             rec.tasks_failed += 1
         lib.czmp_tasks_finish(self.raw, self.index, idx)
 
-    def _execute(self, slot, idx: int, me: _Running, t0: int) -> tuple[int, bytes]:
+    def _execute(self, slot, idx: int, data, me: _Running, t0: int,
+                 single: bool) -> tuple[int, bytes]:
         try:
-            data = self.payloads.read(slot.args_handle, slot.args_len, slot.args_inline)
             args, kwargs, timeout_ms, fn_bytes = serialization.loads_call(data)
-            fn = (serialization.loads_function(fn_bytes) if fn_bytes is not None
-                  else self._function(slot.func_id))
+            if fn_bytes is None:
+                fn = self.functions.get(slot.func_id) or self._function(slot.func_id)
+            else:
+                fn = serialization.loads_function(fn_bytes)
             timeout = self.default_timeout_ms if timeout_ms is None else timeout_ms
-            self._arm(me, idx, t0 + timeout * 1_000_000 if timeout > 0 else 0)
+            deadline = t0 + timeout * 1_000_000 if timeout > 0 else 0
+            me.slot, me.deadline_ns, me.fired = idx, deadline, False
+            if single:
+                self.rec.deadline_ns = deadline
+            else:
+                self._publish_deadline()
             if _fault_point:
                 _fault("running")
             try:
@@ -195,7 +226,11 @@ class Worker:
                     _fault("ran")
             finally:
                 me.in_task = False
-                self._disarm(me)
+                me.slot, me.deadline_ns = -1, 0
+                if single:
+                    self.rec.deadline_ns = 0
+                else:
+                    self._publish_deadline()
         except BaseException as exc:  # the task's, or ours: both go back to the app
             return serialization.dumps_exception(exc)
         return serialization.dumps_result(value)
@@ -209,14 +244,6 @@ class Worker:
         return fn
 
     # -- timeouts ---------------------------------------------------------
-
-    def _arm(self, me: _Running, idx: int, deadline_ns: int) -> None:
-        me.slot, me.deadline_ns, me.fired = idx, deadline_ns, False
-        self._publish_deadline()
-
-    def _disarm(self, me: _Running) -> None:
-        me.slot, me.deadline_ns = -1, 0
-        self._publish_deadline()
 
     def _publish_deadline(self) -> None:
         deadlines = [r.deadline_ns for r in self.running if r.deadline_ns]
@@ -236,6 +263,7 @@ class Worker:
     # -- progress -------------------------------------------------------
 
     def _report_progress(self, fraction: float, message: str) -> None:
+        self._progress_dirty = True
         rec = self.rec
         rec.progress_seq += 1  # odd: readers retry
         rec.progress = fraction

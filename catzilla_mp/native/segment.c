@@ -72,9 +72,13 @@ int czmp_process_die_with_parent(uint32_t parent_pid) {
 
 static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
 
+/* Twice the slots: a slot has at most one live hint, so a ring can only
+ * look full when a consumer stalls between claiming and releasing a cell
+ * while a whole lap of other values goes by; with cap == nslots one slow
+ * collector was enough once every slot was in flight. */
 static uint32_t ring_cap_for(uint32_t nslots) {
     uint32_t cap = 64;
-    while (cap < nslots)
+    while (cap < 2 * (uint64_t)nslots)
         cap <<= 1;
     return cap;
 }

@@ -84,7 +84,17 @@
     }));
   }
 
+  // Lists are rebuilt only when they changed, so a row under the mouse stays put.
+  const shown = {};
+  function changed(key, value) {
+    const text = JSON.stringify(value);
+    if (shown[key] === text) return false;
+    shown[key] = text;
+    return true;
+  }
+
   function renderFailures(list) {
+    if (!changed("failures", list)) return;
     $("failures-body").replaceChildren(...list.map((f) => el("tr", { "data-task-id": f.task_id },
       el("td", {}, fmtTime(f.at)), el("td", {}, taskLink(f.task_id, f.name)),
       el("td", { class: "etype" }, f.error_type), el("td", { class: "msg" }, f.message),
@@ -93,6 +103,7 @@
   }
 
   function renderRecent(list) {
+    if (!changed("recent", list)) return;
     $("recent-body").replaceChildren(...list.map((t) => el("tr", {},
       el("td", {}, taskLink(t.task_id, t.name)), el("td", {}, el("span", { class: "badge " + t.status }, t.status)),
       el("td", {}, t.priority), el("td", { class: "num" }, fmtMs(t.exec_ms)), el("td", { class: "num" }, t.attempts))));

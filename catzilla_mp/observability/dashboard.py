@@ -50,14 +50,13 @@ def dashboard_html(prefix: str = "") -> str:
     return _page_template().replace("__BASE__", html.escape(base, quote=True))
 
 
-def _event(snap: dict, last_t: Optional[int]) -> tuple[str, Optional[int]]:
+def _event(snap: dict, last_t: Optional[int], first: bool) -> tuple[str, Optional[int]]:
+    """One SSE event: the whole history if ``first``, else the seconds after ``last_t``."""
     series = snap["series"]
     payload = dict(snap)
-    if last_t is None:
-        payload["series_reset"] = True
-    else:
-        payload["series"] = [p for p in series if p["t"] > last_t]
-        payload["series_reset"] = False
+    payload["series_reset"] = first
+    if not first:
+        payload["series"] = [p for p in series if last_t is None or p["t"] > last_t]
     new_last = series[-1]["t"] if series else last_t
     data = json.dumps(payload, default=str, separators=(",", ":"))
     return f"event: snapshot\ndata: {data}\n\n", new_last
@@ -77,7 +76,7 @@ def sse_events(engine: "BackgroundTasks", interval: float = DEFAULT_INTERVAL,
     yield f"retry: {RECONNECT_MS}\n\n"
     last_t, sent = None, 0
     while True:
-        chunk, last_t = _event(obs.snapshot(), last_t)
+        chunk, last_t = _event(obs.snapshot(), last_t, sent == 0)
         yield chunk
         sent += 1
         if max_events is not None and sent >= max_events:
@@ -105,7 +104,7 @@ async def aiter_sse_events(engine: "BackgroundTasks", interval: float = DEFAULT_
     last_t, sent = None, 0
     while True:
         snap = await asyncio.to_thread(obs.snapshot)
-        chunk, last_t = _event(snap, last_t)
+        chunk, last_t = _event(snap, last_t, sent == 0)
         yield chunk
         sent += 1
         if max_events is not None and sent >= max_events:
