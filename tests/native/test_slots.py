@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import errno
+import time
 
 import pytest
 
@@ -246,3 +247,40 @@ def test_submit_inline_refuses_oversized_args_and_bad_arguments(seg):
     assert lib.czmp_tasks_submit_inline(seg.raw, 4, 0, 0, 0, b"", 0) == -errno.EINVAL
     assert lib.czmp_tasks_submit_inline(seg.raw, 0, 999, 0, 0, b"", 0) == -errno.EINVAL
     assert kind(seg, 0) == SLOT_FREE
+
+
+def test_rings_hold_twice_the_slots(make_segment):
+    s = make_segment(nslots=100)
+    assert s.task_ring(0).capacity == 256 and s.result_ring().capacity == 256
+
+
+def test_finish_waits_out_a_stalled_collector_instead_of_dropping_the_result(seg, spawn):
+    # Regression: finish ignored a failed result push. A Vyukov ring looks
+    # full one lap after a consumer claimed a cell it has not released yet
+    # (preempted or dead collector), so the hint of a DONE slot was dropped
+    # and the app never collected that result (seen in the stress test).
+    from catzilla_mp._native import ffi
+    ring = seg.result_ring()
+    cap = ring.capacity
+    words = ffi.cast("uint64_t *", ring._ptr)
+    ring.push(10_000)                                 # a stale hint...
+    words[8] += 1                                     # ...claimed by a collector that stalls
+    for _ in range(cap - 1):                          # a lap of results goes by
+        seg.submit(NORMAL, [0])
+        seg.take(0, 1, 0)
+        seg.finish(0, 0)
+        assert seg.collect(1, 0) == [0]
+        seg.release(0, seg.slot_state(0))
+    seg.submit(NORMAL, [1])
+    seg.take(0, 1, 0)
+    # the worker finishes in its own process (the glue keeps the GIL in finish)
+    finisher = spawn("import sys\n"
+                     "from catzilla_mp._core import Segment\n"
+                     "seg = Segment.attach(sys.argv[1])\n"
+                     "sys.exit(0 if seg.finish(0, 1) else 1)\n", seg.name)
+    cookies = new_repair_cookies()
+    while finisher.poll() is None:
+        lib.czmp_rings_repair(seg.raw, cookies)       # the supervisor's periodic repair
+        time.sleep(0.01)
+    assert finisher.returncode == 0
+    assert seg.collect(4, 0) == [1]
