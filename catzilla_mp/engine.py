@@ -63,6 +63,8 @@ MODES = ("process", "thread")
 NOT_RETRYABLE = (SerializationError, PayloadTooLargeError, TaskTimeoutError)
 
 _DEFAULTS = TaskConfig()
+#: How long cancel(force=True) waits for the killed worker to be reaped.
+FORCE_CANCEL_WAIT_S = 10.0
 #: Task functions whose config and name are cached (see BackgroundTasks._describe).
 FN_INFO_CACHE = 1024
 _id_prefix = itertools.count(1)
@@ -486,12 +488,22 @@ class BackgroundTasks(Executor):
             self._finish(task, False, EngineClosedError(
                 f"the engine shut down before task {task.task_id} finished"), TaskStatus.FAILED)
 
-    def _cancel(self, task: TaskResult) -> bool:
+    def _cancel(self, task: TaskResult, force: bool = False) -> bool:
         backend = self._backend
-        if task.done() or backend is None or not backend.cancel(task):
+        if task.done() or backend is None:
             return False
-        self._finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
-        return True
+        if backend.cancel(task):
+            self._finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
+            return True
+        terminate = getattr(backend, "terminate", None)  # threads cannot be killed
+        if not force or terminate is None or not terminate(task):
+            return False
+        # the supervisor reaps the killed worker within a tick; the task may
+        # also have finished just before the kill, and then it stays finished
+        ev = task._waiter()
+        if ev is not None:
+            ev.wait(FORCE_CANCEL_WAIT_S)
+        return task.cancelled()
 
     def _cancel_not_started(self) -> None:
         with self._lock:

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from . import _core, serialization
 from ._core import holder_slot
 from ._native import ffi, lib
-from .errors import QueueFullError, SerializationError, TaskTimeoutError, WorkerCrashedError
+from .errors import (QueueFullError, SerializationError, TaskCancelledError, TaskTimeoutError,
+                     WorkerCrashedError)
 from .payloads import Payloads, plan_arena, remove_externals
 from .records import TaskStatus
 from .results import TaskResult
@@ -345,24 +346,50 @@ class ProcessBackend:
         task.worker_id = slot.worker
         self._settle(task, idx, ok, value)
 
-    def on_crash(self, idx: int, exitcode: int, pid: int, timed_out: bool) -> None:
-        """A RUNNING slot whose worker died (now HELD): retry or fail the task."""
+    def on_crash(self, idx: int, exitcode: int, pid: int, timed_out: bool, *,
+                 cancelled: Optional[TaskResult] = None, killed_by_app: bool = False) -> None:
+        """A RUNNING slot whose worker died (now HELD): retry or fail the task.
+
+        ``timed_out``: the app killed the worker for a timeout; ``cancelled``:
+        the task the app killed it to cancel (cancel(force=True)). A task that
+        merely shared a worker the app killed (threads_per_worker > 1) is
+        re-queued without using an attempt.
+        """
         task = self._slot_task[idx]
         if task is None:
             return
         slot = self.slots[idx]
         task.started_at = self._wall(slot.started_ns)
         task.worker_id = slot.worker
+        if cancelled is task:
+            self._release(task, idx)
+            self.engine._finish(task, False, TaskCancelledError(
+                f"task {task.task_id} was cancelled while running; its worker (pid {pid}) "
+                "was killed"), TaskStatus.CANCELLED)
+            return
         now = lib.czmp_now_ns()
         if timed_out and task.timeout_ms and now >= slot.started_ns + task.timeout_ms * 1_000_000:
             err: Exception = TaskTimeoutError(
                 f"task {task.task_id} ran past its timeout of {task.timeout_ms} ms and "
                 f"did not stop when asked; its worker (pid {pid}) was killed")
+        elif timed_out or killed_by_app:
+            self._park(task, idx, 0.0)  # collateral of a kill for another task: no attempt used
+            return
         else:
             err = WorkerCrashedError(
                 f"worker process {pid} died running task {task.task_id}: {describe_exit(exitcode)}",
                 exitcode)
         self._settle(task, idx, False, err)
+
+    def terminate(self, task: TaskResult) -> bool:
+        """Kill the worker running ``task``; True if a kill was sent (the reap cancels it)."""
+        idx = task.slot
+        if idx < 0 or task.done():
+            return False
+        st = lib.czmp_slot_state(self.raw, idx)
+        if _core.state_kind(st) != _core.SLOT_RUNNING or self._slot_task[idx] is not task:
+            return False
+        return self.supervisor.kill_for_cancel(_core.state_owner(st) - 1, idx, task)
 
     def _settle(self, task: TaskResult, idx: int, ok: bool, value: Any) -> None:
         engine = self.engine

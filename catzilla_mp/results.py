@@ -190,9 +190,16 @@ class TaskResult(Generic[T]):
     def __await__(self):
         return self.future.__await__()
 
-    def cancel(self) -> bool:
-        """Cancel the task if it has not started; True if it was cancelled."""
-        return self._engine._cancel(self)
+    def cancel(self, force: bool = False) -> bool:
+        """Cancel the task; True if it was cancelled (it then fails with TaskCancelledError).
+
+        Without ``force``, only a task that has not started can be cancelled,
+        as with concurrent.futures: a running task is left to finish and
+        False is returned. With ``force=True`` a running task is stopped by
+        killing its worker process (a replacement starts; other tasks that
+        process ran are re-queued); this waits until the kill is handled.
+        """
+        return self._engine._cancel(self, force)
 
     def cancelled(self) -> bool:
         return self.status is TaskStatus.CANCELLED

@@ -60,6 +60,7 @@ class WorkerProcess:
     soft_sent_for: int = 0          # deadline_ns we sent SIGUSR1 for
     killed_for_timeout: bool = False
     stopping: bool = False          # asked to exit (scale-down, recycling)
+    cancels: dict = field(default_factory=dict)  # slot -> TaskResult killed for cancel(force=True)
     ps: Optional[psutil.Process] = field(default=None, repr=False)
 
     @property
@@ -166,7 +167,25 @@ class Supervisor:
         if self._closing:
             return  # the engine abandons what was running
         for idx in running:
-            self.backend.on_crash(idx, code, w.pid, w.killed_for_timeout)
+            self.backend.on_crash(idx, code, w.pid, w.killed_for_timeout,
+                                  cancelled=w.cancels.get(idx), killed_by_app=bool(w.cancels))
+
+    # -- cancelling a running task ------------------------------------------------
+
+    def kill_for_cancel(self, index: int, idx: int, task: object) -> bool:
+        """SIGKILL worker ``index`` so that ``task`` (in slot ``idx``) stops; False if it is gone.
+
+        The reap then fails ``task`` as cancelled; anything else the worker
+        was running is re-queued without using an attempt (it did nothing wrong).
+        """
+        with self._lock:
+            w = self.procs.get(index)
+            if w is None:
+                return False
+            w.cancels[idx] = task
+        log.info("worker %d (pid %d): killing it to cancel the task it runs", index, w.pid)
+        _signal(w, signal.SIGKILL)
+        return True
 
     # -- timeouts ----------------------------------------------------------------
 
