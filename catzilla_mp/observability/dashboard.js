@@ -135,11 +135,13 @@
     g.clearRect(0, 0, w, h);
     const L = 44, R = 8, T = 18, B = 18;
     const now = xs.length ? xs[xs.length - 1] : Math.floor(Date.now() / 1000);
-    const x0 = now - HISTORY + 1;
+    // the window grows with the data: a young engine gets a readable minute, not 5 squeezed seconds
+    const span = Math.min(HISTORY, Math.max(60, Math.ceil((xs.length ? now - xs[0] + 1 : 0) / 60) * 60));
+    const x0 = now - span + 1;
     let ymax = 0;
     for (const l of lines) for (const v of l.values) if (v !== null && v > ymax) ymax = v;
     ymax = niceCeil(ymax || 1);
-    const px = (t) => L + (w - L - R) * (t - x0) / (HISTORY - 1);
+    const px = (t) => L + (w - L - R) * (t - x0) / (span - 1);
     const py = (v) => T + (h - T - B) * (1 - v / ymax);
     g.font = "11px system-ui, sans-serif"; g.strokeStyle = "#26313d"; g.fillStyle = "#7d8a99"; g.lineWidth = 1;
     for (let i = 0; i <= 4; i++) {
@@ -148,7 +150,11 @@
       g.textAlign = "right"; g.fillText(shortNum(v), L - 4, y + 4);
     }
     g.textAlign = "center";
-    for (const ago of [300, 240, 180, 120, 60, 0]) g.fillText(ago ? `-${ago / 60}m` : "now", px(now - ago), h - 4);
+    const step = span / 6;
+    for (let i = 6; i >= 0; i--) {
+      const ago = Math.round(i * step);
+      g.fillText(ago ? (ago % 60 ? `-${ago}s` : `-${ago / 60}m`) : "now", Math.min(px(now - ago), w - R - 10), h - 4);
+    }
     let lx = L;
     for (const l of lines) {
       g.strokeStyle = l.color; g.lineWidth = 1.6; g.beginPath();

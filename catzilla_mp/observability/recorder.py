@@ -44,7 +44,7 @@ HISTORY_S = 300
 SAMPLES_PER_SECOND = 2000
 #: Failures and finished tasks remembered for the dashboard's lists.
 RECENT_FAILURES = 50
-RECENT_TASKS = 50
+RECENT_TASKS = 20
 
 
 class KeyStats:
