@@ -41,7 +41,7 @@ import random
 import threading
 import time
 import weakref
-from collections import OrderedDict
+import collections
 from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
@@ -59,6 +59,8 @@ T = TypeVar("T")
 log = logging.getLogger("catzilla_mp")
 
 MODES = ("process", "thread")
+_EVENTS = {TaskStatus.COMPLETED: "completed", TaskStatus.FAILED: "failed",
+           TaskStatus.CANCELLED: "cancelled"}
 #: Errors a retry cannot fix: the same input fails the same way.
 NOT_RETRYABLE = (SerializationError, PayloadTooLargeError, TaskTimeoutError)
 
@@ -179,7 +181,8 @@ class BackgroundTasks(Executor):
         self._ids = itertools.count(1)
         self._id_prefix = f"task_{os.getpid()}_{next(_id_prefix)}_"
         self._tasks: dict[str, TaskResult] = {}
-        self._finished: OrderedDict[str, None] = OrderedDict()
+        # ids of finished tasks, oldest first: the last keep_finished stay findable
+        self._finished: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
@@ -467,18 +470,18 @@ class BackgroundTasks(Executor):
         """Final outcome: complete the TaskResult once and account for it."""
         if not task._finish(ok, value, status):
             return
-        self.monitor.count_final(task, ok, value)
+        monitor = self.monitor
+        if monitor._listeners:
+            monitor.emit(_EVENTS[status], task, value)
         with self._lock:
+            monitor.count_final_locked(task, ok, value, status)
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.notify_all()
-            if self.options.keep_finished:
-                self._finished[task.task_id] = None
-                while len(self._finished) > self.options.keep_finished:
-                    old, _ = self._finished.popitem(last=False)
-                    self._tasks.pop(old, None)
-            else:
-                self._tasks.pop(task.task_id, None)
+            finished = self._finished
+            finished.append(task.task_id)
+            if len(finished) > self.options.keep_finished:
+                self._tasks.pop(finished.popleft(), None)
 
     def _abandon(self, task: TaskResult) -> None:
         """A task still unfinished when the engine closed."""

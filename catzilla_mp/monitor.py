@@ -9,14 +9,13 @@ from __future__ import annotations
 import collections
 import logging
 import os
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
 from .errors import TaskTimeoutError
-from .records import EngineStats
+from .records import EngineStats, TaskStatus
 
 if TYPE_CHECKING:
     from .engine import BackgroundTasks
@@ -26,6 +25,7 @@ log = logging.getLogger("catzilla_mp")
 
 #: Width of the window tasks_per_second is measured over, in seconds.
 RATE_WINDOW_S = 10
+RATE_BUCKETS = RATE_WINDOW_S + 1
 #: Execution times kept for the percentiles.
 LATENCY_SAMPLES = 10_000
 
@@ -34,7 +34,6 @@ class Monitor:
     def __init__(self, engine: "BackgroundTasks") -> None:
         self.engine = engine
         self.started = time.monotonic()
-        self._lock = threading.Lock()
         self.processed = 0
         self.completed = 0
         self.failed = 0
@@ -43,8 +42,8 @@ class Monitor:
         self.timeouts = 0
         self._exec_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_SAMPLES)
         # per-second completion counts for the last RATE_WINDOW_S + 1 seconds
-        self._buckets = [0] * (RATE_WINDOW_S + 1)
-        self._bucket_sec = [0] * (RATE_WINDOW_S + 1)
+        self._buckets = [0] * RATE_BUCKETS
+        self._bucket_sec = [0] * RATE_BUCKETS
         self._me = psutil.Process(os.getpid())
         self._me.cpu_percent(None)
         self._worker_ps: dict[int, psutil.Process] = {}
@@ -77,41 +76,38 @@ class Monitor:
     # -- counting (hot path) ------------------------------------------------
 
     def count_retry(self, task: "TaskResult", exc: BaseException) -> None:
-        with self._lock:
+        with self.engine._lock:
             self.retries += 1
         if self._listeners:
             self.emit("retrying", task, exc)
 
-    def count_final(self, task: "TaskResult", ok: bool, value: Any) -> None:
+    def count_final_locked(self, task: "TaskResult", ok: bool, value: Any, status) -> None:
+        """Count a task's final outcome; the caller holds the engine's lock."""
+        if status is TaskStatus.CANCELLED:
+            self.cancelled += 1
+            return
+        self.processed += 1
+        if ok:
+            self.completed += 1
+        else:
+            self.failed += 1
+            if isinstance(value, TaskTimeoutError):
+                self.timeouts += 1
+        if task.exec_ms is not None:
+            self._exec_ms.append(task.exec_ms)
         sec = int(time.monotonic())
-        b = sec % len(self._buckets)
-        if self._listeners:
-            self.emit(task.status.name.lower() if task.status.name != "COMPLETED" else "completed",
-                      task, value)
-        with self._lock:
-            if task.status.name == "CANCELLED":
-                self.cancelled += 1
-                return
-            self.processed += 1
-            if ok:
-                self.completed += 1
-            else:
-                self.failed += 1
-                if isinstance(value, TaskTimeoutError):
-                    self.timeouts += 1
-            if task.exec_ms is not None:
-                self._exec_ms.append(task.exec_ms)
-            if self._bucket_sec[b] != sec:
-                self._bucket_sec[b] = sec
-                self._buckets[b] = 0
-            self._buckets[b] += 1
+        b = sec % RATE_BUCKETS
+        if self._bucket_sec[b] != sec:
+            self._bucket_sec[b] = sec
+            self._buckets[b] = 0
+        self._buckets[b] += 1
 
     # -- snapshots ---------------------------------------------------------------
 
     def tasks_per_second(self) -> float:
         """Completions per second over the last RATE_WINDOW_S full seconds."""
         now = int(time.monotonic())
-        with self._lock:
+        with self.engine._lock:
             total = sum(n for n, s in zip(self._buckets, self._bucket_sec)
                         if now - RATE_WINDOW_S <= s < now)
         span = min(RATE_WINDOW_S, max(1, now - int(self.started)))
@@ -129,7 +125,7 @@ class Monitor:
             s.queue_pressure = s.total_queued / e.options.queue_size
             self._fill_workers(s, backend)
             self._fill_memory(s, backend)
-        with self._lock:
+        with e._lock:
             samples = sorted(self._exec_ms)
             s.failed_tasks = self.failed
             s.retry_count = self.retries

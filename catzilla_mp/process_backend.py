@@ -25,7 +25,7 @@ from ._native import ffi, lib
 from .errors import (QueueFullError, SerializationError, TaskCancelledError, TaskTimeoutError,
                      WorkerCrashedError)
 from .payloads import Payloads, plan_arena, remove_externals
-from .records import TaskStatus
+from .records import TaskPriority, TaskStatus
 from .results import TaskResult
 from .segment_janitor import new_segment_name, sweep_dead_segments
 
@@ -52,6 +52,9 @@ DEFAULT_TIMEOUT_MS = 30000
 
 _HANDLE_EXTERNAL = _core.HANDLE_EXTERNAL
 _INLINE_ARGS = _core.INLINE_ARGS
+_INLINE_HANDLE = _core.HANDLE_INLINE << 56
+_COMPLETED = TaskStatus.COMPLETED
+_PRIO = {p: p.value for p in TaskPriority}
 _SLOT_HELD = _core.SLOT_HELD
 
 
@@ -151,7 +154,7 @@ class ProcessBackend:
             idx = self._take_slot()
             task.slot = idx
             self._slot_task[idx] = task
-            lib.czmp_tasks_submit_inline(self.raw, task.priority.value, idx, func_id, 0,
+            lib.czmp_tasks_submit_inline(self.raw, _PRIO[task.priority], idx, func_id, 0,
                                          data, len(data))
             return
         idx = self._store(task, func_id, data)
@@ -334,17 +337,24 @@ class ProcessBackend:
         slot = self.slots[idx]
         handle = slot.result_handle
         try:
-            data = self.payloads.read(handle, slot.result_len, slot.result_inline)
+            if handle == _INLINE_HANDLE:  # the common case, read in place
+                data = ffi.buffer(slot.result_inline, slot.result_len)
+            else:
+                data = self.payloads.read(handle, slot.result_len, slot.result_inline)
             ok, value = serialization.loads_outcome(slot.result_flags, data)
         except Exception as exc:  # noqa: BLE001
             ok, value = False, SerializationError(f"cannot read the task's outcome: {exc}")
         if handle >> 56 == _HANDLE_EXTERNAL:
             self.payloads.free_external(handle)
-        started, finished = slot.started_ns, slot.finished_ns
-        task.started_at = self._wall(started)
-        task.exec_ms = (finished - started) / 1e6
+        started = slot.started_ns
+        task.started_at = started / 1e9 + self._wall_offset
+        task.exec_ms = (slot.finished_ns - started) / 1e6
         task.worker_id = slot.worker
-        self._settle(task, idx, ok, value)
+        if ok:
+            self._release(task, idx)
+            self.engine._finish(task, True, value, _COMPLETED)
+        else:
+            self._settle(task, idx, False, value)
 
     def on_crash(self, idx: int, exitcode: int, pid: int, timed_out: bool, *,
                  cancelled: Optional[TaskResult] = None, killed_by_app: bool = False) -> None:
@@ -409,11 +419,20 @@ class ProcessBackend:
         slot.result_len = 0
 
     def _release(self, task: TaskResult, idx: int) -> None:
-        st = lib.czmp_slot_state(self.raw, idx)
-        lib.czmp_slot_release(self.raw, idx, st)
-        self._forget_slot(task, idx)
+        raw = self.raw
+        lib.czmp_slot_release(raw, idx, lib.czmp_slot_state(raw, idx))
+        if task.ext_args:
+            self.payloads.free_external(task.ext_args)
+            task.ext_args = 0
+        task.slot = -1
+        self._slot_task[idx] = None
+        self._free.append(idx)
+        if self._free_waiters:
+            with self._free_cond:
+                self._free_cond.notify()
 
     def _forget_slot(self, task: TaskResult, idx: int) -> None:
+        """After the slot was released by a cancel: give it back to the free list."""
         if task.ext_args:
             self.payloads.free_external(task.ext_args)
             task.ext_args = 0

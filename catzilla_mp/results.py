@@ -250,8 +250,6 @@ class TaskResult(Generic[T]):
             self._ok = ok
             ev, cbs, fut = self._event, self._callbacks, self._fut
             self._callbacks = None
-        self.payload = None
-        self.fn = None
         if ev is not None:
             ev.set()
         if fut is not None:

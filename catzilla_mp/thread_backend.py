@@ -168,6 +168,7 @@ class ThreadBackend:
             self._park(task, engine._backoff_s(task.attempt))
             return
         self._unreserve()
+        task.fn = task.payload = None  # let the arguments go
         engine._finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
 
     def _time_out(self, rec: _ThreadRecord, task: TaskResult, attempt: int) -> None:
