@@ -42,7 +42,9 @@ class WorkerInfo:
     pid: int
     state: str
     current_slot: Optional[int]   # slot index, None when idle
-    task_id: Optional[int]        # the engine's numeric id of that slot's task
+    task_id: Optional[int]        # the engine's numeric id of that slot's task (0: not recorded)
+    func_id: Optional[int]        # index in the function table (0: sent with the task)
+    attempt: Optional[int]
     priority: Optional[str]
     running_s: Optional[float]
     tasks_done: int
@@ -190,16 +192,20 @@ class SegmentView:
                 continue
             cur = rec.current_slot
             slot_idx = cur - 1 if 0 < cur <= self.header.nslots else None
-            task_id = prio = running = None
+            task_id = func_id = attempt = prio = running = None
             if slot_idx is not None:
                 slot = self._slots[slot_idx]
-                task_id = slot.task_id
+                task_id, func_id, attempt = slot.task_id, slot.func_id, slot.attempt
                 prio = PRIORITIES[slot.priority] if slot.priority < NPRIO else str(slot.priority)
                 running = (now - slot.started_ns) / 1e9 if slot.started_ns else None
             beat = rec.heartbeat_ns
+            name = WORKER_STATES.get(state, str(state))
+            if slot_idx is not None and name == "idle":
+                name = "busy"  # the worker may skip its state word on the hot path; the slot is the truth
             out.append(WorkerInfo(
-                index=i, pid=pid, state=WORKER_STATES.get(state, str(state)),
-                current_slot=slot_idx, task_id=task_id, priority=prio,
+                index=i, pid=pid, state=name,
+                current_slot=slot_idx, task_id=task_id, func_id=func_id, attempt=attempt,
+                priority=prio,
                 running_s=None if running is None else max(0.0, running),
                 tasks_done=rec.tasks_done, tasks_failed=rec.tasks_failed,
                 heartbeat_age_s=max(0.0, (now - beat) / 1e9) if beat else None,

@@ -127,6 +127,8 @@ def _workers(obs: Observer, backend: Any) -> list[dict]:
         current = _current_task(backend, rec)
         if is_shm:
             state = WORKER_STATES.get(rec.state, str(rec.state))
+            if state == "idle" and rec.current_slot:
+                state = "busy"  # the slot being run is the truth, whatever the state word says
             beat = (now_ns - rec.heartbeat_ns) / 1e9 if rec.heartbeat_ns else None
             failed, index = rec.tasks_failed, getattr(proc, "index", None)
         else:  # thread mode: a thread of the app

@@ -1,0 +1,77 @@
+"""The ``catzilla-mp`` command (pyproject: ``catzilla-mp = "catzilla_mp.cli:main"``).
+
+    catzilla-mp top [SEGMENT|PID] [--once] [--interval S]   live view of a running engine
+    catzilla-mp bench [...]                                  benchmarks (python -m bench)
+    catzilla-mp demo [...]                                   a small demo app
+
+Each subcommand imports its module only when run, so ``top`` starts fast and
+needs none of the web or benchmark extras.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+
+def _top(args: argparse.Namespace) -> int:
+    from .observability.top import run
+
+    color = None if not args.no_color else False
+    return run(args.target, interval=args.interval, once=args.once, color=color)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    # stub for the lead: forwards to bench/__main__.py (bench is a package of the repo, not of the wheel)
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError:
+        print("catzilla-mp bench: run it from a checkout of the repository (needs the bench package)",
+              file=sys.stderr)
+        return 2
+    return bench_main(args.rest) or 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # stub for the lead: catzilla_mp.demo does not exist yet
+    try:
+        from .demo import main as demo_main  # type: ignore[import-not-found]
+    except ImportError:
+        print("catzilla-mp demo: not available in this version", file=sys.stderr)
+        return 2
+    return demo_main(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="catzilla-mp", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    top = sub.add_parser("top", help="live view of a running engine (read-only, from its shared memory)",
+                         description="Attach read-only to a running engine's shared memory and show "
+                                     "its queues and workers, refreshed like top (q or Ctrl-C quits).")
+    top.add_argument("target", nargs="?", default=None,
+                     help="segment name (czmp_<uid>_<pid>_...), or the engine's process id; "
+                          "default: the only running engine of this user")
+    top.add_argument("--once", action="store_true", help="print one frame and exit")
+    top.add_argument("--interval", type=float, default=1.0, metavar="S",
+                     help="seconds between refreshes (default 1)")
+    top.add_argument("--no-color", action="store_true", help="no bold/dim escapes")
+    top.set_defaults(func=_top)
+
+    bench = sub.add_parser("bench", help="run the benchmarks (python -m bench)", add_help=False)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=_bench)
+
+    demo = sub.add_parser("demo", help="run the demo", add_help=False)
+    demo.add_argument("rest", nargs=argparse.REMAINDER)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
