@@ -426,8 +426,10 @@ class BackgroundTasks(Executor):
                 if left <= 0:
                     break
                 self._idle.wait(min(left, 0.1))
-        for fn in self._delays.drain():
-            fn()  # delayed entries complete as cancelled now that _closed is set
+        # Drop the timers, do not fire them: firing would queue a delayed task
+        # (or a retry) before it is due, and an idle worker would start it
+        # early. The backend's close() abandons every task still unfinished.
+        self._delays.drain()
         backend, self._backend = self._backend, None
         if backend is not None:
             backend.close(self._abandon)
