@@ -391,6 +391,14 @@ class ProcessBackend:
                 exitcode)
         self._settle(task, idx, False, err)
 
+    def on_stopped_running(self, idx: int) -> None:
+        """A RUNNING slot whose worker was stopped by shutdown: record that the task started."""
+        task = self._slot_task[idx]
+        if task is not None:
+            task.started_at = self._wall(self.slots[idx].started_ns)
+            task.worker_id = self.slots[idx].worker
+            task.status = TaskStatus.RUNNING
+
     def terminate(self, task: TaskResult) -> bool:
         """Kill the worker running ``task``; True if a kill was sent (the reap cancels it)."""
         idx = task.slot

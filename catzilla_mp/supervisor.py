@@ -165,7 +165,9 @@ class Supervisor:
         for idx in done:
             self.backend.on_done(idx)
         if self._closing:
-            return  # the engine abandons what was running
+            for idx in running:  # the engine abandons them: as started, not as never run
+                self.backend.on_stopped_running(idx)
+            return
         for idx in running:
             self.backend.on_crash(idx, code, w.pid, w.killed_for_timeout,
                                   cancelled=w.cancels.get(idx), killed_by_app=bool(w.cancels))

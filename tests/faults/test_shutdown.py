@@ -28,3 +28,14 @@ def test_a_delayed_task_is_never_started_early_by_a_shutdown(make_engine, tmp_pa
     engine.shutdown(wait_for_completion=True, timeout=0.2)
     assert delayed.status is TaskStatus.CANCELLED
     assert fault_jobs.runs(path) == {}
+
+
+def test_a_task_running_at_shutdown_is_not_reported_as_never_started(make_engine, tmp_path):
+    engine = make_engine(workers=1)
+    path = str(tmp_path / "runs")
+    running = engine.add_task(fault_jobs.hold, path, "x", str(tmp_path / "never"))
+    wait_until(lambda: fault_jobs.runs(path).get("x") == 1, 60, "the task running")
+    engine.shutdown(wait_for_completion=False, timeout=0.2)
+    with pytest.raises(EngineClosedError, match="shut down before"):
+        running.wait(0)
+    assert running.status is TaskStatus.FAILED and running.get_stats().started_at is not None
