@@ -141,7 +141,8 @@ class Supervisor:
         with self._lock:
             self.procs[index] = WorkerProcess(index, popen, now, now)
         self.spawned += 1
-        log.info("worker %d started (pid %d)", index, popen.pid)
+        log.info("worker %d started (pid %d)", index, popen.pid,
+                 extra={"event": "worker_started", "worker": index, "pid": popen.pid})
 
     def _reap(self) -> None:
         for w in list(self.procs.values()):
@@ -155,13 +156,19 @@ class Supervisor:
             del self.procs[w.index]
         self.free_indices.append(w.index)
         if self._closing and not running:
-            log.info("worker %d (pid %d) stopped", w.index, w.pid)
+            log.info("worker %d (pid %d) stopped", w.index, w.pid,
+                     extra={"event": "worker_stopped", "worker": w.index, "pid": w.pid,
+                            "exit_code": code})
         elif code != 0 or running:
             self.crashes += 1
             log.warning("worker %d (pid %d) %s with %d task(s) running", w.index, w.pid,
-                        _describe(code), len(running))
+                        _describe(code), len(running),
+                        extra={"event": "worker_crashed", "worker": w.index, "pid": w.pid,
+                               "exit_code": code, "tasks_running": len(running)})
         else:
-            log.info("worker %d (pid %d) exited", w.index, w.pid)
+            log.info("worker %d (pid %d) exited", w.index, w.pid,
+                     extra={"event": "worker_exited", "worker": w.index, "pid": w.pid,
+                            "exit_code": code})
         for idx in done:
             self.backend.on_done(idx)
         if self._closing:
@@ -185,7 +192,8 @@ class Supervisor:
             if w is None:
                 return False
             w.cancels[idx] = task
-        log.info("worker %d (pid %d): killing it to cancel the task it runs", index, w.pid)
+        log.info("worker %d (pid %d): killing it to cancel the task it runs", index, w.pid,
+                 extra={"event": "worker_killed_for_cancel", "worker": index, "pid": w.pid})
         _signal(w, signal.SIGKILL)
         return True
 
@@ -200,11 +208,16 @@ class Supervisor:
                 continue
             if w.soft_sent_for != deadline:
                 w.soft_sent_for = deadline
+                log.info("worker %d (pid %d): a task is past its timeout; interrupting it",
+                         w.index, w.pid, extra={"event": "task_timeout_signalled",
+                                                "worker": w.index, "pid": w.pid})
                 _signal(w, signal.SIGUSR1)
             elif now >= deadline + grace and not w.killed_for_timeout:
                 w.killed_for_timeout = True
                 log.warning("worker %d (pid %d): task past its timeout ignored the "
-                            "TaskTimeoutError; killing the worker", w.index, w.pid)
+                            "TaskTimeoutError; killing the worker", w.index, w.pid,
+                            extra={"event": "worker_killed_for_timeout", "worker": w.index,
+                                   "pid": w.pid})
                 _signal(w, signal.SIGKILL)
 
     # -- scaling and recycling ----------------------------------------------------------
@@ -215,7 +228,8 @@ class Supervisor:
         queued = sum(self.seg.queue_depths())
         if queued > SCALE_UP_PRESSURE * max(1, len(live)) and self.target < o.max_workers:
             self.target += 1
-            log.info("scaling up to %d workers (%d tasks queued)", self.target, queued)
+            log.info("scaling up to %d workers (%d tasks queued)", self.target, queued,
+                     extra={"event": "scale_up", "workers": self.target, "queued": queued})
             return
         for w in live:
             rec = self.seg.worker(w.index)
@@ -229,7 +243,9 @@ class Supervisor:
             self.target -= 1
             victim = max(idle, key=lambda w: w.index)
             victim.stopping = True
-            log.info("scaling down to %d workers (worker %d idle)", self.target, victim.index)
+            log.info("scaling down to %d workers (worker %d idle)", self.target, victim.index,
+                     extra={"event": "scale_down", "workers": self.target, "worker": victim.index,
+                            "pid": victim.pid})
             _signal(victim, signal.SIGTERM)
 
     def _recycle_by_memory(self) -> None:
@@ -246,7 +262,9 @@ class Supervisor:
             if rss > limit:
                 w.stopping = True
                 log.info("recycling worker %d (pid %d): RSS %d MiB over the %d MiB limit",
-                         w.index, w.pid, rss >> 20, limit >> 20)
+                         w.index, w.pid, rss >> 20, limit >> 20,
+                         extra={"event": "worker_recycled", "worker": w.index, "pid": w.pid,
+                                "rss_bytes": rss})
                 _signal(w, signal.SIGTERM)
 
     # -- observation ------------------------------------------------------
