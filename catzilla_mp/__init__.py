@@ -41,6 +41,12 @@ from .results import TaskFuture, TaskResult
 
 __version__ = "0.1.0"
 
+# A library logs but never decides where logs go: without this handler, a
+# warning (a crashed worker) would reach stderr through logging's last resort.
+import logging as _logging
+
+_logging.getLogger("catzilla_mp").addHandler(_logging.NullHandler())
+
 __all__ = [
     "BackgroundTaskApp", "BackgroundTasks", "CatzillaMPError", "EngineBrokenError",
     "EngineClosedError", "EngineStats", "PayloadTooLargeError", "QueueFullError",
