@@ -187,6 +187,8 @@ class BackgroundTasks(Executor):
         self._idle = threading.Condition(self._lock)
         self._in_flight = 0
         self._closed = False
+        # False once shutdown stops waiting for tasks: a failed attempt is final then
+        self._retries_allowed = True
         self._registered_tasks: dict[str, Callable] = {}
         self._fn_info: dict[Any, tuple[Optional[TaskConfig], str]] = {}
         from .monitor import Monitor
@@ -419,6 +421,7 @@ class BackgroundTasks(Executor):
             self._closed = True
         deadline = time.monotonic() + max(0.0, timeout)
         if not wait_for_completion:
+            self._retries_allowed = False
             self._cancel_not_started()
         with self._lock:
             while self._in_flight > 0:
@@ -426,6 +429,7 @@ class BackgroundTasks(Executor):
                 if left <= 0:
                     break
                 self._idle.wait(min(left, 0.1))
+        self._retries_allowed = False
         # Drop the timers, do not fire them: firing would queue a delayed task
         # (or a retry) before it is due, and an idle worker would start it
         # early. The backend's close() abandons every task still unfinished.
@@ -452,7 +456,9 @@ class BackgroundTasks(Executor):
 
     def _attempt_failed(self, task: TaskResult, exc: BaseException) -> bool:
         """Decide after a failed attempt: True to retry (the caller keeps the task's payload)."""
-        if self._closed or task.attempt >= task.max_retries or isinstance(exc, NOT_RETRYABLE):
+        # while shutdown waits for completion, retries still run (see shutdown())
+        if (not self._retries_allowed or task.attempt >= task.max_retries
+                or isinstance(exc, NOT_RETRYABLE)):
             return False
         task.attempt += 1
         task.status = TaskStatus.RETRYING

@@ -94,6 +94,18 @@ def crash_first(path, i, how, crashes=1):
     return i * 3 + 1
 
 
+def crash_after_release(path, i, release_path, seconds=60.0):
+    """First run: wait for release_path, then die (os._exit); later runs return i."""
+    n = runs(path).get(str(i), 0)
+    _trace(path, i)
+    if n:
+        return i
+    end = time.monotonic() + seconds
+    while not os.path.exists(release_path) and time.monotonic() < end:
+        time.sleep(0.005)
+    os._exit(13)
+
+
 def crash_always(path, i, how):
     _trace(path, i)
     _die(how)
