@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import bisect
 import collections
-import random
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
+from ..records import TaskPriority
 
 if TYPE_CHECKING:
     from ..engine import BackgroundTasks
@@ -50,13 +50,12 @@ RECENT_TASKS = 20
 class KeyStats:
     """Counters and the execution-time histogram of one (priority, task name)."""
 
-    __slots__ = ("counts", "buckets", "exec_sum", "exec_count")
+    __slots__ = ("counts", "buckets", "exec_sum")
 
     def __init__(self) -> None:
         self.counts = [0] * len(COUNTER_NAMES)
         self.buckets = [0] * (len(EXEC_BUCKETS) + 1)  # not cumulative; last is +Inf
         self.exec_sum = 0.0
-        self.exec_count = 0
 
 
 class Second:
@@ -73,13 +72,13 @@ class Second:
         self.seen = 0                    # execution times offered (for the reservoir)
 
     def add_sample(self, ms: float) -> None:
-        self.seen += 1
-        if len(self.samples) < SAMPLES_PER_SECOND:
+        # a busy second keeps its last SAMPLES_PER_SECOND times: within one
+        # second that is as good as a uniform sample, at the cost of one store
+        if self.seen < SAMPLES_PER_SECOND:
             self.samples.append(ms)
-        else:  # reservoir sampling keeps a uniform sample of a busy second
-            j = random.randrange(self.seen)
-            if j < SAMPLES_PER_SECOND:
-                self.samples[j] = ms
+        else:
+            self.samples[self.seen % SAMPLES_PER_SECOND] = ms
+        self.seen += 1
 
     def point(self) -> dict:
         s = sorted(self.samples)
@@ -95,7 +94,7 @@ class Recorder:
         self.engine = engine
         self.started = time.time()
         self._lock = threading.Lock()
-        self.keys: dict[tuple[str, str], KeyStats] = {}
+        self.keys: dict[tuple[TaskPriority, str], KeyStats] = {}
         self._names: set[str] = set()
         self._open: dict[int, Second] = {}
         self._closed: collections.deque[dict] = collections.deque(maxlen=HISTORY_S)
@@ -109,19 +108,37 @@ class Recorder:
     # -- the listener (engine threads) ----------------------------------------
 
     def on_event(self, event: str, task: "TaskResult", detail: Any) -> None:
-        now = time.time()
+        # hot: runs once per submit and once per outcome, on the engine's threads
+        t = int(time.time())
         with self._lock:
-            ks = self._key(task)
-            sec = self._second(int(now))
+            ks = self.keys.get((task.priority, task.name))
+            if ks is None:
+                ks = self._new_key(task)
+            sec = self._open.get(t)
+            if sec is None:
+                sec = self._second(t)
             c = ks.counts
             if event == "submitted":
                 c[SUBMITTED] += 1
                 sec.submitted += 1
                 return
+            if event == "completed":
+                c[COMPLETED] += 1
+                sec.completed += 1
+                if task.started_at is not None:
+                    c[STARTED] += 1
+                ms = task.exec_ms
+                if ms is not None:
+                    ks.buckets[bisect.bisect_left(EXEC_BUCKETS, ms / 1000.0)] += 1
+                    ks.exec_sum += ms / 1000.0
+                    sec.add_sample(ms)
+                self.recent.append(task)
+                return
             if event == "cancelled":
                 c[CANCELLED] += 1
                 self.recent.append(task)
                 return
+            # a failed attempt: final ("failed") or to be run again ("retrying")
             if task.started_at is not None:
                 c[STARTED] += 1
             if isinstance(detail, WorkerCrashedError):
@@ -130,34 +147,28 @@ class Recorder:
                 c[TIMED_OUT] += 1
             if event == "retrying":
                 c[RETRIED] += 1
-            elif event in ("completed", "failed"):
-                if event == "completed":
-                    c[COMPLETED] += 1
-                    sec.completed += 1
-                else:
-                    c[FAILED] += 1
-                    sec.failed += 1
+            else:
+                c[FAILED] += 1
+                sec.failed += 1
                 ms = task.exec_ms
                 if ms is not None:
                     ks.buckets[bisect.bisect_left(EXEC_BUCKETS, ms / 1000.0)] += 1
                     ks.exec_sum += ms / 1000.0
-                    ks.exec_count += 1
                     sec.add_sample(ms)
                 self.recent.append(task)
-        if event in ("failed", "retrying"):
-            self._remember_failure(event, task, detail, now)
+        self._remember_failure(event, task, detail, time.time())
 
-    def _key(self, task: "TaskResult") -> KeyStats:
+    def _new_key(self, task: "TaskResult") -> KeyStats:
+        """Stats of a (priority, name) seen for the first time (lock held)."""
         name = task.name or "?"
         if name not in self._names:
             if len(self._names) >= MAX_TASK_NAMES:
-                name = OTHER_NAME
-            else:
-                self._names.add(name)
-        key = (task.priority.name.lower(), name)
-        ks = self.keys.get(key)
-        if ks is None:
-            ks = self.keys[key] = KeyStats()
+                ks = self.keys.get((task.priority, OTHER_NAME))
+                if ks is None:
+                    ks = self.keys[(task.priority, OTHER_NAME)] = KeyStats()
+                return ks  # not cached under its own name: the table stays bounded
+            self._names.add(name)
+        ks = self.keys[(task.priority, task.name)] = KeyStats()
         return ks
 
     def _second(self, t: int) -> Second:
@@ -189,12 +200,12 @@ class Recorder:
         """A consistent copy of every key's counters and histogram."""
         out = {}
         with self._lock:
-            for key, ks in self.keys.items():
+            for (prio, name), ks in self.keys.items():
                 cp = KeyStats()
                 cp.counts = list(ks.counts)
                 cp.buckets = list(ks.buckets)
-                cp.exec_sum, cp.exec_count = ks.exec_sum, ks.exec_count
-                out[key] = cp
+                cp.exec_sum = ks.exec_sum
+                out[(prio.name.lower(), name or "?")] = cp
         return out
 
     def totals(self) -> dict[str, int]:
