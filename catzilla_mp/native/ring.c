@@ -79,12 +79,74 @@ int czmp_ring_push(czmp_ring_t *r, uint32_t v) {
     }
 }
 
+/* Batches claim a run of contiguous cells with ONE CAS on tail (or head),
+ * which is what lets several producers and consumers share a ring at tens of
+ * millions of values per second: the contended word is touched once per
+ * batch, not once per value. The run is read before the CAS; that is safe
+ * because a free cell (seq == pos) or a published one (seq == pos + 1) can
+ * only be changed by whoever claims its position, and repair only touches
+ * positions already claimed. Each cell is then published/released with its
+ * own CAS, exactly as single push/pop do, so repair works unchanged. */
+#define CZMP_RUN_MAX 64
+
+/* Claim up to n free cells at the tail. Returns how many (0 if full) and
+ * their first position and current words. */
+static int claim_push_run(czmp_ring_t *r, int n, uint64_t *pos_out, uint64_t *words) {
+    uint64_t pos = czmp_load_relaxed(&r->tail);
+    for (;;) {
+        int k = 0;
+        for (; k < n; k++) {
+            /* acquire: pairs with the consumer's releasing CAS */
+            uint64_t w = czmp_load_acquire(&r->cells[(pos + (uint64_t)k) & r->mask]);
+            if (cell_seq(w) != (uint32_t)(pos + (uint64_t)k))
+                break;
+            words[k] = w;
+        }
+        if (k == 0) {
+            uint64_t w = czmp_load_acquire(&r->cells[pos & r->mask]);
+            if ((int32_t)(cell_seq(w) - (uint32_t)pos) < 0)
+                return 0;  /* the cell one lap back is not released yet: full */
+            pos = czmp_load_relaxed(&r->tail);  /* another producer moved on */
+            continue;
+        }
+        if (czmp_cas(&r->tail, &pos, pos + (uint64_t)k)) {
+            *pos_out = pos;
+            return k;
+        }
+        /* pos now holds the current tail; retry there */
+    }
+}
+
 int czmp_ring_push_many(czmp_ring_t *r, const uint32_t *vals, int n) {
+    uint64_t words[CZMP_RUN_MAX];
     int pushed = 0;
+    for (int i = 0; i < n; i++)
+        if (vals[i] == (uint32_t)CZMP_RING_TOMBSTONE)
+            n = i;  /* refused as by czmp_ring_push: the prefix before it only */
     while (pushed < n) {
-        if (czmp_ring_push(r, vals[pushed]) != 0)
+        uint64_t pos;
+        int want = n - pushed < CZMP_RUN_MAX ? n - pushed : CZMP_RUN_MAX;
+        int k = claim_push_run(r, want, &pos, words);
+        if (k == 0)
             break;
-        pushed++;
+        CZMP_FAULT(CZMP_FAULT_RING_PUSH_CLAIMED);
+        for (int j = 0; j < k; j++) {
+            uint64_t p = pos + (uint64_t)j;
+            /* release: pairs with the acquire load in claim_pop / claim_one */
+            if (!czmp_cas(&r->cells[p & r->mask], &words[j], cell_make(p + 1, vals[pushed + j])) &&
+                czmp_ring_push(r, vals[pushed + j]) != 0) {
+                /* a repair tombstoned this claim while we were slow and the
+                 * ring is full now: report the values pushed so far (a
+                 * prefix is promised, so publish nothing after this one) */
+                for (int q = j + 1; q < k; q++) {
+                    uint64_t pq = pos + (uint64_t)q;
+                    czmp_cas(&r->cells[pq & r->mask], &words[q],
+                             cell_make(pq + 1, (uint32_t)CZMP_RING_TOMBSTONE));
+                }
+                return pushed + j;
+            }
+        }
+        pushed += k;
     }
     return pushed;
 }
@@ -129,10 +191,49 @@ int czmp_ring_pop(czmp_ring_t *r, uint32_t *v) {
     return -EAGAIN;
 }
 
+/* Claim up to n published cells at the head. Returns how many (0 if empty)
+ * with their first position and words. */
+static int claim_pop_run(czmp_ring_t *r, int n, uint64_t *pos_out, uint64_t *words) {
+    uint64_t pos = czmp_load_relaxed(&r->head);
+    for (;;) {
+        int k = 0;
+        for (; k < n; k++) {
+            /* acquire: pairs with the publishing CAS in push */
+            uint64_t w = czmp_load_acquire(&r->cells[(pos + (uint64_t)k) & r->mask]);
+            if (cell_seq(w) != (uint32_t)(pos + (uint64_t)k + 1))
+                break;
+            words[k] = w;
+        }
+        if (k == 0) {
+            uint64_t w = czmp_load_acquire(&r->cells[pos & r->mask]);
+            if ((int32_t)(cell_seq(w) - (uint32_t)(pos + 1)) < 0)
+                return 0;  /* not published yet: empty (or a stuck producer) */
+            pos = czmp_load_relaxed(&r->head);
+            continue;
+        }
+        if (czmp_cas(&r->head, &pos, pos + (uint64_t)k)) {
+            *pos_out = pos;
+            return k;
+        }
+    }
+}
+
 int czmp_ring_pop_many(czmp_ring_t *r, uint32_t *vals, int n) {
+    uint64_t words[CZMP_RUN_MAX];
     int got = 0;
-    while (got < n && czmp_ring_pop(r, &vals[got]) == 0)
-        got++;
+    while (got < n) {
+        uint64_t pos;
+        int want = n - got < CZMP_RUN_MAX ? n - got : CZMP_RUN_MAX;
+        int k = claim_pop_run(r, want, &pos, words);
+        if (k == 0)
+            break;
+        CZMP_FAULT(CZMP_FAULT_RING_POP_CLAIMED);
+        for (int j = 0; j < k; j++) {
+            czmp_ring_release_one(r, pos + (uint64_t)j, words[j]);
+            if (cell_val(words[j]) != (uint32_t)CZMP_RING_TOMBSTONE)
+                vals[got++] = cell_val(words[j]);
+        }
+    }
     return got;
 }
 

@@ -42,6 +42,15 @@ elif action == "pop":
     out = ffi.new("uint32_t *")
     for _ in range(countdown + 5):
         lib.czmp_ring_pop(ring, out)
+elif action == "push_many":
+    ring = lib.czmp_segment_task_ring(seg.raw, 0)
+    lib.czmp_ring_push_many(ring, list(range(100, 110)), 10)
+    lib.czmp_ring_push_many(ring, list(range(200, 210)), 10)
+elif action == "pop_many":
+    ring = lib.czmp_segment_task_ring(seg.raw, 0)
+    out = ffi.new("uint32_t[]", 64)
+    lib.czmp_ring_pop_many(ring, out, 4)
+    lib.czmp_ring_pop_many(ring, out, 5)
 elif action == "alloc":
     for _ in range(countdown + 5):
         seg.alloc(100, holder_worker(0))
@@ -97,6 +106,30 @@ def test_consumer_killed_after_claiming_a_cell_hands_its_value_to_repair(seg, sp
     run_victim(spawn, seg, lib.CZMP_FAULT_RING_POP_CLAIMED, 3, "pop")
     assert drain(seg) == list(range(3, 10))
     assert repair_twice(ring) == [2]            # the one value in flight
+    cap = ring.capacity
+    assert ring.push_many(list(range(cap))) == cap
+    assert drain(seg) == list(range(cap))
+
+
+def test_batch_producer_killed_after_claiming_a_run_stalls_nothing_after_repair(seg, spawn):
+    # countdown 2: the first batch is published, the second dies claimed
+    run_victim(spawn, seg, lib.CZMP_FAULT_RING_PUSH_CLAIMED, 2, "push_many")
+    ring = seg.task_ring(0)
+    ring.push(7)
+    assert drain(seg) == list(range(100, 110))
+    assert repair_twice(ring) == []
+    assert drain(seg) == [7]                    # ten tombstones skipped
+    cap = ring.capacity
+    assert ring.push_many(list(range(cap))) == cap
+    assert drain(seg) == list(range(cap))
+
+
+def test_batch_consumer_killed_after_claiming_a_run_hands_all_back(seg, spawn):
+    ring = seg.task_ring(0)
+    ring.push_many(list(range(20)))
+    run_victim(spawn, seg, lib.CZMP_FAULT_RING_POP_CLAIMED, 2, "pop_many")
+    assert drain(seg) == list(range(9, 20))    # 0..3 popped, 4..8 in flight
+    assert repair_twice(ring) == [4, 5, 6, 7, 8]
     cap = ring.capacity
     assert ring.push_many(list(range(cap))) == cap
     assert drain(seg) == list(range(cap))

@@ -186,3 +186,8 @@ def test_repair_of_a_healthy_ring_changes_nothing(ring):
     for _ in range(3):
         assert ring.repair(cookie) == []
     assert drain(ring) == [2, 3]
+
+
+def test_batch_push_stops_before_a_tombstone_value(ring):
+    assert ring.push_many([1, 2, TOMBSTONE, 3]) == 2
+    assert drain(ring) == [1, 2]
