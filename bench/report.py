@@ -128,7 +128,8 @@ def chart(summary: dict, meta: dict, names: list, path: Path) -> None:
     for ax in list(axes.flat)[len(rows):]:
         ax.axis("off")
     fig.suptitle(f"catzilla_mp vs peers — {meta['date']} {meta['host']} ({meta['mode']}, "
-                 f"{meta['reps']} reps, 2 workers)", fontsize=11)
+                 f"{meta['reps']} reps, 2 workers; other processes used "
+                 f"{fmt(meta.get('other_cpu_percent'))}% of a core meanwhile)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))  # room for the title
     fig.savefig(path, dpi=110)
     plt.close(fig)
