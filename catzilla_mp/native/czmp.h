@@ -87,6 +87,7 @@
 #define CZMP_FAULT_TAKE_SLOT_CLAIMED 3    /* slot RUNNING, its ring cell not yet released */
 #define CZMP_FAULT_ARENA_HELD 4           /* right after a chunk was allocated */
 #define CZMP_FAULT_FINISH_DONE 5          /* slot DONE, hint not yet in the result ring */
+#define CZMP_FAULT_RESULT_WRITTEN 6       /* result bytes in the slot, slot still RUNNING */
 
 /* Worker record states. */
 #define CZMP_WORKER_EMPTY 0
@@ -107,7 +108,10 @@ typedef struct czmp_wake {
                              a producer need not wake anybody (it will be seen) */
     uint32_t waking;      /* 1 from a lazy wake until the woken consumer spins: a
                              burst of pushes then makes one syscall, not one each */
-    uint64_t pad[4];
+    uint64_t spin_lease_ns; /* spinners: CLOCK_MONOTONIC time until which `spinners`
+                             is trusted, renewed while polling, 0 when one stops; a
+                             SIGKILLed spinner's count thus stops muting wakes */
+    uint64_t pad[3];
 } czmp_wake_t;            /* 64 bytes, one cache line */
 
 /* Creation parameters. Chunk sizes must be multiples of 64, ascending. */
@@ -344,6 +348,36 @@ int czmp_tasks_take_copy(czmp_segment_t *seg, uint32_t worker, uint32_t *idx, vo
  * released or repaired: the hint is never dropped. 0, or -ESTALE if the slot is no
  * longer RUNNING for this worker (the app took it back: timeout, cancel). */
 int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx);
+
+/* Worker, the whole publish of a small outcome in one call: copy len bytes
+ * into the slot's inline result area (result_handle = INLINE), set
+ * result_flags, credit the worker record (busy_ns += now - started_ns,
+ * tasks_done or, if flags != 0, tasks_failed; current_slot = 0), then finish
+ * as czmp_tasks_finish. -EMSGSIZE if len > CZMP_INLINE_RESULT (nothing
+ * written), -EINVAL, or czmp_tasks_finish's result. */
+int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
+                             uint32_t flags, const void *data, uint32_t len);
+
+/* What the app needs of one finished slot, gathered by one C call. */
+typedef struct czmp_outcome {
+    uint64_t state;               /* the slot's state word, now HELD: pass to czmp_slot_release */
+    uint64_t handle;              /* result_handle */
+    uint64_t started_ns;
+    uint64_t finished_ns;
+    uint32_t idx;
+    uint32_t flags;               /* result_flags */
+    uint32_t len;                 /* result_len */
+    uint32_t worker;
+    uint32_t data_off;            /* inline result copied to data + data_off; UINT32_MAX if not */
+    uint32_t pad;
+} czmp_outcome_t;                 /* 56 bytes */
+
+/* App: as czmp_results_collect (at most 256 per call), and for each slot
+ * taken fill out[i] and copy an inline result into data (up to data_cap
+ * bytes in all; results that do not fit are left in the slot, data_off =
+ * UINT32_MAX). Returns the count, 0 on timeout, -EINVAL. */
+int czmp_results_collect_outcomes(czmp_segment_t *seg, czmp_outcome_t *out, int max,
+                                  void *data, uint32_t data_cap, int64_t timeout_ns);
 
 /* App: take up to max finished slots, DONE -> HELD; stale and duplicate
  * hints are dropped. Spins briefly, then sleeps up to timeout_ns. Returns

@@ -37,6 +37,10 @@
  * consumer sleeps 50 us after the last task. */
 #define CZMP_SPIN_PAUSE_ROUNDS 64
 #define CZMP_SPIN_NS 50000
+/* How long a spinner's count is believed without renewal: well past one
+ * poll, so a preempted spinner costs at most a spurious wake, and short, so
+ * pushes right after a spinner was killed wait at most this for a wake. */
+#define CZMP_SPIN_LEASE_NS 1000000
 
 czmp_slot_t *czmp_slot(czmp_segment_t *seg, uint32_t idx) {
     if (idx >= seg->hdr->nslots)
@@ -229,6 +233,7 @@ typedef int (*try_fn)(czmp_segment_t *, uint32_t, uint32_t *, int);
  * must not take the core from the app thread that is producing its work. */
 static int spin(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t arg,
                 uint32_t *out, int max, int stop_on_shutdown) {
+    czmp_store_relaxed(&wk->spin_lease_ns, czmp_now_ns() + CZMP_SPIN_LEASE_NS);
     czmp_fetch_add(&wk->spinners, 1);
     /* producers now see us spinning; a lazy wake in flight has done its job */
     czmp_store_release(&wk->waking, 0);
@@ -243,12 +248,18 @@ static int spin(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t arg,
             continue;
         }
         uint64_t now = czmp_now_ns();
+        czmp_store_relaxed(&wk->spin_lease_ns, now + CZMP_SPIN_LEASE_NS);
         if (!start)
             start = now;
         else if (now - start > CZMP_SPIN_NS)
             break;
         sched_yield();
     }
+    /* Clear the lease before we stop counting as a spinner: a producer that
+     * then still sees spinners != 0 (other spinners, or a dead one's count)
+     * makes the wake, so we cannot fall asleep unseen. Live spinners renew it
+     * on their next poll. Ordered before our re-check by wait_for's fence. */
+    czmp_store_relaxed(&wk->spin_lease_ns, 0);
     czmp_fetch_sub(&wk->spinners, 1);
     return n;
 }
@@ -485,6 +496,10 @@ int czmp_worker_reap(czmp_segment_t *seg, uint32_t worker, uint32_t *running,
     czmp_worker_t *wr = czmp_worker(seg, worker);
     czmp_store_relaxed(&wr->current_slot, 0);
     czmp_store_release(&wr->state, CZMP_WORKER_DEAD);
+    /* it may have died between being woken and clearing `waking`, which
+     * would mute every later lazy wake; clearing it costs at most one
+     * spurious wake */
+    czmp_store_release(&seg->hdr->task_wake.waking, 0);
     czmp_rings_repair(seg, cookies);
     return 0;
 }
@@ -538,4 +553,62 @@ void czmp_heartbeat_stop(void) {
     czmp_store_release(&hb.stop, 1);
     pthread_join(hb.thread, NULL);
     hb.running = 0;
+}
+
+int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
+                             uint32_t flags, const void *data, uint32_t len) {
+    czmp_slot_t *s = czmp_slot(seg, idx);
+    czmp_worker_t *w = czmp_worker(seg, worker);
+    if (!s || !w)
+        return -EINVAL;
+    if (len > CZMP_INLINE_RESULT)
+        return -EMSGSIZE;
+    /* plain writes: the slot is RUNNING for us; the DONE CAS in
+     * czmp_tasks_finish releases them to the collector */
+    if (len)
+        memcpy(s->result_inline, data, len);
+    s->result_handle = (uint64_t)CZMP_HANDLE_INLINE << 56;
+    s->result_len = len;
+    s->result_flags = flags;
+    CZMP_FAULT(CZMP_FAULT_RESULT_WRITTEN);
+    /* the worker record is written by its own worker only; relaxed is
+     * enough for statistics */
+    uint64_t now = czmp_now_ns();
+    czmp_store_relaxed(&w->busy_ns, w->busy_ns + (now > s->started_ns ? now - s->started_ns : 0));
+    if (flags)
+        czmp_store_relaxed(&w->tasks_failed, w->tasks_failed + 1);
+    else
+        czmp_store_relaxed(&w->tasks_done, w->tasks_done + 1);
+    czmp_store_relaxed(&w->current_slot, 0);
+    return czmp_tasks_finish(seg, worker, idx);
+}
+
+int czmp_results_collect_outcomes(czmp_segment_t *seg, czmp_outcome_t *out, int max,
+                                  void *data, uint32_t data_cap, int64_t timeout_ns) {
+    uint32_t idx[256];
+    if (max <= 0)
+        return -EINVAL;
+    int n = czmp_results_collect(seg, idx, max < 256 ? max : 256, timeout_ns);
+    uint32_t used = 0;
+    for (int i = 0; i < n; i++) {
+        czmp_slot_t *s = czmp_slot(seg, idx[i]);
+        czmp_outcome_t *o = &out[i];
+        o->state = czmp_load_acquire(&s->state);
+        o->handle = s->result_handle;
+        o->started_ns = s->started_ns;
+        o->finished_ns = s->finished_ns;
+        o->idx = idx[i];
+        o->flags = s->result_flags;
+        o->len = s->result_len;
+        o->worker = s->worker;
+        o->data_off = UINT32_MAX;
+        o->pad = 0;
+        if (czmp_handle_kind(o->handle) == CZMP_HANDLE_INLINE && o->len <= CZMP_INLINE_RESULT &&
+            used + o->len <= data_cap) {
+            memcpy((char *)data + used, s->result_inline, o->len);
+            o->data_off = used;
+            used += o->len;
+        }
+    }
+    return n;
 }

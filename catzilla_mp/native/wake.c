@@ -58,7 +58,12 @@ int czmp_wake_notify_lazy(czmp_wake_t *w) {
      * fence; re-check" in slots.c, so either we see it counted as a
      * spinner or sleeper, or its re-check sees our push. */
     czmp_fence_seq_cst();
-    if (czmp_load_relaxed(&w->sleepers) == 0 || czmp_load_relaxed(&w->spinners) != 0)
+    if (czmp_load_relaxed(&w->sleepers) == 0)
+        return 0;
+    /* a spinner will see the push -- if it is alive: a count left by a
+     * process killed mid-poll is only believed while its lease runs */
+    if (czmp_load_relaxed(&w->spinners) != 0 &&
+        czmp_now_ns() < czmp_load_relaxed(&w->spin_lease_ns))
         return 0;
     /* one wake in flight is enough: the woken consumer clears `waking` once
      * it counts as a spinner (slots.c), and passes the baton from there */

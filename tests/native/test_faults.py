@@ -221,3 +221,37 @@ def test_repeated_consumer_deaths_never_lose_or_duplicate_a_task(seg, spawn, cou
     assert sorted(seen) == list(range(n))
     assert all(state_kind(seg.slot_state(i)) == SLOT_RUNNING for i in range(n))
     assert not any(state_kind(seg.slot_state(i)) == SLOT_QUEUED for i in range(n))
+
+
+WAKE_TAKER = """
+import sys
+from catzilla_mp._core import Segment
+seg = Segment.attach(sys.argv[1])
+print(seg.take(1, 4, 120.0), flush=True)
+seg.detach()
+"""
+
+
+def test_a_worker_killed_while_spinning_does_not_silence_later_wakes(seg, spawn):
+    # Regression: a consumer counts itself in task_wake.spinners while it
+    # polls, and producers skip the wake syscall while spinners != 0. One
+    # SIGKILLed mid-poll left the count up for ever, so no sleeping worker
+    # was ever woken again (each waited for its own timeout).
+    import subprocess
+    import time
+    seg.submit(NORMAL, [0])
+    p = spawn(VICTIM.replace("seg.take(0, 1, 0)", "seg.take(0, 1, 5.0)"),
+              seg.name, str(lib.CZMP_FAULT_TAKE_SLOT_CLAIMED), "1", "take")
+    assert p.wait() == -signal.SIGKILL
+    assert seg.header.task_wake.spinners == 1          # the dead poller's count
+    seg.reap(0, new_repair_cookies())
+    taker = spawn(WAKE_TAKER, seg.name, stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while seg.header.task_wake.sleepers < 1:            # asleep, past its own spin
+        assert time.monotonic() < deadline and taker.poll() is None
+        time.sleep(0.002)
+    wakes = seg.header.task_wake.wakes
+    seg.submit(HIGH, [5])
+    assert seg.header.task_wake.wakes == wakes + 1      # a wake syscall was made
+    assert taker.stdout.readline().strip() == "[5]"
+    assert taker.wait() == 0
