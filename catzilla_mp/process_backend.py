@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import struct
 import threading
 import time
 import types
@@ -41,6 +42,11 @@ FUNCTION_TABLE_SIZE = 4096
 #: result of a burst against the per-call cost of the C collect.
 COLLECT_BATCH = 256
 COLLECT_WAIT_NS = 1_000_000_000
+#: Bytes of small results copied out per collect call.
+OUTCOME_DATA_BYTES = COLLECT_BATCH * _core.INLINE_RESULT
+#: czmp_outcome_t, as struct sees it (static_assert'ed at 56 bytes in internal.h).
+_OUTCOME = struct.Struct("<QQQQIIIIII")
+_NO_DATA = 0xFFFFFFFF
 #: How long a thread in TaskResult.wait() polls for outcomes itself before it
 #: blocks (help_collect), and how many it takes per call.
 HELP_COLLECT_S = 0.002
@@ -56,6 +62,18 @@ _INLINE_HANDLE = _core.HANDLE_INLINE << 56
 _COMPLETED = TaskStatus.COMPLETED
 _PRIO = {p: p.value for p in TaskPriority}
 _SLOT_HELD = _core.SLOT_HELD
+
+
+class _OutcomeBatch:
+    """Buffers one thread reuses for czmp_results_collect_outcomes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.out = ffi.new("czmp_outcome_t[]", size)
+        self.records = ffi.buffer(self.out)
+        self.data = ffi.new("char[]", OUTCOME_DATA_BYTES)
+        self.view = memoryview(ffi.buffer(self.data))
+        self.busy = False
 
 
 class FunctionTable:
@@ -288,15 +306,22 @@ class ProcessBackend:
     # -- collect ---------------------------------------------------------
 
     def _collect_loop(self) -> None:
-        buf = ffi.new("uint32_t[]", COLLECT_BATCH)
-        raw = self.raw
+        batch = _OutcomeBatch(COLLECT_BATCH)
         while self._running:
-            n = lib.czmp_results_collect(raw, buf, COLLECT_BATCH, COLLECT_WAIT_NS)
-            for i in range(n):
+            self._collect(batch, COLLECT_WAIT_NS)
+
+    def _collect(self, batch: "_OutcomeBatch", timeout_ns: int) -> int:
+        """Take finished slots (one C call) and settle each; returns how many."""
+        n = lib.czmp_results_collect_outcomes(self.raw, batch.out, batch.size, batch.data,
+                                              OUTCOME_DATA_BYTES, timeout_ns)
+        if n > 0:
+            view = batch.view
+            for o in _OUTCOME.iter_unpack(batch.records[:n * _OUTCOME.size]):
                 try:
-                    self.on_done(buf[i])
+                    self._on_outcome(o, view)
                 except Exception:  # noqa: BLE001 - the collector must survive anything
-                    log.exception("collecting slot %d failed", buf[i])
+                    log.exception("collecting slot %d failed", o[4])
+        return n
 
     def help_collect(self, task: TaskResult, timeout: Optional[float]) -> None:
         """A thread about to block in wait() first collects outcomes itself, briefly.
@@ -305,56 +330,62 @@ class ProcessBackend:
         cross-CPU wake-up (~40 us here) on top of the worker's; polling the
         result ring from the waiting thread instead (GIL released, the C call
         spins then sleeps) saves it for short tasks. The ring is multi-consumer
-        and on_done() is safe for distinct slots, so this thread and the
-        collector thread can collect side by side. HELP_COLLECT_S bounds what
-        a wait on a long task spends here before it blocks on the Event.
+        and outcomes are settled per slot, so this thread and the collector
+        thread can collect side by side. HELP_COLLECT_S bounds what a wait on
+        a long task spends here before it blocks on the Event.
         """
         budget = HELP_COLLECT_S if timeout is None else min(timeout, HELP_COLLECT_S)
         if budget <= 0 or not self._running:
             return
-        buf = getattr(self._tls, "collect_buf", None)
-        if buf is None:
-            buf = self._tls.collect_buf = ffi.new("uint32_t[]", HELP_COLLECT_BATCH)
-        raw, on_done = self.raw, self.on_done
+        tls = self._tls
+        batch = getattr(tls, "batch", None)
+        if batch is None:
+            batch = tls.batch = _OutcomeBatch(HELP_COLLECT_BATCH)
+        elif batch.busy:
+            return  # a callback run by this very collection waits: let the Event serve it
         end = time.monotonic() + budget
-        while task._ok is None:
-            left = end - time.monotonic()
-            if left <= 0:
-                return
-            n = lib.czmp_results_collect(raw, buf, HELP_COLLECT_BATCH, min(int(left * 1e9), 200_000))
-            for i in range(n):
-                try:
-                    on_done(buf[i])
-                except Exception:  # noqa: BLE001
-                    log.exception("collecting slot %d failed", buf[i])
+        batch.busy = True
+        try:
+            while task._ok is None:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self._collect(batch, min(int(left * 1e9), 200_000))
+        finally:
+            batch.busy = False
 
-    def on_done(self, idx: int) -> None:
-        """A slot came back DONE (now HELD): read the outcome and settle the attempt."""
+    def _on_outcome(self, o: tuple, view: memoryview) -> None:
+        state, handle, started, finished, idx, flags, n, worker, off, _ = o
         task = self._slot_task[idx]
         if task is None:
             log.error("result for slot %d, which no task owns; dropped", idx)
             return
-        slot = self.slots[idx]
-        handle = slot.result_handle
         try:
-            if handle == _INLINE_HANDLE:  # the common case, read in place
-                data = ffi.buffer(slot.result_inline, slot.result_len)
-            else:
-                data = self.payloads.read(handle, slot.result_len, slot.result_inline)
-            ok, value = serialization.loads_outcome(slot.result_flags, data)
+            data = view[off:off + n] if off != _NO_DATA else \
+                self.payloads.read(handle, n, self.slots[idx].result_inline)
+            ok, value = serialization.loads_outcome(flags, data)
         except Exception as exc:  # noqa: BLE001
             ok, value = False, SerializationError(f"cannot read the task's outcome: {exc}")
         if handle >> 56 == _HANDLE_EXTERNAL:
             self.payloads.free_external(handle)
-        started = slot.started_ns
         task.started_at = started / 1e9 + self._wall_offset
-        task.exec_ms = (slot.finished_ns - started) / 1e6
-        task.worker_id = slot.worker
+        task.exec_ms = (finished - started) / 1e6
+        task.worker_id = worker
         if ok:
-            self._release(task, idx)
+            lib.czmp_slot_release(self.raw, idx, state)
+            self._unslot(task, idx)
             self.engine._finish(task, True, value, _COMPLETED)
         else:
             self._settle(task, idx, False, value)
+
+    def on_done(self, idx: int) -> None:
+        """A DONE slot handed over outside the result ring (its worker died): settle it."""
+        slot = self.slots[idx]
+        off = 0 if slot.result_handle >> 56 == _core.HANDLE_INLINE else _NO_DATA
+        data = ffi.buffer(slot.result_inline, slot.result_len)[:] if off == 0 else b""
+        o = (lib.czmp_slot_state(self.raw, idx), slot.result_handle, slot.started_ns,
+             slot.finished_ns, idx, slot.result_flags, slot.result_len, slot.worker, off, 0)
+        self._on_outcome(o, memoryview(data))
 
     def on_crash(self, idx: int, exitcode: int, pid: int, timed_out: bool, *,
                  cancelled: Optional[TaskResult] = None, killed_by_app: bool = False) -> None:
@@ -429,6 +460,10 @@ class ProcessBackend:
     def _release(self, task: TaskResult, idx: int) -> None:
         raw = self.raw
         lib.czmp_slot_release(raw, idx, lib.czmp_slot_state(raw, idx))
+        self._unslot(task, idx)
+
+    def _unslot(self, task: TaskResult, idx: int) -> None:
+        """The slot was released: drop the task's hold on it and give it back."""
         if task.ext_args:
             self.payloads.free_external(task.ext_args)
             task.ext_args = 0
@@ -509,13 +544,9 @@ class ProcessBackend:
         self._running = False
         self._collector.join(timeout=5)
         # outcomes published after the collector's last look
-        buf = ffi.new("uint32_t[]", COLLECT_BATCH)
-        while True:
-            n = lib.czmp_results_collect(self.raw, buf, COLLECT_BATCH, 0)
-            if n <= 0:
-                break
-            for i in range(n):
-                self.on_done(buf[i])
+        batch = _OutcomeBatch(COLLECT_BATCH)
+        while self._collect(batch, 0) > 0:
+            pass
         for task in self.engine._unfinished():
             with self._park_lock:
                 task.parked = False

@@ -41,7 +41,6 @@ HEARTBEAT_NS = 100_000_000
 ARGS_COPY_BYTES = 64 << 10
 _INLINE_ARGS = _core.INLINE_ARGS
 _INLINE_RESULT = _core.INLINE_RESULT
-_INLINE_HANDLE = _core.HANDLE_INLINE << 56
 _OUTCOME_OK = serialization.OUTCOME_OK
 
 
@@ -72,8 +71,10 @@ def _arm_fault_from_env() -> None:
         return  # another worker fired already
     if point.startswith("c"):
         lib.czmp_fault_arm(int(point[1:]), int(countdown))
-    else:
-        _fault_point, _fault_countdown = point, int(countdown)
+        return
+    _fault_point, _fault_countdown = point, int(countdown)
+    if point == "publishing":  # small outcomes are published by one C call
+        lib.czmp_fault_arm(lib.CZMP_FAULT_RESULT_WRITTEN, int(countdown))
 
 
 def _fault(point: str) -> None:
@@ -177,18 +178,17 @@ class Worker:
             self._progress_dirty = False
             self._report_progress(-1.0, "")
         flags, out = self._execute(slot, idx, data, me, t0, single)
-        n = len(out)
-        if n <= _INLINE_RESULT:
-            ffi.memmove(slot.result_inline, out, n)
-            slot.result_handle = _INLINE_HANDLE
-        else:
-            try:
-                slot.result_handle, n = self.payloads.write(out, slot.result_inline,
-                                                            _INLINE_RESULT, self.holder)
-            except PayloadTooLargeError as exc:
-                flags, out = serialization.dumps_exception(exc)
-                slot.result_handle, n = self.payloads.write(out, slot.result_inline,
-                                                            _INLINE_RESULT, self.holder)
+        if len(out) <= _INLINE_RESULT:
+            # the common case, in one C call: write the outcome, count it, publish
+            lib.czmp_tasks_finish_inline(self.raw, self.index, idx, flags, out, len(out))
+            return
+        try:
+            slot.result_handle, n = self.payloads.write(out, slot.result_inline,
+                                                        _INLINE_RESULT, self.holder)
+        except PayloadTooLargeError as exc:
+            flags, out = serialization.dumps_exception(exc)
+            slot.result_handle, n = self.payloads.write(out, slot.result_inline,
+                                                        _INLINE_RESULT, self.holder)
         slot.result_len = n
         slot.result_flags = flags
         if _fault_point:

@@ -50,7 +50,8 @@ def _compile_args() -> tuple[list[str], list[str]]:
 # through it. (An earlier version tested __func__ at run time: GCC did not
 # fold the strcmp, and it cost ~1,600 instructions per call.)
 GIL_RELEASING = (
-    "czmp_tasks_take", "czmp_tasks_take_copy", "czmp_results_collect", "czmp_wake_wait",
+    "czmp_tasks_take", "czmp_tasks_take_copy", "czmp_results_collect",
+    "czmp_results_collect_outcomes", "czmp_wake_wait",
     "czmp_segment_create", "czmp_segment_attach", "czmp_segment_unlink",
     "czmp_worker_reap", "czmp_rings_repair", "czmp_ring_repair", "czmp_arena_reclaim",
     "czmp_arena_stats", "czmp_heartbeat_start", "czmp_process_start_time",

@@ -15,6 +15,7 @@ _Static_assert(sizeof(czmp_class_info_t) == 64, "czmp_class_info_t is 64 bytes")
 _Static_assert(sizeof(czmp_slot_t) == CZMP_SLOT_SIZE, "czmp_slot_t is CZMP_SLOT_SIZE bytes");
 _Static_assert(sizeof(czmp_worker_t) == 128, "czmp_worker_t is 128 bytes");
 _Static_assert(sizeof(czmp_func_t) == 16, "czmp_func_t is 16 bytes");
+_Static_assert(sizeof(czmp_outcome_t) == 56, "czmp_outcome_t is 56 bytes (struct format in process_backend.py)");
 _Static_assert(sizeof(czmp_header_t) <= 4096, "the header fits its page");
 _Static_assert(offsetof(czmp_header_t, task_wake) % 64 == 0, "wake words on their own lines");
 
