@@ -17,6 +17,8 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,15 +72,18 @@ static int bench_mpmc(const char *name, int np, int nc, uint64_t items, int batc
             while (!__atomic_load_n(&sh->go, __ATOMIC_ACQUIRE))
                 ;
             for (uint64_t i = 0; i < per;) {
+                int k = 1;
                 if (batch == 1) {
-                    if (czmp_ring_push(r, (uint32_t)i) == 0)
-                        i++;
+                    k = czmp_ring_push(r, (uint32_t)i) == 0;
                 } else {
-                    int k = (int)(per - i < (uint64_t)batch ? per - i : (uint64_t)batch);
+                    k = (int)(per - i < (uint64_t)batch ? per - i : (uint64_t)batch);
                     for (int j = 0; j < k; j++)
                         vals[j] = (uint32_t)(i + j);
-                    i += (uint64_t)czmp_ring_push_many(r, vals, k);
+                    k = czmp_ring_push_many(r, vals, k);
                 }
+                i += (uint64_t)k;
+                if (k == 0)
+                    sched_yield();  /* full: 4 processes share 2 cores, let a consumer run */
             }
             _exit(0);
         }
@@ -97,6 +102,8 @@ static int bench_mpmc(const char *name, int np, int nc, uint64_t items, int batc
                         break;
                 } else if (__atomic_load_n(&sh->popped, __ATOMIC_RELAXED) >= items) {
                     break;
+                } else {
+                    sched_yield();  /* empty: let a producer run, as a worker's spin does */
                 }
             }
             _exit(0);
