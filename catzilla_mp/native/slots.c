@@ -148,11 +148,13 @@ static int push_patiently(czmp_ring_t *r, uint32_t v, int64_t max_wait_ns) {
 
 /* Push a task hint on ring[prio], purging stale hints once if it is full. */
 static int push_hint(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t idx) {
-    if (push_patiently(r, idx, CZMP_SUBMIT_WAIT_NS) == 0)
+    if (czmp_ring_push(r, idx) == 0)
         return 0;
-    if (purge_stale_hints(seg, r, prio) > 0 && push_patiently(r, idx, CZMP_SUBMIT_WAIT_NS) == 0)
+    /* purge first: a ring full of stale hints is the common cause, and
+     * purging costs microseconds where waiting would cost the whole 2 ms */
+    if (purge_stale_hints(seg, r, prio) > 0 && czmp_ring_push(r, idx) == 0)
         return 0;
-    return -EAGAIN;
+    return push_patiently(r, idx, CZMP_SUBMIT_WAIT_NS);
 }
 
 int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n) {
