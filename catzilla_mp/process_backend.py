@@ -26,7 +26,7 @@ from ._native import ffi, lib
 from .errors import (QueueFullError, SerializationError, TaskCancelledError, TaskTimeoutError,
                      WorkerCrashedError)
 from .payloads import Payloads, plan_arena, remove_externals
-from .records import TaskPriority, TaskStatus
+from .records import TaskStatus
 from .results import TaskResult
 from .segment_janitor import new_segment_name, sweep_dead_segments
 
@@ -60,7 +60,6 @@ _HANDLE_EXTERNAL = _core.HANDLE_EXTERNAL
 _INLINE_ARGS = _core.INLINE_ARGS
 _INLINE_HANDLE = _core.HANDLE_INLINE << 56
 _COMPLETED = TaskStatus.COMPLETED
-_PRIO = {p: p.value for p in TaskPriority}
 _SLOT_HELD = _core.SLOT_HELD
 
 
@@ -172,7 +171,7 @@ class ProcessBackend:
             idx = self._take_slot()
             task.slot = idx
             self._slot_task[idx] = task
-            lib.czmp_tasks_submit_inline(self.raw, _PRIO[task.priority], idx, func_id, 0,
+            lib.czmp_tasks_submit_inline(self.raw, task.priority._value_, idx, func_id, 0,
                                          data, len(data))
             return
         idx = self._store(task, func_id, data)
