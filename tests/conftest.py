@@ -10,7 +10,9 @@ Two guards, both autouse and generic (native, engine and fault tests alike):
   seconds, or ``@pytest.mark.timeout_guard(seconds)``). When it fires it dumps
   every thread's traceback (faulthandler), SIGKILLs the children and
   interrupts the main thread; if the main thread is stuck in C and does not
-  come back within a grace period, it cleans /dev/shm and exits the run.
+  come back within a grace period, it cleans /dev/shm and exits the run. If
+  even the watchdog thread cannot run (a C call holding the GIL spins), a
+  faulthandler C-level timer dumps tracebacks and exits the run.
 
 Helpers for tests that spawn processes are at the bottom (``spawn_python``).
 """
@@ -158,34 +160,61 @@ def leak_guard(request):
         pytest.fail("; ".join(problems), pytrace=False)
 
 
+def _real_stderr(config) -> int:
+    """An fd on the terminal/CI log even while pytest captures fd 2.
+
+    A hang report written to the captured stderr is lost when the run is
+    ended with os._exit; pytest's faulthandler plugin keeps a dup of the
+    original stderr, so use that (private API, hence the fallbacks).
+    """
+    try:
+        from _pytest import faulthandler as pfh
+        for key in ("fault_handler_original_stderr_fd_key", "fault_handler_stderr_fd_key"):
+            if hasattr(pfh, key) and getattr(pfh, key) in config.stash:
+                return config.stash[getattr(pfh, key)]
+    except Exception:
+        pass
+    return sys.__stderr__.fileno()
+
+
 @pytest.fixture(autouse=True)
 def hang_guard(request):
     marker = request.node.get_closest_marker("timeout_guard")
     timeout = float(marker.args[0]) if marker else DEFAULT_TIMEOUT
     shm_before = shm_entries()
     done = threading.Event()
+    err_fd = _real_stderr(request.config)
+
+    def say(text: str) -> None:
+        os.write(err_fd, text.encode())
 
     def watchdog():
         if done.wait(timeout):
             return
-        sys.stderr.write(f"\n*** {request.node.nodeid}: no progress after {timeout:.0f}s; "
-                         "tracebacks follow, children are killed ***\n")
-        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+        say(f"\n*** {request.node.nodeid}: no progress after {timeout:.0f}s; "
+            "tracebacks follow, children are killed ***\n")
+        faulthandler.dump_traceback(file=err_fd, all_threads=True)
         kill_children(set(live_children()) - _helper_pids())
         _thread.interrupt_main()
         if done.wait(GRACE_S):
             return
         # stuck in C: nothing in Python will unwind, so clean up and end the run
         remove_shm(shm_entries() - shm_before)
-        sys.stderr.write("*** main thread did not unwind; ending the test run ***\n")
-        sys.stderr.flush()
+        say("*** main thread did not unwind; ending the test run ***\n")
         os._exit(3)
 
     t = threading.Thread(target=watchdog, name="czmp-hang-guard", daemon=True)
     t.start()
+    # Backstop for a hang with the GIL held (a C call that keeps it and never
+    # returns): the thread above cannot run then, but faulthandler's watchdog
+    # is a C thread. It dumps the tracebacks and ends the run, so CI fails
+    # instead of hanging; children die with their parent (PDEATHSIG) or stay
+    # for the next janitor sweep.
+    faulthandler.dump_traceback_later(timeout + GRACE_S + 10, exit=True, file=err_fd)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         done.set()
         t.join()
 
