@@ -47,7 +47,8 @@ def dashboard_routes(engine: EngineRef, prefix: str = "", *, metrics_path: str =
         return HTMLResponse(page)
 
     async def events(request: Request) -> Response:
-        stream = aiter_sse_events(get(), interval, request.is_disconnected)
+        stream = aiter_sse_events(get(), interval, request.is_disconnected,
+                                  last_event_id=request.headers.get("last-event-id"))
         return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
 
     async def task(request: Request) -> Response:

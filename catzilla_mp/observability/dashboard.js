@@ -209,11 +209,17 @@
 
   // -- the stream ------------------------------------------------------------------
 
+  // The server may end each stream after one event (Catzilla: see catzilla_routes.py);
+  // EventSource then reconnects by itself, so "down" means no snapshot for a while,
+  // not merely a closed stream.
+  let lastSeen = 0;
+  setInterval(() => { $("conn").className = Date.now() - lastSeen < 5000 ? "conn up" : "conn down"; }, 1000);
+
   function connect() {
     const src = new EventSource(BASE + "/events");
-    src.addEventListener("open", () => { $("conn").className = "conn up"; });
-    src.addEventListener("error", () => { $("conn").className = "conn down"; });  // EventSource retries by itself
     src.addEventListener("snapshot", (ev) => {
+      lastSeen = Date.now();
+      $("conn").className = "conn up";
       const s = JSON.parse(ev.data);
       if (s.series_reset) series = s.series.slice();
       else {

@@ -8,10 +8,17 @@
 The page's script and styles (dashboard.js/.css next to this file) are
 inlined into the HTML when it is served: no build step, nothing fetched from
 the network, so it works behind firewalls and under a strict CSP that allows
-inline code. The stream's first event carries the whole history (for the
+inline code. A stream's first event carries the whole history (for the
 charts); later ones only the seconds added since, so an open dashboard costs
-a few hundred bytes a second. EventSource reconnects by itself and a new
-connection starts with the full history again.
+a few hundred bytes a second. Each event's ``id:`` is its last second, so a
+browser that reconnects sends it back as Last-Event-ID and gets only what it
+missed.
+
+Servers that run handlers on their event loop (Catzilla's C server drains a
+streaming generator on its only thread: a sleeping stream would stall every
+other request) use ``sse_events(..., max_events=1)``: one event per
+connection, and EventSource's own reconnect (``retry:`` = the interval)
+makes it a ~1/s feed that never holds the server.
 """
 from __future__ import annotations
 
@@ -57,26 +64,38 @@ def _event(snap: dict, last_t: Optional[int], first: bool) -> tuple[str, Optiona
     payload["series_reset"] = first
     if not first:
         payload["series"] = [p for p in series if last_t is None or p["t"] > last_t]
-    new_last = series[-1]["t"] if series else last_t
+    # the last full second this event covers, even when it had no point yet
+    new_last = series[-1]["t"] if series else max(last_t or 0, int(snap["time"]) - 1)
     data = json.dumps(payload, default=str, separators=(",", ":"))
-    return f"event: snapshot\ndata: {data}\n\n", new_last
+    return f"event: snapshot\nid: {new_last}\ndata: {data}\n\n", new_last
+
+
+def _resume_point(last_event_id: Optional[str]) -> Optional[int]:
+    """The second a reconnecting browser last saw (its Last-Event-ID), or None."""
+    try:
+        return int(last_event_id) if last_event_id else None
+    except ValueError:
+        return None
 
 
 def sse_events(engine: "BackgroundTasks", interval: float = DEFAULT_INTERVAL,
-               stop: Optional[threading.Event] = None,
-               max_events: Optional[int] = None) -> Iterator[str]:
+               stop: Optional[threading.Event] = None, max_events: Optional[int] = None,
+               last_event_id: Optional[str] = None) -> Iterator[str]:
     """Server-Sent Events of dashboard snapshots, for synchronous servers.
 
     Runs until ``stop`` is set, ``max_events`` were sent, or the consumer
     stops iterating (a closed connection). Each chunk is one complete event.
+    ``last_event_id`` is the request's Last-Event-ID header, if any.
     """
     from . import instrument
 
     obs = instrument(engine)
-    yield f"retry: {RECONNECT_MS}\n\n"
-    last_t, sent = None, 0
+    last_t = _resume_point(last_event_id)
+    retry_ms = int(interval * 1000) if max_events == 1 else RECONNECT_MS
+    yield f"retry: {retry_ms}\n\n"
+    sent = 0
     while True:
-        chunk, last_t = _event(obs.snapshot(), last_t, sent == 0)
+        chunk, last_t = _event(obs.snapshot(), last_t, sent == 0 and last_t is None)
         yield chunk
         sent += 1
         if max_events is not None and sent >= max_events:
@@ -90,7 +109,8 @@ def sse_events(engine: "BackgroundTasks", interval: float = DEFAULT_INTERVAL,
 
 async def aiter_sse_events(engine: "BackgroundTasks", interval: float = DEFAULT_INTERVAL,
                            is_disconnected: Optional[Callable[[], Awaitable[bool]]] = None,
-                           max_events: Optional[int] = None) -> AsyncIterator[str]:
+                           max_events: Optional[int] = None,
+                           last_event_id: Optional[str] = None) -> AsyncIterator[str]:
     """As :func:`sse_events`, for asyncio servers: snapshots are taken in a thread.
 
     ``is_disconnected`` (e.g. Starlette's ``request.is_disconnected``) ends the
@@ -100,11 +120,12 @@ async def aiter_sse_events(engine: "BackgroundTasks", interval: float = DEFAULT_
     from . import instrument
 
     obs = instrument(engine)
+    last_t = _resume_point(last_event_id)
     yield f"retry: {RECONNECT_MS}\n\n"
-    last_t, sent = None, 0
+    sent = 0
     while True:
         snap = await asyncio.to_thread(obs.snapshot)
-        chunk, last_t = _event(snap, last_t, sent == 0)
+        chunk, last_t = _event(snap, last_t, sent == 0 and last_t is None)
         yield chunk
         sent += 1
         if max_events is not None and sent >= max_events:
