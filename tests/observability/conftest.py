@@ -1,6 +1,7 @@
 """Fixtures for the observability tests: small engines and an in-process web server."""
 from __future__ import annotations
 
+import shutil
 import socket
 import threading
 import time
@@ -63,17 +64,25 @@ def serve():
         sock.close()
 
 
-def wait_until(predicate, timeout=30.0, what="condition"):
-    """Poll ``predicate`` until true; fail naming ``what`` (not a timing assertion: a hang guard)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout} s")
-        time.sleep(0.05)
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMEDRIVER = shutil.which("chromedriver")
 
 
-def worker_pids(engine) -> list[int]:
-    return sorted(p.pid for p, _ in engine._backend.supervisor.snapshot())
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1440,1100", "--hide-scrollbars", "--force-device-scale-factor=1"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()

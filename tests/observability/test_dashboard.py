@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import signal
 import urllib.request
 
@@ -20,14 +19,12 @@ import pytest
 import obs_jobs
 from catzilla_mp import TaskPriority
 from catzilla_mp.observability import instrument
-from conftest import wait_until, worker_pids
+from obs_helpers import click, field, page_pids, text, text_of, updates, wait_until, worker_pids
 
 starlette = pytest.importorskip("starlette.applications")
 from catzilla_mp.observability.asgi import dashboard_routes  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 def make_app(engine, prefix="/tasks"):
@@ -74,55 +71,6 @@ def test_routes_serve_page_stream_task_detail_and_metrics(make_engine, serve):
 
 # -- in the browser --------------------------------------------------------------
 
-@pytest.fixture
-def browser():
-    if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("chromium and chromedriver are not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1440,1100", "--hide-scrollbars", "--force-device-scale-factor=1"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-# The page re-renders its tables every second, so reads go through one
-# script call each (atomic against re-rendering) and clicks retry on a stale element.
-
-def text(driver, element_id: str) -> str:
-    return driver.execute_script(
-        "const e = document.getElementById(arguments[0]); return e ? e.textContent : null;", element_id)
-
-
-def page_pids(driver) -> list[int]:
-    return sorted(driver.execute_script(
-        "return [...document.querySelectorAll('#workers-body tr')].map(r => +r.dataset.pid);"))
-
-
-def click(driver, selector: str) -> None:
-    from selenium.common.exceptions import StaleElementReferenceException
-
-    for _ in range(20):
-        try:
-            driver.find_element("css selector", selector).click()
-            return
-        except StaleElementReferenceException:
-            continue
-    raise AssertionError(f"{selector} kept going stale")
-
-
-def updates(driver) -> int:
-    return int(driver.find_element("tag name", "body").get_attribute("data-updates") or 0)
-
-
 @pytest.mark.timeout_guard(240)
 def test_dashboard_shows_a_live_engine_in_a_real_browser(make_engine, serve, browser, tmp_path):
     # Given an engine that ran a known workload: 12 squares, 3 failures
@@ -158,13 +106,13 @@ def test_dashboard_shows_a_live_engine_in_a_real_browser(make_engine, serve, bro
         t.wait(30)
     wait_until(lambda: text(browser, "total-completed") == "17", what="17 completed on the page")
     current = f'#workers-body a[data-task-id="{holder.task_id}"]'
-    wait_until(lambda: "wait_for_file" in (_text_of(browser, current) or ""), what="running task shown")
+    wait_until(lambda: "wait_for_file" in (text_of(browser, current) or ""), what="running task shown")
 
     # a click on it opens its detail
     click(browser, current)
     wait_until(lambda: browser.find_element("id", "detail").is_displayed(), what="detail panel")
-    wait_until(lambda: _field(browser, "status") == "running", what="detail says running")
-    assert _field(browser, "task") == "wait_for_file"
+    wait_until(lambda: field(browser, "status") == "running", what="detail says running")
+    assert field(browser, "task") == "wait_for_file"
     click(browser, "#detail-close")
 
     # When an idle worker is killed, the page shows its replacement, not a ghost
@@ -178,7 +126,7 @@ def test_dashboard_shows_a_live_engine_in_a_real_browser(make_engine, serve, bro
 
     # And a failure's detail shows its error type and message on click
     click(browser, f'#failures-body a[data-task-id="{failed[0].task_id}"]')
-    wait_until(lambda: _field(browser, "error").startswith("ValueError: bad input 0"), what="failure detail")
+    wait_until(lambda: field(browser, "error").startswith("ValueError: bad input 0"), what="failure detail")
     assert "raise ValueError(message)" in text(browser, "detail-error")
 
     # some traffic for the charts (more when making the README's picture), then the picture
@@ -212,12 +160,3 @@ def test_dashboard_shows_a_live_engine_in_a_real_browser(make_engine, serve, bro
     # And the page logged no errors at all
     errors = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")]
     assert errors == []
-
-
-def _text_of(driver, selector):
-    return driver.execute_script(
-        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;", selector)
-
-
-def _field(driver, name):
-    return _text_of(driver, f'#detail-fields dd[data-field="{name}"]') or ""

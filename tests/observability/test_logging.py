@@ -14,7 +14,7 @@ import obs_jobs
 from catzilla_mp import TaskTimeoutError, WorkerCrashedError
 from catzilla_mp.observability import configure_logging, instrument
 from catzilla_mp.observability.logs import extra_fields
-from conftest import wait_until
+from obs_helpers import wait_until
 
 
 def events(caplog) -> list[dict]:

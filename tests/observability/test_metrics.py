@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families  # noqa: E40
 import obs_jobs  # noqa: E402
 from catzilla_mp import TaskPriority, TaskTimeoutError, WorkerCrashedError  # noqa: E402
 from catzilla_mp.observability import instrument, metrics_text  # noqa: E402
-from conftest import wait_until  # noqa: E402
+from obs_helpers import wait_until  # noqa: E402
 
 
 def samples(body: bytes) -> dict[tuple[str, frozenset], float]:

@@ -19,7 +19,7 @@ import obs_jobs
 from catzilla_mp.errors import SegmentCorruptError
 from catzilla_mp.observability.shm_view import SegmentView, find_segments
 from catzilla_mp.observability.top import TargetError, resolve
-from conftest import wait_until, worker_pids
+from obs_helpers import wait_until, worker_pids
 
 
 def top_cmd(*args: str) -> list[str]:
@@ -90,7 +90,8 @@ def test_top_exits_when_the_engine_stops(make_engine):
     proc = subprocess.Popen(top_cmd(engine._backend.seg.name, "--interval", "0.1"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
     try:
-        time.sleep(0.5)  # let it draw a frame or two (not an assertion on timing)
+        first = proc.stdout.readline()   # top is attached and drawing
+        assert "catzilla_mp top" in first
         engine.shutdown()
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
