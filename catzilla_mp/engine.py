@@ -344,7 +344,7 @@ class BackgroundTasks(Executor):
             func._task_config = config  # type: ignore[attr-defined]
             self._fn_info.pop(func, None)
             func._is_background_task = True  # type: ignore[attr-defined]
-            func.submit = lambda *a, **kw: self.add_task(func, *a, **kw)  # type: ignore[attr-defined]
+            func.submit = _Submitter(self, func)  # type: ignore[attr-defined]
             self._registered_tasks[getattr(func, "__name__", repr(func))] = func
             return func
 
@@ -546,6 +546,27 @@ class BackgroundTasks(Executor):
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
         return f"<BackgroundTasks mode={self.mode} workers={self.workers} {state}>"
+
+
+class _Submitter:
+    """``fn.submit(*args, **kwargs)`` of a @task function: add_task on its engine.
+
+    Pickles to nothing: a function defined in __main__ travels by value with
+    its __dict__, and must not drag its engine (threads, locks) along.
+    """
+
+    def __init__(self, engine: BackgroundTasks, func: Callable) -> None:
+        self._engine = weakref.ref(engine)
+        self._func = weakref.ref(func) if hasattr(func, "__weakref__") else (lambda: func)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> TaskResult:
+        engine, func = self._engine(), self._func()
+        if engine is None or func is None:
+            raise EngineClosedError("the engine this task was registered with is gone")
+        return engine.add_task(func, *args, **kwargs)
+
+    def __reduce__(self):
+        return (type(None), ())
 
 
 def _run_chunk(fn: Callable, calls: list) -> list:

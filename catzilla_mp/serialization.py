@@ -29,6 +29,7 @@ OUTCOME_OK = 0
 OUTCOME_ERROR = 1
 
 _dumps = pickle.dumps
+_MAIN = b"__main__"
 _loads = pickle.loads
 
 
@@ -50,10 +51,14 @@ def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
     call = (args, kwargs) if timeout_ms is None and fn_bytes is None else \
         (args, kwargs, timeout_ms, fn_bytes)
     try:
-        return _dumps(call, PROTOCOL)
+        data = _dumps(call, PROTOCOL)
     except Exception:
-        pass
-    return _dumps_fallback(call, "arguments")
+        return _dumps_fallback(call, "arguments")
+    # The standard pickler refers to functions and classes of __main__ by
+    # name, and a worker's __main__ is not the app's: such calls go by value.
+    if _MAIN in data:
+        return _dumps_fallback(call, "arguments")
+    return data
 
 
 def loads_call(data) -> tuple[tuple, dict, int | None, bytes | None]:

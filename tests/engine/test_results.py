@@ -173,3 +173,30 @@ def test_results_are_awaitable_without_blocking_the_event_loop(engine):
 def test_add_tasks_submits_a_batch(engine):
     results = engine.add_tasks(jobs.add, [(i, i) for i in range(2000)])
     assert [r.wait(30) for r in results] == [2 * i for i in range(2000)]
+
+
+def test_functions_and_classes_of_main_travel_inside_arguments(engine, tmp_path):
+    import subprocess
+    import sys
+
+    # __main__ of a script is not importable in a worker: such arguments must go by value
+    script = tmp_path / "app.py"
+    script.write_text(
+        "from dataclasses import dataclass\n"
+        "from catzilla_mp import BackgroundTasks\n"
+        "@dataclass\n"
+        "class Point:\n"
+        "    x: int\n"
+        "    y: int\n"
+        "def norm(p):\n"
+        "    return p.x * p.x + p.y * p.y\n"
+        "def apply(fn, value):\n"
+        "    return fn(value)\n"
+        "with BackgroundTasks(workers=1, memory_pool_mb=16, queue_size=32) as e:\n"
+        "    print(e.add_task(apply, norm, Point(3, 4)).wait(20))\n"
+        "    print(list(e.map(norm, [Point(1, 1)] * 3, chunksize=2)))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split("\n")[:2] == ["25", "[2, 2, 2]"]
