@@ -47,6 +47,7 @@ OUTCOME_DATA_BYTES = COLLECT_BATCH * _core.INLINE_RESULT
 #: czmp_outcome_t, as struct sees it (static_assert'ed at 56 bytes in internal.h).
 _OUTCOME = struct.Struct("<QQQQIIIIII")
 _NO_DATA = 0xFFFFFFFF
+_OUTCOME_PROGRESS = serialization.OUTCOME_PROGRESS
 #: How long a thread in TaskResult.wait() polls for outcomes itself before it
 #: blocks (help_collect), and how many it takes per call.
 HELP_COLLECT_S = 0.002
@@ -362,6 +363,8 @@ class ProcessBackend:
         try:
             data = view[off:off + n] if off != _NO_DATA else \
                 self.payloads.read(handle, n, self.slots[idx].result_inline)
+            if flags & _OUTCOME_PROGRESS:
+                flags, data, task.progress_value = serialization.split_progress(flags, data)
             ok, value = serialization.loads_outcome(flags, data)
         except Exception as exc:  # noqa: BLE001
             ok, value = False, SerializationError(f"cannot read the task's outcome: {exc}")

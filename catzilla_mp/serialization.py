@@ -13,6 +13,7 @@ Call payloads (the tuple's length says which):
                                                       function that travels with the call
 Outcome flags (czmp_slot_t.result_flags):
   OUTCOME_OK, OUTCOME_ERROR  pickle of the value / of (exception, traceback text)
+  | OUTCOME_PROGRESS         wrapped with the task's last progress report
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from .errors import RemoteTraceback, SerializationError, TaskError
 PROTOCOL = 5
 OUTCOME_OK = 0
 OUTCOME_ERROR = 1
+#: Flag bit: the payload is pickle of (outcome bytes, fraction, message), the
+#: task's last report_progress(), so it survives the worker's next task.
+OUTCOME_PROGRESS = 2
 
 _dumps = pickle.dumps
 _MAIN = b"__main__"
@@ -118,6 +122,19 @@ def dumps_exception(exc: BaseException) -> tuple[int, bytes]:
             f"the task raised {type(exc).__qualname__}: {_safe_str(exc)}, "
             f"which cannot be sent back to the app ({type(why).__name__}: {why})")
         return OUTCOME_ERROR, _dumps((stand_in, tb), PROTOCOL)
+
+
+def with_progress(flags: int, data: bytes, fraction: float, message: str) -> tuple[int, bytes]:
+    """Worker side: attach the task's last progress report to its outcome."""
+    return flags | OUTCOME_PROGRESS, _dumps((data, fraction, message), PROTOCOL)
+
+
+def split_progress(flags: int, data) -> tuple[int, Any, Any]:
+    """App side: (flags, outcome bytes, (fraction, message) or None)."""
+    if not flags & OUTCOME_PROGRESS:
+        return flags, data, None
+    inner, fraction, message = _loads(data)
+    return flags & ~OUTCOME_PROGRESS, inner, (fraction, message)
 
 
 def loads_outcome(flags: int, data) -> tuple[bool, Any]:

@@ -178,6 +178,9 @@ class Worker:
             self._progress_dirty = False
             self._report_progress(-1.0, "")
         flags, out = self._execute(slot, idx, data, me, t0, single)
+        if self._progress_dirty:
+            flags, out = serialization.with_progress(
+                flags, out, rec.progress, ffi.string(rec.progress_msg).decode("utf-8", "replace"))
         if len(out) <= _INLINE_RESULT:
             # the common case, in one C call: write the outcome, count it, publish
             lib.czmp_tasks_finish_inline(self.raw, self.index, idx, flags, out, len(out))

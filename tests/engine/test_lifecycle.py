@@ -157,6 +157,13 @@ def test_progress_reported_by_a_task_is_visible_while_it_runs(engine):
         time.sleep(0.02)
     assert r.wait(1) == 5
     assert len(seen) >= 2 and all(m.startswith("step") for _, m in seen)
+    assert r.progress == (1.0, "step 5")  # the last report outlives the task
+
+
+def test_the_last_progress_report_of_a_quick_task_is_kept(engine):
+    r = engine.add_task(jobs.report, 2, 0)
+    assert r.wait(10) == 2
+    assert r.progress == (1.0, "step 2")
 
 
 def test_listeners_see_every_task_event_once(engine, tmp_path):
