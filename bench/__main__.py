@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import os
 import platform
 import shlex
@@ -120,12 +121,9 @@ def main(argv=None) -> int:
         "other_cpu_percent": round(foreign.percent(), 1),
     }
     with_chart = not args.no_chart
-    if with_chart:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            print("matplotlib not installed: no chart")
-            with_chart = False
+    if with_chart and importlib.util.find_spec("matplotlib") is None:
+        print("matplotlib not installed: no chart")
+        with_chart = False
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     paths = report.write(summary, meta, names, args.out, with_chart=with_chart)
     print()

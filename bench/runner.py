@@ -78,7 +78,7 @@ def child_main(spec: dict) -> int:
             # leave, and let the parent clear the process group and go on in a fresh child.
             fatal = isinstance(exc, (TimeoutError, KeyboardInterrupt))
             _emit({"workload": name, "ok": False, "fatal": fatal,
-                   "error": f"{type(exc).__name__}: {exc}",
+                   "error": f"{type(exc).__name__}: {exc or 'no message'}",
                    "trace": traceback.format_exc(limit=6)})
             if fatal:
                 os._exit(3)
