@@ -328,7 +328,10 @@ def summarise(run: EngineRun, workers: int, startup_s: float, stats, serial: Opt
         "run": "quick" if quick else "default", "interrupted": interrupted,
         "load_average": round(os.getloadavg()[0], 2),
         "workers": workers, "cpu_count": os.cpu_count(), "app_pid": app_pid,
-        "tasks": {"total": len(run.plan), "accounted": sum(counts.values()), **counts},
+        # a Ctrl-C during submission leaves part of the plan never submitted
+        "tasks": {"total": len(run.plan), "not_submitted": len(run.plan) - len(run.tracked),
+                  "accounted": len(run.plan) - len(run.tracked) + sum(counts.values()),
+                  **counts},
         "kinds": kinds, "retried": retried, "timed_out": timed_out,
         "startup_seconds": round(startup_s, 3), "engine_seconds": round(engine_s, 3),
         "serial": None if serial is None else {
@@ -357,7 +360,7 @@ def print_report(console, s: dict) -> None:
                   padding=(0, 1))
     table.add_column("job", no_wrap=True)
     table.add_column("priority", no_wrap=True)
-    for col in ("tasks", "ok", "failed", "in a worker", "serially"):
+    for col in ("tasks", "ok", "not ok", "in a worker", "serially"):
         table.add_column(col, justify="right", no_wrap=True)
     for name, k in s["kinds"].items():
         note = ", delayed" if k["delayed"] else ""
@@ -368,6 +371,11 @@ def print_report(console, s: dict) -> None:
     console.print(table)
     r, t = s["retried"], s["timed_out"]
     console.print()
+    for name, outcome in (("Retried", r), ("Timed out", t)):
+        if outcome and outcome["status"] == "CANCELLED":
+            console.print(f"[bold]{name}:[/] {outcome['kind']}: cancelled before it ran")
+    r = r if r and r["status"] != "CANCELLED" else None
+    t = t if t and t["status"] != "CANCELLED" else None
     if r:
         failures = "; ".join(r["attempt_errors"]) or "no failure"
         ending = (f"failed for good with {r['error']}" if r["error"]
@@ -448,9 +456,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         engine = BackgroundTasks(workers=args.workers, mode="process")
         startup_s = time.monotonic() - t0
         workers = engine.options.workers
-        console.print(f"[bold]catzilla-mp demo[/]: {len(the_plan)} background jobs of a web app "
-                      f"on {workers} worker processes (Ctrl-C stops)")
         run = EngineRun(engine, the_plan)
+        console.print(f"[bold]catzilla-mp demo[/]: {len(the_plan)} background jobs of a web app, "
+                      f"{workers} worker processes (Ctrl-C stops)")
         with Live(LiveView(run), console=console, refresh_per_second=REFRESH_PER_S):
             run.submit()
             run.wait()
