@@ -113,19 +113,21 @@
 
   function drawCharts() {
     const xs = series.map((p) => p.t);
+    // drawn in this order: the line that matters most (completed) ends on top
     lineChart($("chart-throughput"), xs, [
-      { name: "completed", color: "#3fb950", values: series.map((p) => p.completed) },
-      { name: "failed", color: "#f85149", values: series.map((p) => p.failed) },
       { name: "submitted", color: "#58a6ff", values: series.map((p) => p.submitted) },
+      { name: "failed", color: "#f85149", values: series.map((p) => p.failed) },
+      { name: "completed", color: "#3fb950", values: series.map((p) => p.completed) },
     ]);
+    // log scale: one slow task must not flatten the milliseconds of all the others
     lineChart($("chart-latency"), xs, [
-      { name: "p50", color: "#7ee787", values: series.map((p) => p.p50) },
-      { name: "p95", color: "#e3b341", values: series.map((p) => p.p95) },
       { name: "p99", color: "#ffa198", values: series.map((p) => p.p99) },
-    ]);
+      { name: "p95", color: "#e3b341", values: series.map((p) => p.p95) },
+      { name: "p50", color: "#7ee787", values: series.map((p) => p.p50) },
+    ], true);
   }
 
-  function lineChart(canvas, xs, lines) {
+  function lineChart(canvas, xs, lines, log) {
     const dpr = window.devicePixelRatio || 1;
     const w = canvas.clientWidth, h = canvas.clientHeight;
     if (!w || !h) return;
@@ -138,14 +140,26 @@
     // the window grows with the data: a young engine gets a readable minute, not 5 squeezed seconds
     const span = Math.min(HISTORY, Math.max(60, Math.ceil((xs.length ? now - xs[0] + 1 : 0) / 60) * 60));
     const x0 = now - span + 1;
-    let ymax = 0;
-    for (const l of lines) for (const v of l.values) if (v !== null && v > ymax) ymax = v;
-    ymax = niceCeil(ymax || 1);
+    let ymax = 0, ymin = Infinity;
+    for (const l of lines) for (const v of l.values) {
+      if (v === null) continue;
+      if (v > ymax) ymax = v;
+      if (v > 0 && v < ymin) ymin = v;
+    }
     const px = (t) => L + (w - L - R) * (t - x0) / (span - 1);
-    const py = (v) => T + (h - T - B) * (1 - v / ymax);
+    let py, ticks;
+    if (log) {  // decades from below the smallest to above the largest value
+      const lo = Math.floor(Math.log10(isFinite(ymin) ? ymin : 0.1)), hi = Math.max(lo + 1, Math.ceil(Math.log10(ymax || 1)));
+      py = (v) => T + (h - T - B) * (1 - (Math.log10(Math.max(v, Math.pow(10, lo))) - lo) / (hi - lo));
+      ticks = []; for (let e = lo; e <= hi; e++) ticks.push(Math.pow(10, e));
+    } else {
+      ymax = niceCeil(ymax || 1);
+      py = (v) => T + (h - T - B) * (1 - v / ymax);
+      ticks = [0, 1, 2, 3, 4].map((i) => ymax * i / 4);
+    }
     g.font = "11px system-ui, sans-serif"; g.strokeStyle = "#26313d"; g.fillStyle = "#7d8a99"; g.lineWidth = 1;
-    for (let i = 0; i <= 4; i++) {
-      const v = ymax * i / 4, y = Math.round(py(v)) + 0.5;
+    for (const v of ticks) {
+      const y = Math.round(py(v)) + 0.5;
       g.beginPath(); g.moveTo(L, y); g.lineTo(w - R, y); g.stroke();
       g.textAlign = "right"; g.fillText(shortNum(v), L - 4, y + 4);
     }
@@ -176,7 +190,7 @@
     for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
     return 10 * p;
   }
-  function shortNum(v) { return v >= 1e6 ? (v / 1e6) + "M" : v >= 1e3 ? (v / 1e3) + "k" : +v.toFixed(2) + ""; }
+  function shortNum(v) { return v >= 1e6 ? +(v / 1e6).toFixed(2) + "M" : v >= 1e3 ? +(v / 1e3).toFixed(2) + "k" : +v.toFixed(2) + ""; }
 
   // -- task detail -----------------------------------------------------------------
 
