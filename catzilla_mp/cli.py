@@ -68,7 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Subcommands that parse their own options: argparse's REMAINDER drops a
+#: leading option ("demo --quick"), so their arguments bypass this parser.
+PASSTHROUGH = {"bench": _bench, "demo": _demo}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        return PASSTHROUGH[argv[0]](argparse.Namespace(rest=argv[1:]))
     args = build_parser().parse_args(argv)
     return args.func(args)
 
