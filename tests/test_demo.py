@@ -49,6 +49,15 @@ def test_a_partial_serial_baseline_scales_each_kind_by_its_count():
     assert out["seconds"] == pytest.approx(expected)
 
 
+def test_the_cli_hands_demo_its_own_options(capsys):
+    from catzilla_mp import cli
+
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["demo", "--help"])
+    assert exit_.value.code == 0
+    assert "--quick" in capsys.readouterr().out
+
+
 @pytest.mark.timeout_guard(240)
 def test_quick_demo_accounts_for_every_task_and_reports_without_a_terminal():
     # Given the demo run as a newcomer would, with pipes instead of a terminal
