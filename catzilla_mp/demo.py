@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import random
@@ -41,7 +42,7 @@ from .records import EngineStats, TaskPriority, TaskStatus
 #: Display refreshes per second; each one takes an EngineStats snapshot.
 REFRESH_PER_S = 4
 #: How long a stopped (Ctrl-C) engine gives running tasks before killing them.
-INTERRUPT_GRACE_S = 1.0
+INTERRUPT_GRACE_S = 0.5
 #: Exit status after Ctrl-C, as a shell reports a SIGINT death.
 EXIT_INTERRUPTED = 130
 
@@ -419,8 +420,34 @@ class Interrupted(Exception):
     """Ctrl-C or SIGTERM: stop now."""
 
 
+#: A signal that arrived while _deferred_signals() held it back.
+_pending_signal: list[int] = []
+
+
 def _on_signal(signum, frame):
     raise Interrupted(signal.Signals(signum).name)
+
+
+def _note_signal(signum, frame):
+    _pending_signal.append(signum)
+
+
+@contextlib.contextmanager
+def _deferred_signals():
+    """Hold Ctrl-C/SIGTERM back while the engine starts or stops, then raise it.
+
+    An exception in the middle of BackgroundTasks() or shutdown() could
+    leave a worker or the segment behind; a fraction of a second's wait
+    cannot.
+    """
+    before = {s: signal.signal(s, _note_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+    if _pending_signal:
+        raise Interrupted(signal.Signals(_pending_signal.pop()).name)
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -467,7 +494,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         the_plan = plan(QUICK if args.quick else FULL, scratch)
         t0 = time.monotonic()
-        engine = BackgroundTasks(workers=args.workers, mode="process")
+        with _deferred_signals():
+            engine = BackgroundTasks(workers=args.workers, mode="process")
         startup_s = time.monotonic() - t0
         workers = engine.options.workers
         run = EngineRun(engine, the_plan)
@@ -479,7 +507,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not console.is_terminal:
             console.print()  # rich leaves its last frame without a line end there
         stats = engine.get_stats()
-        engine.shutdown(wait_for_completion=True, timeout=10)
+        with _deferred_signals():
+            engine.shutdown(wait_for_completion=True, timeout=10)
         if args.serial_fraction > 0:
             serial = _serial_with_progress(console, the_plan, args.serial_fraction)
     except Interrupted as why:
@@ -487,7 +516,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # a second Ctrl-C must not cut the clean-up short
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
-        console.print(f"\n[bold red]{why}[/]: stopping; tasks not started are cancelled")
+        what = ("the serial baseline" if engine is not None and engine.closed and stats
+                else "the engine; tasks not started are cancelled")
+        console.print(f"\n[bold red]{why}[/]: stopping {what}")
     finally:
         if engine is not None:
             engine.shutdown(wait_for_completion=False, timeout=INTERRUPT_GRACE_S)
