@@ -22,6 +22,7 @@ from . import _core
 from ._core import SizeClass
 from ._native import ffi, lib
 from .errors import PayloadTooLargeError
+from .serialization import Frame
 
 #: Chunk sizes of the arena, smallest first. Powers of four keep the waste of
 #: a size class under 75% while needing only a handful of pools; the last,
@@ -51,6 +52,18 @@ def plan_arena(pool_bytes: int) -> list[SizeClass]:
     return classes
 
 
+def _copy_into(dest, data) -> None:
+    """Copy bytes, or each part of a Frame in turn, to a C address."""
+    if not isinstance(data, Frame):
+        ffi.memmove(dest, data, len(data))
+        return
+    off = 0
+    for part in data.parts:
+        size = memoryview(part).nbytes
+        ffi.memmove(dest + off, part, size)
+        off += size
+
+
 def external_name(segment_name: str, ident: int) -> str:
     return f"{segment_name}_x{ident:x}"
 
@@ -75,7 +88,7 @@ class Payloads:
             PayloadTooLargeError: beyond max_bytes; nothing was stored.
         """
         n = len(data)
-        if n <= inline_cap:
+        if n <= inline_cap and not isinstance(data, Frame):
             ffi.memmove(inline_area, data, n)
             return _core.HANDLE_INLINE << 56, n
         if n > self.max_bytes:
@@ -83,7 +96,7 @@ class Payloads:
                 f"payload of {n} bytes exceeds max_payload_bytes={self.max_bytes}")
         out = self._handle_out
         if lib.czmp_arena_alloc(self._raw, n, holder, out) == 0:
-            ffi.memmove(lib.czmp_arena_ptr(self._raw, out[0]), data, n)
+            _copy_into(lib.czmp_arena_ptr(self._raw, out[0]), data)
             return out[0], n
         return self._write_external(data), n
 
@@ -93,7 +106,11 @@ class Payloads:
                                      posix_ipc.O_CREX, mode=0o600, size=len(data))
         try:
             with mmap.mmap(shm.fd, len(data)) as m:
-                m[:] = data
+                off = 0
+                for part in (data.parts if isinstance(data, Frame) else (data,)):
+                    size = memoryview(part).nbytes
+                    m[off:off + size] = part if not isinstance(part, memoryview) else part.cast("B")
+                    off += size
         finally:
             shm.close_fd()
         return _core.external_handle(ident)

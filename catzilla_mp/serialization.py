@@ -18,6 +18,7 @@ Outcome flags (czmp_slot_t.result_flags):
 from __future__ import annotations
 
 import pickle
+import struct as _struct
 import traceback
 from typing import Any, Callable
 
@@ -50,10 +51,16 @@ def dumps(obj: Any) -> bytes:
 
 
 def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
-               fn_bytes: bytes | None = None) -> bytes:
-    """Bytes of one call: (args, kwargs), or (args, kwargs, timeout_ms, fn_bytes) when needed."""
+               fn_bytes: bytes | None = None) -> "bytes | Frame":
+    """Bytes of one call: (args, kwargs), or (args, kwargs, timeout_ms, fn_bytes) when needed.
+
+    A call with a big buffer among its arguments becomes a Frame instead.
+    """
     call = (args, kwargs) if timeout_ms is None and fn_bytes is None else \
         (args, kwargs, timeout_ms, fn_bytes)
+    if _has_big_buffer(args) or (kwargs and _has_big_buffer(kwargs.values())):
+        wrapped = (tuple(_wrap(a) for a in args), {k: _wrap(v) for k, v in kwargs.items()})
+        return _dumps_frame(wrapped + call[2:], "arguments")
     try:
         data = _dumps(call, PROTOCOL)
     except Exception:
@@ -67,10 +74,106 @@ def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
 
 def loads_call(data) -> tuple[tuple, dict, int | None, bytes | None]:
     """Inverse of dumps_call: (args, kwargs, timeout_ms or None, fn_bytes or None)."""
-    call = _loads(data)
+    call = _loads_frame(data) if data[:4] == FRAME_MAGIC else _loads(data)
     if len(call) == 2:
         return call[0], call[1], None, None
     return call
+
+
+# -- frames: big buffers out of band --------------------------------------------
+#
+# Pickling a 16 MiB bytes object or array makes a 16 MiB pickle, which is
+# then copied again into shared memory (and fresh memory costs a page fault
+# per 4 KiB here). A frame keeps big buffers out of the pickle (protocol 5's
+# buffer_callback) and Payloads.write copies each part straight into the
+# chunk: one copy on the way in. Layout:
+#   "CZMF" | u32 n | u64 main length | n x u64 buffer length | n x u8 kind
+#   | main pickle | buffer 0 | buffer 1 ...
+# kind 1: a buffer that is copied as it is read (our bytes wrapper), so the
+# reader may hand out a view of shared memory; kind 0: anything else, which
+# may keep a reference to its buffer (a NumPy array), so it gets a private copy.
+
+FRAME_MAGIC = b"CZMF"
+#: Buffers at least this big travel out of band.
+BIG_BUFFER = 1 << 20
+
+
+class Frame:
+    """A payload in parts, written into shared memory without being joined first."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, main: bytes, buffers: list, kinds: list[int]) -> None:
+        n = len(buffers)
+        header = _struct.pack(f"<4sIQ{n}Q{n}B", FRAME_MAGIC, n, len(main),
+                              *(b.nbytes for b in buffers), *kinds)
+        self.parts = [header, main, *buffers]
+        self.size = len(header) + len(main) + sum(b.nbytes for b in buffers)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def tobytes(self) -> bytes:
+        return b"".join(bytes(p) for p in self.parts)
+
+
+class _BigBytes:
+    """Stand-in for a big bytes argument: pickles it out of band."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol):
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _wrap(value: Any) -> Any:
+    if type(value) is bytes and len(value) >= BIG_BUFFER:
+        return _BigBytes(value)
+    return value
+
+
+def _has_big_buffer(values) -> bool:
+    for v in values:
+        if type(v) is bytes or type(v) is bytearray:
+            if len(v) >= BIG_BUFFER:
+                return True
+        elif getattr(v, "nbytes", 0) >= BIG_BUFFER:  # NumPy arrays, memoryviews
+            return True
+    return False
+
+
+def _dumps_frame(obj: Any, what: str) -> Frame:
+    buffers, kinds = [], []
+
+    def keep(pb: pickle.PickleBuffer) -> None:
+        raw = pb.raw()
+        buffers.append(raw)
+        kinds.append(1 if type(raw.obj) is bytes else 0)
+
+    try:
+        main = cloudpickle.dumps(obj, protocol=PROTOCOL, buffer_callback=keep)
+    except Exception as exc:
+        raise SerializationError(f"cannot pickle the task's {what}: {exc}") from exc
+    return Frame(main, buffers, kinds)
+
+
+def _loads_frame(data) -> Any:
+    view = memoryview(data)
+    n, main_len = _struct.unpack_from("<IQ", view, 4)
+    lengths = _struct.unpack_from(f"<{n}Q", view, 16)
+    kinds = _struct.unpack_from(f"<{n}B", view, 16 + 8 * n)
+    off = 16 + 9 * n
+    main = view[off:off + main_len]
+    off += main_len
+    buffers = []
+    for length, kind in zip(lengths, kinds):
+        part = view[off:off + length]
+        buffers.append(part if kind == 1 else bytearray(part))
+        off += length
+    return _loads(main, buffers=buffers)
 
 
 def _dumps_fallback(obj: Any, what: str) -> bytes:
@@ -91,8 +194,13 @@ def loads_function(data) -> Callable:
     return _loads(data)
 
 
-def dumps_result(value: Any) -> tuple[int, bytes]:
+def dumps_result(value: Any) -> tuple[int, "bytes | Frame"]:
     """Worker side: (flags, bytes) for a return value, or for the error if it cannot pickle."""
+    if _has_big_buffer((value,)):
+        try:
+            return OUTCOME_OK, _dumps_frame(_wrap(value), "result")
+        except SerializationError as exc:
+            return dumps_exception(exc)
     try:
         return OUTCOME_OK, _dumps(value, PROTOCOL)
     except Exception:
@@ -140,7 +248,7 @@ def split_progress(flags: int, data) -> tuple[int, Any, Any]:
 def loads_outcome(flags: int, data) -> tuple[bool, Any]:
     """App side: (True, value) or (False, exception ready to raise)."""
     try:
-        body = _loads(data)
+        body = _loads_frame(data) if data[:4] == FRAME_MAGIC else _loads(data)
     except Exception as exc:
         return False, SerializationError(f"cannot unpickle the task's outcome: {exc}")
     if flags == OUTCOME_OK:

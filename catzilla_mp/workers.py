@@ -28,7 +28,7 @@ from typing import Callable
 
 from . import _core, progress, serialization
 from ._native import ffi, lib
-from .errors import PayloadTooLargeError, TaskTimeoutError
+from .errors import PayloadTooLargeError, SerializationError, TaskTimeoutError
 from .payloads import Payloads
 
 #: How long one take() sleeps before looking at the stop flag again. Longer
@@ -175,13 +175,21 @@ class Worker:
         t0 = lib.czmp_now_ns()
         rec.current_slot = idx + 1
         if self._progress_dirty:
-            self._progress_dirty = False
-            self._report_progress(-1.0, "")
+            self._clear_progress()
         flags, out = self._execute(slot, idx, data, me, t0, single)
-        if self._progress_dirty:
-            flags, out = serialization.with_progress(
-                flags, out, rec.progress, ffi.string(rec.progress_msg).decode("utf-8", "replace"))
-        if len(out) <= _INLINE_RESULT:
+        try:
+            if self._progress_dirty and not isinstance(out, serialization.Frame):
+                flags, out = serialization.with_progress(
+                    flags, out, rec.progress,
+                    ffi.string(rec.progress_msg).decode("utf-8", "replace"))
+            self._publish(idx, slot, flags, out, t0)
+        except Exception as exc:  # noqa: BLE001 - report it; never lose the worker
+            flags, out = serialization.dumps_exception(
+                SerializationError(f"the worker could not publish the task's outcome: {exc!r}"))
+            self._publish(idx, slot, flags, out, t0)
+
+    def _publish(self, idx: int, slot, flags: int, out, t0: int) -> None:
+        if len(out) <= _INLINE_RESULT and not isinstance(out, serialization.Frame):
             # the common case, in one C call: write the outcome, count it, publish
             lib.czmp_tasks_finish_inline(self.raw, self.index, idx, flags, out, len(out))
             return
@@ -196,6 +204,7 @@ class Worker:
         slot.result_flags = flags
         if _fault_point:
             _fault("publishing")
+        rec = self.rec
         rec.current_slot = 0
         rec.busy_ns += lib.czmp_now_ns() - t0
         if flags == _OUTCOME_OK:
@@ -265,8 +274,15 @@ class Worker:
 
     # -- progress -------------------------------------------------------
 
+    def _clear_progress(self) -> None:
+        self._progress_dirty = False
+        self._write_progress(-1.0, "")
+
     def _report_progress(self, fraction: float, message: str) -> None:
         self._progress_dirty = True
+        self._write_progress(fraction, message)
+
+    def _write_progress(self, fraction: float, message: str) -> None:
         rec = self.rec
         rec.progress_seq += 1  # odd: readers retry
         rec.progress = fraction

@@ -152,3 +152,7 @@ class Counter:
 
     def bump(self, n):
         return self.start + n
+
+
+def identity(value, scale=None):
+    return value if scale is None else value * scale

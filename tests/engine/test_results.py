@@ -200,3 +200,25 @@ def test_functions_and_classes_of_main_travel_inside_arguments(engine, tmp_path)
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split("\n")[:2] == ["25", "[2, 2, 2]"]
+
+
+def test_big_bytes_and_arrays_travel_out_of_band_both_ways(make_engine):
+    import numpy as np
+
+    engine = make_engine(memory_pool_mb=96)
+    blob = os.urandom(3 << 20)
+    arr = np.arange(1 << 19, dtype=np.float64)  # 4 MiB
+    n, head, tail = engine.add_task(jobs.echo_bytes, blob).wait(30)
+    assert (n, head, tail) == (len(blob), blob[:16], blob[-16:])
+    back = engine.add_task(jobs.identity, arr, scale=2.0).wait(30)
+    assert isinstance(back, np.ndarray) and np.array_equal(back, arr * 2.0)
+    assert back.flags.writeable  # a private copy, not a view of shared memory
+    big = engine.add_task(jobs.big_result, 2 << 20).wait(30)
+    assert big == b"r" * (2 << 20)
+
+
+def test_a_payload_bigger_than_the_arena_goes_through_a_segment_of_its_own(make_engine):
+    engine = make_engine(memory_pool_mb=4)  # no class holds 8 MiB
+    blob = os.urandom(8 << 20)
+    assert engine.add_task(jobs.echo_bytes, blob).wait(30)[0] == len(blob)
+    assert engine.add_task(jobs.big_result, 9 << 20).wait(30) == b"r" * (9 << 20)
