@@ -61,6 +61,8 @@ log = logging.getLogger("catzilla_mp")
 MODES = ("process", "thread")
 _EVENTS = {TaskStatus.COMPLETED: "completed", TaskStatus.FAILED: "failed",
            TaskStatus.CANCELLED: "cancelled"}
+#: How often shutdown() looks whether every task has finished.
+SHUTDOWN_POLL_S = 0.01
 #: Errors a retry cannot fix: the same input fails the same way.
 NOT_RETRYABLE = (SerializationError, PayloadTooLargeError, TaskTimeoutError)
 
@@ -184,8 +186,6 @@ class BackgroundTasks(Executor):
         # ids of finished tasks, oldest first: the last keep_finished stay findable
         self._finished: collections.deque[str] = collections.deque()
         self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._in_flight = 0
         self._closed = False
         # False once shutdown stops waiting for tasks: a failed attempt is final then
         self._retries_allowed = True
@@ -310,18 +310,16 @@ class BackgroundTasks(Executor):
         return info
 
     def _admit(self, task: TaskResult) -> None:
-        with self._lock:
-            if self._closed:
-                raise EngineClosedError("the engine is shut down; it takes no new tasks")
-            self._tasks[task.task_id] = task
-            self._in_flight += 1
+        # No lock on the submit path: the collector holds the engine lock to
+        # finish tasks, and a contended acquire hands the GIL over (a
+        # cross-CPU wake-up). A dict store is atomic; a task admitted while
+        # shutdown() starts is found by its scan of unfinished tasks.
+        if self._closed:
+            raise EngineClosedError("the engine is shut down; it takes no new tasks")
+        self._tasks[task.task_id] = task
 
     def _forget(self, task: TaskResult) -> None:
-        with self._lock:
-            self._tasks.pop(task.task_id, None)
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.notify_all()
+        self._tasks.pop(task.task_id, None)
 
     def task(self, priority: TaskPriority = TaskPriority.NORMAL, compile_to_c: bool = True,
              **config_kwargs: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
@@ -423,12 +421,8 @@ class BackgroundTasks(Executor):
         if not wait_for_completion:
             self._retries_allowed = False
             self._cancel_not_started()
-        with self._lock:
-            while self._in_flight > 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._idle.wait(min(left, 0.1))
+        while self._in_flight() and time.monotonic() < deadline:
+            time.sleep(SHUTDOWN_POLL_S)
         self._retries_allowed = False
         # Drop the timers, do not fire them: firing would queue a delayed task
         # (or a retry) before it is due, and an idle worker would start it
@@ -483,9 +477,6 @@ class BackgroundTasks(Executor):
             monitor.emit(_EVENTS[status], task, value)
         with self._lock:
             monitor.count_final_locked(task, ok, value, status)
-            self._in_flight -= 1
-            if self._in_flight == 0:
-                self._idle.notify_all()
             finished = self._finished
             finished.append(task.task_id)
             if len(finished) > self.options.keep_finished:
@@ -539,9 +530,15 @@ class BackgroundTasks(Executor):
             return None
         return backend.live_progress(task)
 
+    def _in_flight(self) -> int:
+        """Tasks submitted and not yet final: every task in _tasks is either
+        unfinished or one of the finished ones remembered in _finished."""
+        return len(self._tasks) - len(self._finished)
+
     def _unfinished(self) -> list[TaskResult]:
-        with self._lock:
-            return [t for t in self._tasks.values() if not t.done()]
+        # list() copies the values in one step under the GIL: submitters may
+        # add tasks concurrently, and they take no lock
+        return [t for t in list(self._tasks.values()) if not t.done()]
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"

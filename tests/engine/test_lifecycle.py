@@ -7,7 +7,7 @@ import time
 import psutil
 import pytest
 
-import jobs
+import engine_jobs as jobs
 from conftest import wait_running
 from catzilla_mp import (
     BackgroundTasks, EngineClosedError, EngineStats, TaskCancelledError, TaskStatus)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-import jobs
+import engine_jobs as jobs
 from catzilla_mp import (
     RemoteTraceback, SerializationError, TaskError, TaskFuture, TaskStatus, UnknownTaskError)
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-import jobs
+import engine_jobs as jobs
 from conftest import wait_running
 from catzilla_mp import (
     QueueFullError, TaskCancelledError, TaskPriority, TaskStatus, TaskTimeoutError)
