@@ -10,6 +10,7 @@ needs none of the web or benchmark extras.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 from typing import Optional, Sequence
 
@@ -22,23 +23,23 @@ def _top(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    # stub for the lead: forwards to bench/__main__.py (bench is a package of the repo, not of the wheel)
+    # bench/ is a package of the repository, not of the wheel: an editable
+    # install from a checkout finds it next to catzilla_mp/
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    if (repo / "bench" / "__main__.py").is_file() and str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
     try:
         from bench.__main__ import main as bench_main
     except ImportError:
-        print("catzilla-mp bench: run it from a checkout of the repository (needs the bench package)",
-              file=sys.stderr)
+        print("catzilla-mp bench: run it from a checkout of the repository "
+              '(pip install -e ".[bench]")', file=sys.stderr)
         return 2
     return bench_main(args.rest) or 0
 
 
 def _demo(args: argparse.Namespace) -> int:
-    # stub for the lead: catzilla_mp.demo does not exist yet
-    try:
-        from .demo import main as demo_main  # type: ignore[import-not-found]
-    except ImportError:
-        print("catzilla-mp demo: not available in this version", file=sys.stderr)
-        return 2
+    from .demo import main as demo_main
+
     return demo_main(args.rest) or 0
 
 
