@@ -24,23 +24,35 @@ if TYPE_CHECKING:
 EngineRef = Union["BackgroundTasks", Callable[[], "BackgroundTasks"]]
 
 
+def _resolver(engine: EngineRef) -> Callable[[], "BackgroundTasks"]:
+    def get() -> "BackgroundTasks":
+        eng = engine() if callable(engine) and not hasattr(engine, "add_task") else engine
+        instrument(eng)
+        return eng
+    return get
+
+
+def metrics_route(engine: EngineRef, path: str = "/metrics") -> Route:
+    """GET ``path``: the engine's Prometheus metrics."""
+    get = _resolver(engine)
+
+    async def metrics(request: Request) -> Response:
+        body, ctype = metrics_text(get())
+        return Response(body, media_type=ctype)
+
+    return Route(path, metrics, methods=["GET"], name="czmp_metrics")
+
+
 def dashboard_routes(engine: EngineRef, prefix: str = "", *, metrics_path: str = "/metrics",
                      interval: float = DEFAULT_INTERVAL) -> list[Route]:
     """Routes: ``metrics_path``, ``{prefix}/dashboard``, ``.../events``, ``.../task/{task_id}``.
 
     ``metrics_path=None`` leaves /metrics out (an app that exposes it elsewhere).
+    Put them before any ``{prefix}/{param}`` route, which would match them first.
     """
     base = prefix.rstrip("/") + "/dashboard"
     page = dashboard_html(prefix)
-
-    def get() -> "BackgroundTasks":
-        eng = engine() if callable(engine) and not hasattr(engine, "add_task") else engine
-        instrument(eng)
-        return eng
-
-    async def metrics(request: Request) -> Response:
-        body, ctype = metrics_text(get())
-        return Response(body, media_type=ctype)
+    get = _resolver(engine)
 
     async def page_route(request: Request) -> Response:
         get()  # start counting as soon as someone looks
@@ -58,10 +70,10 @@ def dashboard_routes(engine: EngineRef, prefix: str = "", *, metrics_path: str =
         return JSONResponse(detail)
 
     routes = [
-        Route(base, page_route, methods=["GET"]),
-        Route(base + "/events", events, methods=["GET"]),
-        Route(base + "/task/{task_id}", task, methods=["GET"]),
+        Route(base, page_route, methods=["GET"], name="czmp_dashboard"),
+        Route(base + "/events", events, methods=["GET"], name="czmp_dashboard_events"),
+        Route(base + "/task/{task_id}", task, methods=["GET"], name="czmp_dashboard_task"),
     ]
     if metrics_path:
-        routes.insert(0, Route(metrics_path, metrics, methods=["GET"]))
+        routes.insert(0, metrics_route(engine, metrics_path))
     return routes
