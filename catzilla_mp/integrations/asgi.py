@@ -16,8 +16,9 @@
         return {"result": await tasks.wait(tasks.add_task(resize_image, url))}
 
 ``install(app)`` adds the status routes (plain Starlette routes, which
-FastAPI's router accepts too), the request-tracking middleware and an
-exception handler for TaskHTTPError. To mount them elsewhere instead, use
+FastAPI's router accepts too), the live dashboard at ``/tasks/dashboard`` and
+Prometheus metrics at ``/metrics`` (catzilla_mp.observability), the
+request-tracking middleware and an exception handler for TaskHTTPError. To mount them elsewhere instead, use
 ``app.mount("/jobs", tasks.asgi_app())`` and add ``tasks.middleware``
 yourself. The events route is a real stream: one SSE event per change,
 closed after the task's final event.
@@ -39,6 +40,8 @@ except ImportError as exc:  # pragma: no cover
 from ..engine import BackgroundTasks
 from ..records import TaskPriority
 from ..results import TaskResult
+from ..observability import instrument
+from ..observability.asgi import dashboard_routes, metrics_route
 from .status import TaskHTTPError, TaskRoutes, await_result, sse, task_changes, wait_result
 from .tracking import REQUEST_ID_HEADER, RequestInfo, RequestLog, request_id_from, request_scope
 
@@ -112,6 +115,7 @@ class AsgiTasks:
     def start(self) -> BackgroundTasks:
         if self._engine is None:
             self._engine = BackgroundTasks(**self.engine_options)
+            instrument(self._engine)  # observability: dashboard and /metrics count from the start
         return self._engine
 
     def shutdown(self, wait_for_completion: bool = True, timeout: float = 30.0) -> None:
@@ -177,6 +181,9 @@ class AsgiTasks:
             return endpoint
 
         return [
+            # observability (catzilla_mp.observability): {p}/dashboard[/events|/task/{id}], {p}/metrics;
+            # first, or "{p}/{task_id}" below would take "dashboard" for a task id
+            *dashboard_routes(lambda: self.engine, prefix=p, metrics_path=f"{p}/metrics"),
             Route(f"{p}/stats", json_route(logic.stats), methods=["GET"], name="czmp_stats"),
             Route(f"{p}/requests/{{request_id}}", json_route(logic.request_tasks, "request_id"),
                   methods=["GET"], name="czmp_request_tasks"),
@@ -217,6 +224,8 @@ class AsgiTasks:
     def install(self, app: Any) -> None:
         """Add the routes, the tracking middleware and the TaskHTTPError handler to ``app``."""
         app.router.routes.extend(self.routes())
+        if self.prefix:  # Prometheus looks at /metrics by default
+            app.router.routes.append(metrics_route(lambda: self.engine, "/metrics"))
         app.add_middleware(RequestTrackingMiddleware)
         app.add_exception_handler(TaskHTTPError, task_error_handler)
 
