@@ -17,7 +17,9 @@ On top of Catzilla's own app this class:
   ``self.tasks`` / ``_task_system_enabled`` are the same attributes, and
   Catzilla's atexit hook is only registered by its own enable method, which
   is replaced: the engine's own atexit hook shuts it down.
-* registers the status routes under ``tasks_prefix`` (see integrations/__init__).
+* registers the status routes under ``tasks_prefix`` (see integrations/__init__),
+  the live dashboard at ``{tasks_prefix}/dashboard`` and Prometheus metrics at
+  ``/metrics`` (catzilla_mp.observability).
 * opens a request scope around every handler (id from ``X-Request-ID`` or a
   new one, echoed in the response), so tasks carry the request that made them.
 * answers ``TaskHTTPError`` (from ``wait_for``) and escaped TaskErrors with
@@ -42,8 +44,10 @@ except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
         "catzilla_mp.Catzilla needs the Catzilla web framework, an optional extra: "
         'pip install -e ".[catzilla]"  (or: pip install "catzilla==0.2.3")') from exc
 
-from ..app import BackgroundTaskApp
+from ..app import NOT_ENABLED, BackgroundTaskApp
 from ..errors import TaskError
+from ..observability import instrument
+from ..observability.catzilla_routes import add_dashboard_routes
 from ..records import TaskPriority
 from ..results import TaskResult
 from .status import (
@@ -88,6 +92,16 @@ class Catzilla(BackgroundTaskApp, _catzilla.Catzilla):
             self._register_task_routes(tasks_prefix.rstrip("/"))
 
     # -- the task API ------------------------------------------------------------
+
+    def enable_background_tasks(self, *args: Any, **kwargs: Any) -> None:
+        """Catzilla's enable_background_tasks (see BackgroundTaskApp), then start observing."""
+        super().enable_background_tasks(*args, **kwargs)
+        instrument(self.tasks)  # observability: dashboard and /metrics count from the start
+
+    def _observed_engine(self):
+        if getattr(self, "tasks", None) is None:
+            raise TaskHTTPError(503, {"error": {"type": "RuntimeError", "message": NOT_ENABLED}})
+        return self.tasks
 
     def add_task(self, func: Callable[..., T], *args: Any,
                  priority: TaskPriority = TaskPriority.NORMAL, delay_ms: int = 0,
@@ -154,6 +168,9 @@ class Catzilla(BackgroundTaskApp, _catzilla.Catzilla):
 
     def _register_task_routes(self, prefix: str) -> None:
         routes = self.task_routes
+        # observability (catzilla_mp.observability): {prefix}/dashboard[/events|/task/{id}] and
+        # /metrics; first, or "{prefix}/{task_id}" below would take "dashboard" for a task id
+        add_dashboard_routes(self, self._observed_engine, prefix=prefix)
 
         def answer(pair: tuple[int, dict]) -> Response:
             return JSONResponse(pair[1], status_code=pair[0])
