@@ -1,4 +1,5 @@
-"""A Catzilla app with the dashboard routes, run as a real server by test_catzilla_dashboard.py.
+"""A catzilla_mp.Catzilla app (the integration: status routes, dashboard, /metrics), run as a
+real server by test_catzilla_dashboard.py.
 
     python catzilla_app.py PORT
 """
@@ -9,18 +10,15 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from catzilla import Catzilla, JSONResponse  # noqa: E402
+from catzilla import JSONResponse  # noqa: E402
 
 import obs_jobs  # noqa: E402
-from catzilla_mp import BackgroundTasks  # noqa: E402
-from catzilla_mp.observability import instrument  # noqa: E402
-from catzilla_mp.observability.catzilla_routes import add_dashboard_routes  # noqa: E402
+from catzilla_mp import Catzilla  # noqa: E402
 
 app = Catzilla(production=True)
-engine = BackgroundTasks(workers=2, min_workers=1, memory_pool_mb=16, queue_size=256,
-                         enable_auto_scaling=False)
-instrument(engine)
-add_dashboard_routes(app, engine, prefix="/tasks")
+app.enable_background_tasks(workers=2, min_workers=1, memory_pool_mb=16, queue_size=256,
+                            enable_auto_scaling=False)
+engine = app.tasks
 
 
 @app.get("/run/{n}")

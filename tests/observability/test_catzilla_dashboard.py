@@ -1,4 +1,4 @@
-"""The dashboard and /metrics on a real Catzilla server (its own C HTTP server), in a subprocess.
+"""The dashboard and /metrics of catzilla_mp.Catzilla on a real Catzilla server (its C HTTP server).
 
 Catzilla drains a streaming response on its event-loop thread, so the event
 route sends one snapshot per connection and lets EventSource reconnect: the
@@ -91,6 +91,9 @@ def test_catzilla_serves_page_one_shot_stream_task_detail_and_metrics(catzilla_s
     _, detail = get(f"{base}/tasks/dashboard/task/{failed_id}")
     detail = json.loads(detail)
     assert detail["error"]["type"] == "ValueError" and detail["error"]["message"] == "catzilla says no"
+    # the integration's own status route still owns {prefix}/{task_id}
+    _, status = get(f"{base}/tasks/{failed_id}")
+    assert json.loads(status)["status"] == "FAILED"
     # the server is still free for the app's own routes after all those streams
     assert json.loads(get(base + "/run/3", timeout=30)[1]) == {"sum": 5}
 
