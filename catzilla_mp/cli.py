@@ -44,7 +44,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="catzilla-mp", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="catzilla-mp", description="Tools for catzilla_mp engines.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     top = sub.add_parser("top", help="live view of a running engine (read-only, from its shared memory)",
