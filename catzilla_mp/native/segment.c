@@ -278,6 +278,14 @@ int czmp_segment_attach(const char *name, czmp_segment_t **out) {
     return rc;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+int czmp_segment_prefault(czmp_segment_t *seg) {
+    return madvise(seg->base, seg->size, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
+}
+
 void czmp_segment_detach(czmp_segment_t *seg) {
     if (!seg)
         return;

@@ -416,7 +416,7 @@ static int collect_now(czmp_segment_t *seg, uint32_t unused, uint32_t *out, int 
 int czmp_results_collect(czmp_segment_t *seg, uint32_t *out, int max, int64_t timeout_ns) {
     if (max <= 0)
         return -EINVAL;
-    return wait_for(seg, &seg->hdr->result_wake, collect_now, 0, out, max, timeout_ns, 0);
+    return wait_for(seg, &seg->hdr->result_wake, collect_now, 0, out, max, timeout_ns, 1);
 }
 
 /* Free a chunk handle the slot owns, whoever of slot or worker holds it. */
