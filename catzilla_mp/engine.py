@@ -96,8 +96,10 @@ class EngineOptions:
             raise ValueError(f"min_workers ({min_workers}) is above max_workers ({max_workers})")
         if workers is not None and max_workers is not None and workers > max_workers:
             raise ValueError(f"workers ({workers}) is above max_workers ({max_workers})")
-        self.max_workers = max_workers if max_workers is not None else max(initial, min_workers)
+        # Catzilla's min_workers=2 default must not grow a workers=1 engine:
+        # without an explicit max_workers, the pool never exceeds its start
         self.min_workers = min(min_workers, initial)
+        self.max_workers = max_workers if max_workers is not None else initial
         self.workers = max(initial, self.min_workers)
         self.queue_size = _int_at_least("queue_size", queue_size, 1)
         if queue_size > 1 << 22:
@@ -290,9 +292,11 @@ class BackgroundTasks(Executor):
             _int_at_least("max_retries", max_retries, 0)
         if type(timeout_ms) is not int or timeout_ms < 0:
             _int_at_least("timeout_ms", timeout_ms, 0)
-        task = TaskResult(self._id_prefix + str(next(self._ids)), self, priority,
+        seq = next(self._ids)
+        task = TaskResult(self._id_prefix + str(seq), self, priority,
                           max_retries, timeout_ms, delay_ms)
         task.name = name
+        task.seq = seq
         return task
 
     def _describe(self, func) -> tuple[Optional[TaskConfig], str]:

@@ -178,7 +178,7 @@ class ProcessBackend:
             idx = self._take_slot()
             task.slot = idx
             self._slot_task[idx] = task
-            lib.czmp_tasks_submit_inline(self.raw, task.priority._value_, idx, func_id, 0,
+            lib.czmp_tasks_submit_inline(self.raw, task.priority._value_, idx, func_id, task.seq,
                                          data, len(data))
             return
         idx = self._store(task, func_id, data)
@@ -229,6 +229,7 @@ class ProcessBackend:
         slot.args_handle = handle
         slot.args_len = n
         slot.func_id = func_id
+        slot.task_id = task.seq
         task.slot = idx
         if handle >> 56 == _HANDLE_EXTERNAL:
             task.ext_args = handle

@@ -90,7 +90,7 @@ class TaskResult(Generic[T]):
         "task_id", "_engine", "status", "_ok", "_value", "_event", "_callbacks", "_fut",
         "fn", "func_id", "payload", "priority", "delay_ms", "max_retries", "timeout_ms",
         "attempt", "created_at", "started_at", "completed_at", "exec_ms", "worker_id",
-        "slot", "ext_args", "progress_value", "meta", "parked", "name",
+        "slot", "ext_args", "progress_value", "meta", "parked", "name", "seq",
     )
 
     def __init__(self, task_id: str, engine: "BackgroundTasks", priority: TaskPriority,
@@ -119,6 +119,7 @@ class TaskResult(Generic[T]):
         self.meta: Optional[dict] = None
         self.parked = False
         self.name = ""  # the function's qualified name, for stats and logs
+        self.seq = 0  # the number in task_id, written to the slot for observers
         self.fn = None
         self.func_id = 0
         self.payload = None

@@ -28,7 +28,7 @@ from .errors import RemoteTraceback, SerializationError, TaskError
 
 PROTOCOL = 5
 OUTCOME_OK = 0
-OUTCOME_ERROR = 1
+OUTCOME_ERROR = 1  # == CZMP_RESULT_FAILED: the C core counts failures by it
 #: Flag bit: the payload is pickle of (outcome bytes, fraction, message), the
 #: task's last report_progress(), so it survives the worker's next task.
 OUTCOME_PROGRESS = 2

@@ -41,7 +41,7 @@ HEARTBEAT_NS = 100_000_000
 ARGS_COPY_BYTES = 64 << 10
 _INLINE_ARGS = _core.INLINE_ARGS
 _INLINE_RESULT = _core.INLINE_RESULT
-_OUTCOME_OK = serialization.OUTCOME_OK
+_OUTCOME_ERROR = serialization.OUTCOME_ERROR
 
 
 #: Test-only fault injection: CZMP_WORKER_FAULT="<point>:<countdown>:<claim file>".
@@ -207,7 +207,7 @@ class Worker:
         rec = self.rec
         rec.current_slot = 0
         rec.busy_ns += lib.czmp_now_ns() - t0
-        if flags == _OUTCOME_OK:
+        if not flags & _OUTCOME_ERROR:
             rec.tasks_done += 1
         else:
             rec.tasks_failed += 1

@@ -52,6 +52,7 @@
 #define CZMP_INLINE_ARGS 200              /* bytes of arguments kept in the slot */
 #define CZMP_INLINE_RESULT 224            /* bytes of result kept in the slot */
 #define CZMP_RING_TOMBSTONE 4294967295    /* value of a repaired, never-published cell */
+#define CZMP_RESULT_FAILED 1              /* result_flags bit: the task failed; others are the caller's */
 
 /* Errors beyond errno (returned negated). */
 #define CZMP_EMAGIC 1001                  /* not a catzilla_mp segment */
@@ -179,7 +180,7 @@ typedef struct czmp_slot {
     uint64_t result_handle;       /* worker, before DONE */
     uint32_t args_len;
     uint32_t result_len;
-    uint32_t result_flags;        /* worker: task-defined (ok/error) */
+    uint32_t result_flags;        /* worker: CZMP_RESULT_FAILED, plus bits of its own */
     uint32_t worker;              /* worker index that last ran it */
     uint8_t args_inline[200];     /* CZMP_INLINE_ARGS */
     uint8_t result_inline[224];   /* CZMP_INLINE_RESULT */
@@ -359,7 +360,7 @@ int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx);
 /* Worker, the whole publish of a small outcome in one call: copy len bytes
  * into the slot's inline result area (result_handle = INLINE), set
  * result_flags, credit the worker record (busy_ns += now - started_ns,
- * tasks_done or, if flags != 0, tasks_failed; current_slot = 0), then finish
+ * tasks_done or, with CZMP_RESULT_FAILED, tasks_failed; current_slot = 0), then finish
  * as czmp_tasks_finish. -EMSGSIZE if len > CZMP_INLINE_RESULT (nothing
  * written), -EINVAL, or czmp_tasks_finish's result. */
 int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,

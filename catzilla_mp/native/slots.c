@@ -577,7 +577,7 @@ int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
      * enough for statistics */
     uint64_t now = czmp_now_ns();
     czmp_store_relaxed(&w->busy_ns, w->busy_ns + (now > s->started_ns ? now - s->started_ns : 0));
-    if (flags)
+    if (flags & CZMP_RESULT_FAILED)
         czmp_store_relaxed(&w->tasks_failed, w->tasks_failed + 1);
     else
         czmp_store_relaxed(&w->tasks_done, w->tasks_done + 1);

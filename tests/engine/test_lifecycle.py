@@ -8,7 +8,7 @@ import psutil
 import pytest
 
 import engine_jobs as jobs
-from conftest import wait_running
+from engine_helpers import wait_running
 from catzilla_mp import (
     BackgroundTasks, EngineClosedError, EngineStats, TaskCancelledError, TaskStatus)
 
@@ -183,3 +183,25 @@ def test_listeners_see_every_task_event_once(engine, tmp_path):
     engine.add_task(jobs.add, 1, 1).wait(10)
     assert events == [("submitted", "add"), ("completed", "add"), ("submitted", "flaky"),
                       ("retrying", "flaky"), ("failed", "flaky")]
+
+
+def test_an_engine_of_one_worker_stays_one_worker_under_pressure(make_engine):
+    # Catzilla's default min_workers=2 once let auto-scaling grow it to two
+    engine = make_engine(workers=1)
+    assert (engine.min_workers, engine.max_workers) == (1, 1)
+    results = [engine.add_task(jobs.sleep_then, 0.02) for _ in range(30)]
+    peak = 0
+    for r in results:
+        peak = max(peak, engine.get_stats().total_workers)
+        r.wait(30)
+    assert peak == 1
+
+
+def test_worker_counters_tell_done_from_failed_even_with_progress(make_engine):
+    engine = make_engine(workers=1)
+    engine.add_task(jobs.report, 2, 0).wait(10)          # succeeded, reported progress
+    engine.add_task(jobs.big_result, 64 << 10).wait(10)   # succeeded, result in a chunk
+    with pytest.raises(ValueError):
+        engine.add_task(jobs.fail, max_retries=0).wait(10)
+    (_, rec), = engine._backend.supervisor.snapshot()
+    assert (rec.tasks_done, rec.tasks_failed) == (2, 1)

@@ -6,7 +6,7 @@ import time
 import pytest
 
 import engine_jobs as jobs
-from conftest import wait_running
+from engine_helpers import wait_running
 from catzilla_mp import (
     QueueFullError, TaskCancelledError, TaskPriority, TaskStatus, TaskTimeoutError)
 
