@@ -547,20 +547,27 @@ class ProcessBackend:
     # -- shutdown ----------------------------------------------------------
 
     def close(self, abandon: Callable[[TaskResult], None]) -> None:
-        """Stop workers, settle what they finished, abandon the rest, remove the segment."""
-        self.seg.shutdown()
-        self.supervisor.stop()
-        self._running = False
-        self._collector.join(timeout=5)
-        # outcomes published after the collector's last look
-        batch = _OutcomeBatch(COLLECT_BATCH)
-        while self._collect(batch, 0) > 0:
-            pass
-        for task in self.engine._unfinished():
-            with self._park_lock:
-                task.parked = False
-            abandon(task)
-        self._destroy_segment()
+        """Stop workers, settle what they finished, abandon the rest, remove the segment.
+
+        The segment is removed whatever goes wrong before: a shutdown that
+        raises (at interpreter exit, say) must not leave it in /dev/shm.
+        """
+        try:
+            self.seg.shutdown()
+            self.supervisor.stop()
+            self._running = False
+            self._collector.join(timeout=5)
+            # outcomes published after the collector's last look
+            batch = _OutcomeBatch(COLLECT_BATCH)
+            while self._collect(batch, 0) > 0:
+                pass
+            for task in self.engine._unfinished():
+                with self._park_lock:
+                    task.parked = False
+                abandon(task)
+        finally:
+            self._running = False
+            self._destroy_segment()
 
     def _destroy_segment(self) -> None:
         if self._prefault.is_alive():
