@@ -21,7 +21,6 @@ from __future__ import annotations
 import _thread
 import faulthandler
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -250,3 +249,28 @@ def spawn():
         for stream in (p.stdout, p.stderr, p.stdin):
             if stream:
                 stream.close()
+
+
+# ---- engines ----------------------------------------------------------------
+
+@pytest.fixture
+def engine_defaults() -> dict:
+    """Options of the engines make_engine builds; a test directory overrides this fixture."""
+    return dict(workers=2, memory_pool_mb=16, queue_size=512)
+
+
+@pytest.fixture
+def make_engine(engine_defaults):
+    """``make_engine(**options)``: test-sized engines, every one shut down after the test."""
+    from catzilla_mp import BackgroundTasks
+
+    engines = []
+
+    def make(**options):
+        engine = BackgroundTasks(**{**engine_defaults, **options})
+        engines.append(engine)
+        return engine
+
+    yield make
+    for engine in engines:
+        engine.shutdown(wait_for_completion=False, timeout=5)

@@ -44,7 +44,7 @@
 /* CDEF BEGIN */
 #define CZMP_MAGIC_LO 0x504d5a43          /* "CZMP" */
 #define CZMP_MAGIC_HI 0x31474553          /* "SEG1" */
-#define CZMP_LAYOUT_VERSION 3
+#define CZMP_LAYOUT_VERSION 4          /* 4: rings of 2 x nslots, wake lease fields */
 
 #define CZMP_NPRIO 4                      /* CRITICAL=0 HIGH=1 NORMAL=2 LOW=3 */
 #define CZMP_MAX_CLASSES 16
@@ -334,10 +334,10 @@ int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n)
 int czmp_tasks_take(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max,
                     int64_t timeout_ns);
 
-/* App, the whole submit of a small task in one call (added in layout 3, no
- * layout change): write func_id, task_id and len bytes of arguments into
- * slot idx's inline area (args_handle = CZMP_HANDLE_INLINE << 56), then queue it
- * as czmp_tasks_submit(seg, prio, &idx, 1). Returns 1 if queued, 0 if the
+/* App, the whole submit of a small task in one call: write func_id, task_id
+ * and len bytes of arguments into slot idx's inline area (args_handle =
+ * CZMP_HANDLE_INLINE << 56), then queue it as czmp_tasks_submit(seg, prio,
+ * &idx, 1). Returns 1 if queued, 0 if the
  * slot was neither FREE nor HELD (nothing written), -EMSGSIZE if len >
  * CZMP_INLINE_ARGS, -EINVAL on a bad slot or priority. */
 int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64_t func_id,

@@ -3,25 +3,13 @@ from __future__ import annotations
 
 import pytest
 
-from catzilla_mp import BackgroundTasks
 from faultkit import SMALL
 
 
 @pytest.fixture
-def make_engine():
-    """Factory for small engines; every one is shut down after the test, even a failed one."""
-    engines = []
-
-    def make(**options):
-        opts = dict(SMALL, workers=2)
-        opts.update(options)
-        engine = BackgroundTasks(**opts)
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.shutdown(wait_for_completion=False, timeout=5)
+def engine_defaults() -> dict:
+    """make_engine (tests/conftest.py) builds small engines of two workers."""
+    return dict(SMALL, workers=2)
 
 
 @pytest.fixture

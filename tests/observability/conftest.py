@@ -8,27 +8,15 @@ import time
 
 import pytest
 
-from catzilla_mp import BackgroundTasks
 
 SMALL = dict(memory_pool_mb=16, queue_size=256, retry_backoff_base=0.01, retry_backoff_cap=0.05,
              enable_auto_scaling=False)
 
 
 @pytest.fixture
-def make_engine():
-    """Factory for test-sized engines; every one is shut down after the test."""
-    engines = []
-
-    def make(**options):
-        opts = dict(SMALL, workers=2, min_workers=1)
-        opts.update(options)
-        engine = BackgroundTasks(**opts)
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.shutdown(wait_for_completion=False, timeout=5)
+def engine_defaults() -> dict:
+    """make_engine (tests/conftest.py) builds test-sized engines without auto-scaling."""
+    return dict(SMALL, workers=2, min_workers=1)
 
 
 @pytest.fixture
