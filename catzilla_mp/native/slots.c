@@ -196,6 +196,9 @@ static int take_from(czmp_segment_t *seg, czmp_ring_t *r, uint32_t worker,
     int got = 0;
     uint64_t pos, w;
     while (got < max && czmp_ring_claim_one(r, &pos, &w)) {
+        /* a worker dying here leaves the cell unreleased and the slot QUEUED:
+         * the ring repair hands the hint back */
+        CZMP_FAULT(CZMP_FAULT_RING_POP_CLAIMED);
         uint32_t idx = (uint32_t)w;
         czmp_slot_t *s = czmp_slot(seg, idx);  /* NULL for a tombstone */
         if (s) {

@@ -10,7 +10,7 @@ Points (workers.py and the C core's CZMP_FAULT_*):
   c5          slot DONE(w), hint not in the result ring        -> delivered by the reap, no re-run
   c1          slot DONE(w), result-ring cell claimed, unpublished -> delivered by the reap
   c2          a task-ring cell claimed, slot still QUEUED      -> handed back by the ring repair,
-              (unreachable in a worker today: see C2_UNREACHABLE)    never started: no attempt used
+                                                                     never started: no attempt used
 Every case: each task delivers exactly one outcome (callbacks counted), the
 others are correct, a replacement worker serves, and afterwards every slot,
 chunk and ring cell is back.
@@ -38,11 +38,6 @@ POINTS = {
     "c1": (False, True),
 }
 
-C2_UNREACHABLE = (
-    "C core: CZMP_FAULT_RING_POP_CLAIMED fires only in czmp_ring_pop, which a worker never "
-    "calls (take_from claims cells with czmp_ring_claim_one), so no fault point covers a worker "
-    "killed between claiming a task-ring cell and claiming its slot; "
-    "test_a_process_dying_with_a_claimed_task_ring_cell_delays_the_task_only covers the repair")
 
 
 def _submit(engine, path, point, max_retries):
@@ -57,7 +52,7 @@ def _expected(point, i):
 
 
 @pytest.mark.parametrize("point", list(POINTS) + [
-    pytest.param("c2", marks=pytest.mark.xfail(reason=C2_UNREACHABLE, strict=True))])
+    "c2"])
 def test_a_worker_killed_at_a_fault_point_loses_and_duplicates_nothing(make_engine, arm_fault,
                                                                        tmp_path, point):
     arm_fault(point, 1)
