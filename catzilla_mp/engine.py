@@ -258,15 +258,23 @@ class BackgroundTasks(Executor):
         pushes. Raises as add_task; tasks submitted before an error stay
         submitted and the error names how many were.
         """
-        calls = [(a if isinstance(a, tuple) else (a,)) for a in arg_tuples]
-        tasks = [self._new_task(func, priority, delay_ms, max_retries, timeout_ms) for _ in calls]
-        for t in tasks:
-            self._admit(t)
-        done = 0
+        calls = [(a if type(a) is tuple else (a,)) for a in arg_tuples]
+        if not calls:
+            return []
+        first = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
+        tasks = [first] + [self._sibling(first) for _ in range(len(calls) - 1)]
+        if self._closed:
+            raise EngineClosedError("the engine is shut down; it takes no new tasks")
+        self._tasks.update((t.task_id, t) for t in tasks)
+        done = [0]
         try:
-            done = self._backend.dispatch_many(tasks, func, calls)
+            self._backend.dispatch_many(tasks, func, calls, done)
+        except BaseException as exc:
+            if hasattr(exc, "add_note"):
+                exc.add_note(f"add_tasks: the first {done[0]} of {len(calls)} tasks were submitted")
+            raise
         finally:
-            for t in tasks[done:]:
+            for t in tasks[done[0]:]:
                 self._forget(t)
         if self.monitor._listeners:
             for t in tasks:
@@ -298,6 +306,15 @@ class BackgroundTasks(Executor):
         task.name = name
         task.seq = seq
         return task
+
+    def _sibling(self, task: TaskResult) -> TaskResult:
+        """A new task with the options of ``task`` (already validated), for add_tasks."""
+        seq = next(self._ids)
+        sib = TaskResult(self._id_prefix + str(seq), self, task.priority, task.max_retries,
+                         task.timeout_ms, task.delay_ms)
+        sib.name = task.name
+        sib.seq = seq
+        return sib
 
     def _describe(self, func) -> tuple[Optional[TaskConfig], str]:
         """(the @task config, the name) of a task function, cached while the cache is small."""

@@ -13,6 +13,7 @@ Slot ownership on the app side (besides the state word in shared memory):
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import struct
 import threading
@@ -187,23 +188,67 @@ class ProcessBackend:
         else:
             self._submit_one(task.priority.value, idx)
 
-    def dispatch_many(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple]) -> int:
-        """Prepare and queue tasks in order; returns how many were queued before an error."""
+    def dispatch_many(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple],
+                      done: list[int]) -> None:
+        """Prepare and queue tasks in order, counting them in done[0] (so an error tells how many).
+
+        The tasks share their function and options (add_tasks, map). Calls
+        whose pickles fit a slot go SUBMIT_BATCH at a time through one C call
+        (czmp_tasks_submit_inline_many); anything else one by one.
+        """
+        func_id, fn_bytes = self.functions.lookup(fn)
+        first = tasks[0]
+        if first.delay_ms or fn_bytes is not None or first.timeout_ms != DEFAULT_TIMEOUT_MS:
+            return self._dispatch_each(tasks, fn, calls, done)
+        dumps = serialization.dumps_call
+        start, n = 0, len(tasks)
+        while start < n:
+            # no more than the free slots: taking slots we cannot queue yet
+            # while waiting for more would wait for ever on a small queue
+            k = min(SUBMIT_BATCH, n - start, max(1, len(self._free)))
+            datas = [dumps(args, {}) for args in calls[start:start + k]]
+            if max(map(len, datas)) > _INLINE_ARGS or any(type(d) is not bytes for d in datas):
+                return self._dispatch_each(tasks[start:], fn, calls[start:], done)
+            done[0] += self._submit_inline_batch(tasks[start:start + k], func_id, datas)
+            start += k
+
+    def _submit_inline_batch(self, tasks: list[TaskResult], func_id: int, datas: list[bytes]) -> int:
+        idxs: list[int] = []
+        slot_task = self._slot_task
+        try:
+            for task in tasks:
+                idx = self._take_slot()
+                task.slot = idx
+                slot_task[idx] = task
+                idxs.append(idx)
+        except BaseException:
+            for task, idx in zip(tasks, idxs):  # a full queue: give back what this batch took
+                task.slot = -1
+                self._return_slot(idx)
+            raise
+        offs = list(itertools.accumulate(map(len, datas), initial=0))[:-1]
+        n = len(tasks)
+        lib.czmp_tasks_submit_inline_many(
+            self.raw, tasks[0].priority._value_, ffi.new("uint32_t[]", idxs), n, func_id,
+            ffi.new("uint64_t[]", [t.seq for t in tasks]), b"".join(datas),
+            ffi.new("uint32_t[]", offs), ffi.new("uint32_t[]", list(map(len, datas))))
+        return n
+
+    def _dispatch_each(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple],
+                       done: list[int]) -> None:
         pending: dict[int, list[int]] = {}
-        done = 0
         try:
             for task, args in zip(tasks, calls):
                 if not self._free or len(pending.get(task.priority.value, ())) >= SUBMIT_BATCH:
                     self._submit_pending(pending)  # let workers start while we wait for slots
                 idx = self._prepare(task, fn, args, {})
-                done += 1
+                done[0] += 1
                 if task.delay_ms:
                     self._park(task, idx, task.delay_ms / 1000.0)
                 else:
                     pending.setdefault(task.priority.value, []).append(idx)
         finally:
             self._submit_pending(pending)
-        return done
 
     def _submit_pending(self, pending: dict[int, list[int]]) -> None:
         for prio, idxs in pending.items():

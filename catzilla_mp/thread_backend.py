@@ -63,12 +63,11 @@ class ThreadBackend:
         else:
             self._push(task)
 
-    def dispatch_many(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple]) -> int:
-        done = 0
+    def dispatch_many(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple],
+                      done: list[int]) -> None:
         for task, args in zip(tasks, calls):
             self.dispatch(task, fn, args, {})
-            done += 1
-        return done
+            done[0] += 1
 
     def _reserve(self) -> None:
         timeout = self.engine.options.queue_full_timeout

@@ -343,6 +343,15 @@ int czmp_tasks_take(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max
 int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64_t func_id,
                              uint64_t task_id, const void *args, uint32_t len);
 
+/* App: czmp_tasks_submit_inline for n slots of one priority and function in
+ * one call. Slot idx[i] gets task_ids[i] and the len[i] bytes at data +
+ * off[i]; then all are queued with one wake-up. Returns how many were queued
+ * (a prefix: it stops at the first slot that is neither FREE nor HELD),
+ * -EMSGSIZE if a len exceeds CZMP_INLINE_ARGS or -EINVAL (nothing queued). */
+int czmp_tasks_submit_inline_many(czmp_segment_t *seg, int prio, const uint32_t *idx, int n,
+                                  uint64_t func_id, const uint64_t *task_ids,
+                                  const void *data, const uint32_t *off, const uint32_t *len);
+
 /* Worker, as czmp_tasks_take with max 1, then copy the task's arguments
  * (inline or chunk; at most cap bytes) to buf. Returns 1 with *idx and *len
  * (the full args_len: if it exceeds cap, only cap bytes were copied; for an

@@ -617,3 +617,32 @@ int czmp_results_collect_outcomes(czmp_segment_t *seg, czmp_outcome_t *out, int 
     }
     return n;
 }
+
+int czmp_tasks_submit_inline_many(czmp_segment_t *seg, int prio, const uint32_t *idx, int n,
+                                  uint64_t func_id, const uint64_t *task_ids,
+                                  const void *data, const uint32_t *off, const uint32_t *len) {
+    if (prio < 0 || prio >= CZMP_NPRIO || n < 0)
+        return -EINVAL;
+    for (int i = 0; i < n; i++) {
+        if (!czmp_slot(seg, idx[i]))
+            return -EINVAL;
+        if (len[i] > CZMP_INLINE_ARGS)
+            return -EMSGSIZE;
+    }
+    int written = 0;
+    for (; written < n; written++) {
+        czmp_slot_t *s = czmp_slot(seg, idx[written]);
+        uint32_t kind = czmp_state_kind(czmp_load_acquire(&s->state));
+        if (kind != CZMP_SLOT_FREE && kind != CZMP_SLOT_HELD)
+            break;
+        /* plain writes: the caller owns the slots; czmp_tasks_submit's CAS
+         * releases them to the workers */
+        s->func_id = func_id;
+        s->task_id = task_ids[written];
+        s->args_handle = (uint64_t)CZMP_HANDLE_INLINE << 56;
+        s->args_len = len[written];
+        if (len[written])
+            memcpy(s->args_inline, (const char *)data + off[written], len[written]);
+    }
+    return written ? czmp_tasks_submit(seg, prio, idx, written) : 0;
+}

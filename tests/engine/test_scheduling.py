@@ -146,3 +146,29 @@ def test_invalid_task_options_are_refused(engine, option, value, error):
 def test_non_callables_are_refused(engine):
     with pytest.raises(TypeError, match="callable"):
         engine.add_task(42)
+
+
+def test_add_tasks_beyond_the_queue_size_waits_for_slots_and_delivers_all(make_engine):
+    engine = make_engine(queue_size=64)
+    results = engine.add_tasks(jobs.square, range(1000))
+    assert [r.wait(30) for r in results] == [i * i for i in range(1000)]
+    assert len(engine._backend._free) == 64
+
+
+def test_add_tasks_that_runs_out_of_room_says_how_many_went_and_leaks_nothing(make_engine):
+    engine = make_engine(workers=1, queue_size=8, queue_full_timeout=0.2)
+    blocker = engine.add_task(jobs.sleep_then, 1.0)
+    with pytest.raises(QueueFullError) as info:
+        engine.add_tasks(jobs.square, range(20))
+    assert any("tasks were submitted" in note for note in getattr(info.value, "__notes__", []))
+    blocker.wait(10)
+    deadline = time.monotonic() + 10
+    while len(engine._backend._free) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(engine._backend._free) == 8  # every slot came back
+    assert engine._in_flight() == 0
+
+
+def test_add_tasks_mixes_small_and_large_calls(engine):
+    calls = [(b"x" * n,) for n in (1, 500, 3, 70_000, 2)]
+    assert [r.wait(30)[0] for r in engine.add_tasks(jobs.echo_bytes, calls)] == [1, 500, 3, 70_000, 2]
