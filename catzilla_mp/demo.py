@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from . import demo_jobs as jobs
-from .errors import TaskTimeoutError
 from .records import EngineStats, TaskPriority, TaskStatus
 
 #: Display refreshes per second; each one takes an EngineStats snapshot.
