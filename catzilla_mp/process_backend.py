@@ -352,7 +352,7 @@ class ProcessBackend:
         # CAS against the workers' take: exactly one of us gets it
         if lib.czmp_slot_release(self.raw, idx, st) != 0:
             return False
-        self._forget_slot(task, idx)
+        self._unslot(task, idx)
         return True
 
     # -- collect ---------------------------------------------------------
@@ -518,18 +518,6 @@ class ProcessBackend:
 
     def _unslot(self, task: TaskResult, idx: int) -> None:
         """The slot was released: drop the task's hold on it and give it back."""
-        if task.ext_args:
-            self.payloads.free_external(task.ext_args)
-            task.ext_args = 0
-        task.slot = -1
-        self._slot_task[idx] = None
-        self._free.append(idx)
-        if self._free_waiters:
-            with self._free_cond:
-                self._free_cond.notify()
-
-    def _forget_slot(self, task: TaskResult, idx: int) -> None:
-        """After the slot was released by a cancel: give it back to the free list."""
         if task.ext_args:
             self.payloads.free_external(task.ext_args)
             task.ext_args = 0

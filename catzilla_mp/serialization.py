@@ -113,9 +113,6 @@ class Frame:
     def __len__(self) -> int:
         return self.size
 
-    def tobytes(self) -> bytes:
-        return b"".join(bytes(p) for p in self.parts)
-
 
 class _BigBytes:
     """Stand-in for a big bytes argument: pickles it out of band."""
