@@ -50,8 +50,12 @@ MAX_RETRIES = 1000
 SETTLE_S = 15.0
 
 
-def chaos_task(i: int):
-    """The task: cheap, and its value proves which input it ran on."""
+def chaos_task(i: int, work_us: int = 0):
+    """The task: cheap (or ``work_us`` of busy work), and its value proves which input it ran on."""
+    if work_us:
+        end = time.perf_counter() + work_us / 1e6
+        while time.perf_counter() < end:
+            pass
     if i % 10 == 0:
         return bytes([i % 251]) * BIG_RESULT
     return i * 7 + 3
@@ -91,7 +95,7 @@ class Killer(threading.Thread):
 
 
 def run(tasks: int = 20_000, kill_every_ms: tuple[float, float] = (20, 50), workers: int = 2,
-        seed: int = 1, deadline_s: float = 300.0) -> dict:
+        seed: int = 1, deadline_s: float = 300.0, work_us: int = 0) -> dict:
     """One chaos run; returns the figures described in the module docstring."""
     from catzilla_mp import BackgroundTasks
 
@@ -100,12 +104,12 @@ def run(tasks: int = 20_000, kill_every_ms: tuple[float, float] = (20, 50), work
         queue_size=min(tasks, 4096), retry_backoff_base=0.001, retry_backoff_cap=0.01,
         queue_full_timeout=deadline_s, timeout_grace_ms=1000)
     try:
-        return _run(engine, tasks, kill_every_ms, seed, deadline_s)
+        return _run(engine, tasks, kill_every_ms, seed, deadline_s, work_us)
     finally:
         engine.shutdown(wait_for_completion=False, timeout=10)
 
 
-def _run(engine, n: int, kill_every_ms, seed: int, deadline_s: float) -> dict:
+def _run(engine, n: int, kill_every_ms, seed: int, deadline_s: float, work_us: int) -> dict:
     delivered = [0] * n
     lock = threading.Lock()
 
@@ -122,7 +126,7 @@ def _run(engine, n: int, kill_every_ms, seed: int, deadline_s: float) -> dict:
     results = []
     batch = 512
     for start in range(0, n, batch):
-        chunk = engine.add_tasks(chaos_task, [(i,) for i in range(start, min(n, start + batch))],
+        chunk = engine.add_tasks(chaos_task, [(i, work_us) for i in range(start, min(n, start + batch))],
                                  max_retries=MAX_RETRIES)
         for k, r in enumerate(chunk):
             r.add_callback(counter(start + k))
@@ -183,13 +187,16 @@ def main(argv=None) -> int:
                     help="kill interval in ms, uniform in LO-HI (or one number)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--work-us", type=int, default=0,
+                    help="busy work per task, so a run lasts long enough for many kills")
     ap.add_argument("--quick", action="store_true", help="20,000 tasks: well under 60 s")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = ap.parse_args(argv)
     lo, _, hi = args.kill_every_ms.partition("-")
     interval = (float(lo), float(hi or lo))
     tasks = 20_000 if args.quick else args.tasks
-    figures = run(tasks=tasks, kill_every_ms=interval, workers=args.workers, seed=args.seed)
+    figures = run(tasks=tasks, kill_every_ms=interval, workers=args.workers, seed=args.seed,
+                  work_us=args.work_us)
     figures.update(workers=args.workers, kill_every_ms=args.kill_every_ms)
     if args.json:
         print(json.dumps(figures))

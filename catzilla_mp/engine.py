@@ -490,18 +490,27 @@ class BackgroundTasks(Executor):
         self._delays.call_at(time.monotonic() + delay_s, fn)
 
     def _finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
-        """Final outcome: complete the TaskResult once and account for it."""
-        if not task._finish(ok, value, status):
-            return
+        """Final outcome: account for it, then complete the TaskResult; once per task.
+
+        The accounting comes first so that a caller woken by wait() finds the
+        engine already agreeing (statistics, which finished ids are kept).
+        """
         monitor = self.monitor
-        if monitor._listeners:
-            monitor.emit(_EVENTS[status], task, value)
         with self._lock:
+            if task._final:
+                return
+            task._final = True
+            # listeners below see the final status and time, as waiters will
+            task.status = status
+            task.completed_at = time.time()
             monitor.count_final_locked(task, ok, value, status)
             finished = self._finished
             finished.append(task.task_id)
             if len(finished) > self.options.keep_finished:
                 self._tasks.pop(finished.popleft(), None)
+        if monitor._listeners:
+            monitor.emit(_EVENTS[status], task, value)
+        task._finish(ok, value, status)
 
     def _abandon(self, task: TaskResult) -> None:
         """A task still unfinished when the engine closed."""

@@ -90,7 +90,7 @@ class TaskResult(Generic[T]):
         "task_id", "_engine", "status", "_ok", "_value", "_event", "_callbacks", "_fut",
         "fn", "func_id", "payload", "priority", "delay_ms", "max_retries", "timeout_ms",
         "attempt", "created_at", "started_at", "completed_at", "exec_ms", "worker_id",
-        "slot", "ext_args", "progress_value", "meta", "parked", "name", "seq",
+        "slot", "ext_args", "progress_value", "meta", "parked", "name", "seq", "_final",
     )
 
     def __init__(self, task_id: str, engine: "BackgroundTasks", priority: TaskPriority,
@@ -120,6 +120,7 @@ class TaskResult(Generic[T]):
         self.parked = False
         self.name = ""  # the function's qualified name, for stats and logs
         self.seq = 0  # the number in task_id, written to the slot for observers
+        self._final = False  # set once, under the engine's lock, by BackgroundTasks._finish
         self.fn = None
         self.func_id = 0
         self.payload = None
@@ -247,7 +248,7 @@ class TaskResult(Generic[T]):
                 return False
             self._value = value
             self.status = status
-            self.completed_at = time.time()
+            self.completed_at = self.completed_at or time.time()
             self._ok = ok
             ev, cbs, fut = self._event, self._callbacks, self._fut
             self._callbacks = None
