@@ -69,10 +69,6 @@ def state_make(gen: int, owner: int, kind: int) -> int:
     return (gen << 32) | ((owner & 0xFFFF) << 8) | (kind & 0xFF)
 
 
-def handle_kind(handle: int) -> int:
-    return handle >> 56
-
-
 def external_handle(ident: int) -> int:
     return (HANDLE_EXTERNAL << 56) | (ident & 0xFFFFFFFF)
 

@@ -165,14 +165,3 @@ def remove_externals(segment_name: str) -> int:
                 if exc.errno != errno.ENOENT:
                     raise
     return removed
-
-
-def used_bytes(seg: "_core.Segment") -> tuple[int, int]:
-    """(bytes of chunks in use, bytes of all chunks) over every size class."""
-    used = total = 0
-    for c in seg.class_stats():
-        used += c.used * c.chunk_size
-        total += c.nchunks * c.chunk_size
-    return used, total
-
-

@@ -127,11 +127,7 @@ class Recorder:
                 sec.completed += 1
                 if task.started_at is not None:
                     c[STARTED] += 1
-                ms = task.exec_ms
-                if ms is not None:
-                    ks.buckets[bisect.bisect_left(EXEC_BUCKETS, ms / 1000.0)] += 1
-                    ks.exec_sum += ms / 1000.0
-                    sec.add_sample(ms)
+                _count_exec_time(ks, sec, task.exec_ms)
                 self.recent.append(task)
                 return
             if event == "cancelled":
@@ -150,11 +146,7 @@ class Recorder:
             else:
                 c[FAILED] += 1
                 sec.failed += 1
-                ms = task.exec_ms
-                if ms is not None:
-                    ks.buckets[bisect.bisect_left(EXEC_BUCKETS, ms / 1000.0)] += 1
-                    ks.exec_sum += ms / 1000.0
-                    sec.add_sample(ms)
+                _count_exec_time(ks, sec, task.exec_ms)
                 self.recent.append(task)
         self._remember_failure(event, task, detail, time.time())
 
@@ -248,3 +240,11 @@ def _pct(sorted_values: list[float], q: float) -> Optional[float]:
 
 def _short(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _count_exec_time(ks, sec, ms) -> None:
+    """One finished attempt's execution time, into the histogram and the second's samples."""
+    if ms is not None:
+        ks.buckets[bisect.bisect_left(EXEC_BUCKETS, ms / 1000.0)] += 1
+        ks.exec_sum += ms / 1000.0
+        sec.add_sample(ms)
