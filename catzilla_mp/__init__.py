@@ -18,6 +18,7 @@ _EXPORTS = {
     "BackgroundTaskApp": "app", "add_task": "app", "create_task_system": "app",
     "get_global_task_system": "app", "task": "app",
     "BackgroundTasks": "engine",
+    "HAS_C_EXTENSION": "compat", "TaskCompiler": "compat", "propagate_context": "compat",
     "report_progress": "progress",
     "EngineStats": "records", "TaskConfig": "records", "TaskPriority": "records",
     "TaskStats": "records", "TaskStatus": "records",
@@ -28,11 +29,12 @@ _EXPORTS = {
         "QueueFullError", "RemoteTraceback", "SegmentCorruptError", "SegmentError",
         "SegmentExistsError", "SegmentOwnerError", "SegmentVersionError", "SerializationError",
         "TaskCancelledError", "TaskError", "TaskTimeoutError", "UnknownTaskError",
-        "WorkerCrashedError")},
+        "WorkerCrashedError", "MemoryLimitError", "WorkerInitializerError")},
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from .app import BackgroundTaskApp, add_task, create_task_system, get_global_task_system, task
+    from .compat import HAS_C_EXTENSION, TaskCompiler, propagate_context
     from .engine import BackgroundTasks
     from .errors import *  # noqa: F401,F403
     from .progress import report_progress
@@ -48,7 +50,8 @@ import logging as _logging
 _logging.getLogger("catzilla_mp").addHandler(_logging.NullHandler())
 
 __all__ = [  # noqa: F822 - provided by __getattr__
-    "BackgroundTaskApp", "BackgroundTasks", "CatzillaMPError", "EngineBrokenError",
+    "BackgroundTaskApp", "BackgroundTasks", "CatzillaMPError", "HAS_C_EXTENSION",
+    "MemoryLimitError", "TaskCompiler", "WorkerInitializerError", "propagate_context", "EngineBrokenError",
     "EngineClosedError", "EngineStats", "PayloadTooLargeError", "QueueFullError",
     "RemoteTraceback", "SegmentCorruptError", "SegmentError", "SegmentExistsError",
     "SegmentOwnerError", "SegmentVersionError", "SerializationError", "TaskCancelledError",

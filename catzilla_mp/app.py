@@ -10,13 +10,14 @@ own app class.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Callable, Optional, TypeVar, Union, overload
 
 from .engine import BackgroundTasks
 from .records import EngineStats, TaskPriority
 from .results import TaskResult
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 
 NOT_ENABLED = "Background task system not enabled. Call enable_background_tasks() first."
 ALREADY_ENABLED = "Background task system already enabled"
@@ -43,6 +44,9 @@ class BackgroundTaskApp:
     ) -> None:
         """Start the engine. ``mode="process"`` runs tasks in worker processes.
 
+        Every spelling of Catzilla's docs is accepted, ``initial_workers=``
+        for ``workers=`` included; ``**options`` are BackgroundTasks' own.
+
         Raises:
             RuntimeError: already enabled (Catzilla's message).
             ValueError, TypeError: invalid options.
@@ -66,7 +70,7 @@ class BackgroundTaskApp:
         self,
         func: Callable[..., T],
         *args: Any,
-        priority: TaskPriority = TaskPriority.NORMAL,
+        priority: Any = TaskPriority.NORMAL,
         delay_ms: int = 0,
         max_retries: int = 3,
         timeout_ms: int = 30000,
@@ -78,12 +82,28 @@ class BackgroundTaskApp:
                                        max_retries=max_retries, timeout_ms=timeout_ms,
                                        compile_to_c=compile_to_c, **kwargs)
 
-    def task(self, priority: TaskPriority = TaskPriority.NORMAL, compile_to_c: bool = True,
-             **config_kwargs: Any):
-        """Decorator whose configuration applies when the function is submitted."""
-        return self._engine().task(priority=priority, compile_to_c=compile_to_c, **config_kwargs)
+    @overload
+    def task(self, priority: F) -> F: ...
 
-    def get_task_result(self, task_id: str) -> TaskResult:
+    @overload
+    def task(self, priority: Any = ..., compile_to_c: bool = ...,
+             **config_kwargs: Any) -> Callable[[F], F]: ...
+
+    def task(self, priority: Any = TaskPriority.NORMAL, compile_to_c: bool = True,
+             **config_kwargs: Any) -> Any:
+        """Decorator whose configuration applies when the function is submitted.
+
+        ``@app.task``, ``@app.task()`` and ``@app.task(priority=..., ...)``
+        all work; see BackgroundTasks.task.
+        """
+        return self._engine().task(priority, compile_to_c=compile_to_c, **config_kwargs)
+
+    def get_task_result(self, task_id: Union[str, TaskResult]) -> TaskResult:
+        """The TaskResult of a task id, or of a TaskResult (as Catzilla's docs pass it).
+
+        Raises:
+            RuntimeError: not enabled. UnknownTaskError: no such task.
+        """
         return self._engine().get_task_result(task_id)
 
     def get_task_stats(self) -> EngineStats:
@@ -123,5 +143,14 @@ def add_task(func: Callable[..., T], *args: Any, **kwargs: Any) -> TaskResult[T]
     return get_global_task_system().add_task(func, *args, **kwargs)
 
 
-def task(priority: TaskPriority = TaskPriority.NORMAL, **kwargs: Any):
-    return get_global_task_system().task(priority=priority, **kwargs)
+@overload
+def task(priority: F) -> F: ...
+
+
+@overload
+def task(priority: Any = ..., **kwargs: Any) -> Callable[[F], F]: ...
+
+
+def task(priority: Any = TaskPriority.NORMAL, **kwargs: Any) -> Any:
+    """@task, @task() or @task(priority=..., ...) on the global engine."""
+    return get_global_task_system().task(priority, **kwargs)

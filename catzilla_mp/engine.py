@@ -37,20 +37,24 @@ import atexit
 import itertools
 import logging
 import os
-import random
 import threading
 import time
 import weakref
 import collections
 from concurrent.futures import Executor
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
+from enum import Enum
+from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
+from . import compat
 from .errors import (
     EngineClosedError,
+    MemoryLimitError,
     PayloadTooLargeError,
+    QueueFullError,
     SerializationError,
     TaskTimeoutError,
     UnknownTaskError,
+    WorkerInitializerError,
 )
 from .records import EngineStats, TaskConfig, TaskPriority, TaskStatus
 from .results import TaskFuture, TaskResult, cancelled_error
@@ -64,7 +68,8 @@ _EVENTS = {TaskStatus.COMPLETED: "completed", TaskStatus.FAILED: "failed",
 #: How often shutdown() looks whether every task has finished.
 SHUTDOWN_POLL_S = 0.01
 #: Errors a retry cannot fix: the same input fails the same way.
-NOT_RETRYABLE = (SerializationError, PayloadTooLargeError, TaskTimeoutError)
+NOT_RETRYABLE = (SerializationError, PayloadTooLargeError, TaskTimeoutError, MemoryLimitError,
+                 WorkerInitializerError)
 
 _DEFAULTS = TaskConfig()
 #: How long cancel(force=True) waits for the killed worker to be reaped.
@@ -81,7 +86,8 @@ class EngineOptions:
                  memory_pool_mb, mode, threads_per_worker, start_method, max_payload_bytes,
                  queue_full_timeout, retry_backoff_base, retry_backoff_cap, timeout_grace_ms,
                  scale_down_idle_s, max_tasks_per_worker, worker_memory_limit_mb,
-                 worker_niceness, shutdown_timeout, keep_finished, populate) -> None:
+                 worker_niceness, shutdown_timeout, keep_finished, populate,
+                 initializer=None, initargs=()) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         if start_method != "spawn":
@@ -121,6 +127,12 @@ class EngineOptions:
         self.shutdown_timeout = _non_negative("shutdown_timeout", shutdown_timeout)
         self.keep_finished = _int_at_least("keep_finished", keep_finished, 0)
         self.populate = bool(populate)
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
+        if not isinstance(initargs, (tuple, list)):
+            raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
 
 
 class BackgroundTasks(Executor):
@@ -160,7 +172,17 @@ class BackgroundTasks(Executor):
         shutdown_timeout: float = 30.0,
         keep_finished: int = 100_000,
         populate: bool = True,
+        initializer: Optional[Callable[..., Any]] = None,
+        initargs: tuple = (),
+        initial_workers: Optional[int] = None,
+        forward_logs: bool = True,
     ) -> None:
+        # Catzilla's docs also spell the starting pool size initial_workers
+        if initial_workers is not None:
+            if workers is not None and workers != initial_workers:
+                raise ValueError(f"workers ({workers}) and initial_workers ({initial_workers}) "
+                                 "name the same option; give one")
+            workers = initial_workers
         self.options = EngineOptions(
             workers=workers, min_workers=min_workers, max_workers=max_workers,
             queue_size=queue_size, enable_auto_scaling=enable_auto_scaling,
@@ -170,7 +192,8 @@ class BackgroundTasks(Executor):
             retry_backoff_cap=retry_backoff_cap, timeout_grace_ms=timeout_grace_ms,
             scale_down_idle_s=scale_down_idle_s, max_tasks_per_worker=max_tasks_per_worker,
             worker_memory_limit_mb=worker_memory_limit_mb, worker_niceness=worker_niceness,
-            shutdown_timeout=shutdown_timeout, keep_finished=keep_finished, populate=populate)
+            shutdown_timeout=shutdown_timeout, keep_finished=keep_finished, populate=populate,
+            initializer=initializer, initargs=initargs)
         # Catzilla's attribute names, kept for code that reads them
         self.workers = self.options.workers
         self.min_workers = self.options.min_workers
@@ -193,6 +216,15 @@ class BackgroundTasks(Executor):
         self._retries_allowed = True
         self._registered_tasks: dict[str, Callable] = {}
         self._fn_info: dict[Any, tuple[Optional[TaskConfig], str]] = {}
+        # options every task gets unless it says otherwise (enable_profiling)
+        self._default_opts = compat.TaskOptions(profile=True) if enable_profiling else None
+        self._last_seq = 0  # the newest task number handed out (submission statistics)
+        self._queue_full = 0  # submissions refused with QueueFullError
+        self._logs: Optional[compat.LogReceiver] = None
+        #: what every worker process is started with besides the supervisor's own config
+        self.worker_extras: dict[str, Any] = {}
+        if mode == "process":
+            self.worker_extras = self._worker_setup(bool(forward_logs))
         from .monitor import Monitor
         from .delays import DelayQueue
         self.monitor = Monitor(self)
@@ -201,8 +233,22 @@ class BackgroundTasks(Executor):
             self._backend = self._make_backend()
         except BaseException:
             self._delays.stop()
+            if self._logs is not None:
+                self._logs.close()
             raise
         self._atexit = _register_atexit(self)
+
+    def _worker_setup(self, forward_logs: bool) -> dict[str, Any]:
+        """The worker config of compat's options: log forwarding, initializer."""
+        extras: dict[str, Any] = {}
+        if self.options.initializer is not None:
+            extras["init"] = compat.pack_initializer(self.options.initializer,
+                                                     self.options.initargs)
+        if forward_logs:
+            self._logs = compat.LogReceiver(self)
+            extras["log"] = self._logs.address
+            extras["log_level"] = compat.worker_log_level()
+        return extras
 
     def _make_backend(self):
         if self.options.mode == "thread":
@@ -222,13 +268,20 @@ class BackgroundTasks(Executor):
         max_retries: int = 3,
         timeout_ms: int = 30000,
         compile_to_c: Optional[bool] = None,
+        retry_backoff: Union[str, Callable[[int], float], None] = None,
+        retry_on: Optional[Any] = None,
+        retry_if: Optional[Callable[[BaseException], bool]] = None,
+        memory_limit_mb: Optional[float] = None,
+        enable_profiling: Optional[bool] = None,
         **kwargs: Any,
     ) -> TaskResult[T]:
         """Submit ``func(*args, **kwargs)``; returns its TaskResult at once.
 
         Options left at their defaults take the values of ``@task(...)`` if
         ``func`` was decorated. ``compile_to_c`` is accepted for Catzilla
-        compatibility and ignored: tasks run as Python in workers.
+        compatibility and ignored: tasks run as Python in workers. The
+        keyword-only options (retry_backoff, retry_on, retry_if,
+        memory_limit_mb, enable_profiling) are catzilla_mp's, as on @task.
 
         Raises:
             ValueError/TypeError: an invalid option or a non-callable.
@@ -239,11 +292,21 @@ class BackgroundTasks(Executor):
         In every error case the task was not queued.
         """
         task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
+        if (retry_backoff is not None or retry_on is not None or retry_if is not None
+                or memory_limit_mb is not None or enable_profiling is not None):
+            base = task.opts or compat.TaskOptions()
+            task.opts = base.merged(backoff=retry_backoff, retry_on=retry_on, retry_if=retry_if,
+                                    memory_limit_mb=memory_limit_mb, profile=enable_profiling)
+            task.wextras = task.opts.extras
+        if compat.PROPAGATED:
+            compat.add_context(task)
         self._admit(task)
         try:
             self._backend.dispatch(task, func, args, kwargs)
-        except BaseException:
+        except BaseException as exc:
             self._forget(task)
+            if isinstance(exc, QueueFullError):
+                self._queue_full += 1
             raise
         if self.monitor._listeners:
             self.monitor.emit("submitted", task)
@@ -262,6 +325,8 @@ class BackgroundTasks(Executor):
         if not calls:
             return []
         first = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
+        if compat.PROPAGATED:
+            compat.add_context(first)
         tasks = [first] + [self._sibling(first) for _ in range(len(calls) - 1)]
         if self._closed:
             raise EngineClosedError("the engine is shut down; it takes no new tasks")
@@ -270,6 +335,8 @@ class BackgroundTasks(Executor):
         try:
             self._backend.dispatch_many(tasks, func, calls, done)
         except BaseException as exc:
+            if isinstance(exc, QueueFullError):
+                self._queue_full += 1
             if hasattr(exc, "add_note"):
                 exc.add_note(f"add_tasks: the first {done[0]} of {len(calls)} tasks were submitted")
             raise
@@ -286,7 +353,9 @@ class BackgroundTasks(Executor):
             config, name = self._fn_info[func]
         except (KeyError, TypeError):
             config, name = self._describe(func)
+        opts = self._default_opts
         if config is not None:
+            opts = getattr(config, "options", None) or opts
             priority = config.priority if priority == _DEFAULTS.priority else priority
             delay_ms = config.delay_ms if delay_ms == _DEFAULTS.delay_ms else delay_ms
             max_retries = config.max_retries if max_retries == _DEFAULTS.max_retries else max_retries
@@ -300,20 +369,25 @@ class BackgroundTasks(Executor):
             _int_at_least("max_retries", max_retries, 0)
         if type(timeout_ms) is not int or timeout_ms < 0:
             _int_at_least("timeout_ms", timeout_ms, 0)
-        seq = next(self._ids)
+        seq = self._last_seq = next(self._ids)
         task = TaskResult(self._id_prefix + str(seq), self, priority,
                           max_retries, timeout_ms, delay_ms)
         task.name = name
         task.seq = seq
+        if opts is not None:
+            task.opts = opts
+            task.wextras = opts.extras
         return task
 
     def _sibling(self, task: TaskResult) -> TaskResult:
         """A new task with the options of ``task`` (already validated), for add_tasks."""
-        seq = next(self._ids)
+        seq = self._last_seq = next(self._ids)
         sib = TaskResult(self._id_prefix + str(seq), self, task.priority, task.max_retries,
                          task.timeout_ms, task.delay_ms)
         sib.name = task.name
         sib.seq = seq
+        sib.opts = task.opts
+        sib.wextras = task.wextras
         return sib
 
     def _describe(self, func) -> tuple[Optional[TaskConfig], str]:
@@ -342,22 +416,36 @@ class BackgroundTasks(Executor):
     def _forget(self, task: TaskResult) -> None:
         self._tasks.pop(task.task_id, None)
 
-    def task(self, priority: TaskPriority = TaskPriority.NORMAL, compile_to_c: bool = True,
-             **config_kwargs: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    def task(self, priority: Any = TaskPriority.NORMAL, compile_to_c: bool = True,
+             **config_kwargs: Any) -> Any:
         """Decorator: attach a TaskConfig that add_task applies to this function.
 
-        The function itself is returned unchanged, so calling it still runs it
-        inline; ``fn.submit(*args, **kwargs)`` is added as a shortcut for
-        ``add_task(fn, ...)``.
+        Usable bare (``@engine.task``), empty (``@engine.task()``) or with
+        options (``@engine.task(priority=..., max_retries=..., ...)``): any
+        TaskConfig field, Catzilla's TaskPriority included. The function itself
+        is returned unchanged, so calling it still runs it inline;
+        ``fn.submit(*args, **kwargs)`` is added as a shortcut for
+        ``add_task(fn, ...)``. ``memory_limit_mb`` applies only when given.
 
         Raises:
             TypeError: an unknown configuration name. ValueError: a bad value.
         """
+        if callable(priority) and not isinstance(priority, (str, int, Enum)):
+            return self.task()(priority)  # the bare decorator: priority is the function
         config = TaskConfig(priority=TaskPriority.parse(priority), compile_to_c=compile_to_c,
                             **config_kwargs)
         _int_at_least("delay_ms", config.delay_ms, 0)
         _int_at_least("max_retries", config.max_retries, 0)
         _int_at_least("timeout_ms", config.timeout_ms, 0)
+        config.retry_backoff = compat.check_backoff(config.retry_backoff)
+        config.retry_on = compat.check_retry_on(config.retry_on)
+        if "memory_limit_mb" in config_kwargs:
+            compat.check_memory_limit(config.memory_limit_mb)
+        options = compat.options_from_config(config, config_kwargs)
+        if options is not None and self._default_opts is not None and not options.profile \
+                and "enable_profiling" not in config_kwargs:
+            options = options.merged(profile=True)  # the engine profiles every task
+        config.options = options  # type: ignore[attr-defined]
 
         def decorate(func: Callable[..., T]) -> Callable[..., T]:
             func._task_config = config  # type: ignore[attr-defined]
@@ -371,13 +459,15 @@ class BackgroundTasks(Executor):
 
     # -- results ---------------------------------------------------------------
 
-    def get_task_result(self, task_id: str) -> TaskResult:
-        """The TaskResult of ``task_id``.
+    def get_task_result(self, task_id: Any) -> TaskResult:
+        """The TaskResult of ``task_id`` (an id, or a TaskResult as Catzilla's docs pass).
 
         Raises:
             UnknownTaskError: never submitted here, or finished so long ago it
                 was forgotten (the engine keeps the last ``keep_finished``).
         """
+        if not isinstance(task_id, str):
+            task_id = getattr(task_id, "task_id", task_id)
         task = self._tasks.get(task_id)
         if task is None:
             raise UnknownTaskError(f"no task {task_id!r} in this engine")
@@ -413,6 +503,29 @@ class BackgroundTasks(Executor):
                     yield from t.wait(left)
 
         return results()
+
+    def imap(self, fn: Callable[..., T], *iterables: Iterable[Any],
+             max_in_flight: Optional[int] = None, timeout: Optional[float] = None) -> Iterator[T]:
+        """Like map, in order, but lazy: at most ``max_in_flight`` tasks are submitted ahead.
+
+        The inputs are read as results are consumed, so an endless or huge
+        iterable streams through in bounded memory. Stopping early cancels
+        what was submitted and not yet started.
+
+        Args:
+            max_in_flight: tasks submitted and not yet consumed (default 2 x max_workers).
+            timeout: seconds for the whole iteration (TimeoutError after that).
+        Raises:
+            ValueError/TypeError: a bad max_in_flight; each task's own exception
+                when its result is reached.
+        """
+        return compat.imap(self, fn, iterables, max_in_flight, timeout)
+
+    def imap_unordered(self, fn: Callable[..., T], *iterables: Iterable[Any],
+                       max_in_flight: Optional[int] = None,
+                       timeout: Optional[float] = None) -> Iterator[T]:
+        """As imap, but yields each result as soon as it is ready (any order)."""
+        return compat.imap_unordered(self, fn, iterables, max_in_flight, timeout)
 
     def shutdown(self, wait_for_completion: bool = True, timeout: float = 30.0, *,
                  cancel_futures: bool = False, wait: Optional[bool] = None) -> None:
@@ -453,6 +566,9 @@ class BackgroundTasks(Executor):
         if backend is not None:
             backend.close(self._abandon)
         self._delays.stop()
+        if self._logs is not None:
+            self._logs.close()
+            self._logs = None
         if self._atexit is not None:
             atexit.unregister(self._atexit)
             self._atexit = None
@@ -475,16 +591,19 @@ class BackgroundTasks(Executor):
         if (not self._retries_allowed or task.attempt >= task.max_retries
                 or isinstance(exc, NOT_RETRYABLE)):
             return False
+        if task.opts is not None and not task.opts.should_retry(exc):
+            return False
         task.attempt += 1
         task.status = TaskStatus.RETRYING
         self.monitor.count_retry(task, exc)
         return True
 
-    def _backoff_s(self, attempt: int) -> float:
-        """Exponential back-off with "full jitter": uniform in [0.5, 1] x base x 2^(attempt-1), capped."""
+    def _backoff_s(self, attempt: int, task: Optional[TaskResult] = None) -> float:
+        """Seconds before retry ``attempt``, by the task's retry_backoff (see compat.TaskOptions)."""
         o = self.options
-        ceiling = min(o.retry_backoff_cap, o.retry_backoff_base * (2 ** (attempt - 1)))
-        return ceiling * (0.5 + random.random() * 0.5)
+        if task is not None and task.opts is not None:
+            return task.opts.backoff_s(attempt, o.retry_backoff_base, o.retry_backoff_cap)
+        return compat.exponential_backoff(attempt, o.retry_backoff_base, o.retry_backoff_cap)
 
     def _schedule(self, delay_s: float, fn: Callable[[], None]) -> None:
         self._delays.call_at(time.monotonic() + delay_s, fn)
@@ -553,6 +672,11 @@ class BackgroundTasks(Executor):
         backend = self._backend
         if backend is not None and not task.done():
             backend.observe(task)
+
+    def _is_running(self, task: TaskResult) -> bool:
+        """True while a worker runs ``task`` (TaskResult.status reads it live)."""
+        check = getattr(self._backend, "is_running", None)
+        return check is not None and check(task)
 
     def _live_progress(self, task: TaskResult):
         backend = self._backend

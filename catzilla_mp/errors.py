@@ -11,11 +11,13 @@
     ├── SerializationError           arguments, result or exception cannot be pickled
     ├── EngineClosedError            you shut the engine down; no new work
     ├── EngineBrokenError            the engine broke (its supervisor died)
+    │   └── WorkerInitializerError   the engine's initializer raised in a worker
     ├── UnknownTaskError             no task with that id (also a KeyError)
     └── TaskError                    a task did not produce a result
         ├── TaskTimeoutError         past its timeout_ms (also a TimeoutError)
         ├── WorkerCrashedError       its worker died running it, attempts used up
-        └── TaskCancelledError       cancelled before it ran
+        ├── TaskCancelledError       cancelled before it ran
+        └── MemoryLimitError         past its memory_limit_mb (also a MemoryError)
 
 A task's own exception is re-raised as itself, with the worker's traceback
 text as its ``__cause__`` (a :class:`RemoteTraceback`). All of these pickle.
@@ -109,3 +111,29 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class MemoryLimitError(TaskError, MemoryError):
+    """The task's memory grew past its memory_limit_mb; it was stopped and its worker recycled.
+
+    Measured as the worker's resident set size over its value at the task's
+    start. ``limit_mb`` is the limit, ``peak_mb`` what was seen.
+    """
+
+    def __init__(self, message: str = "", limit_mb: float | None = None,
+                 peak_mb: float | None = None) -> None:
+        super().__init__(message, limit_mb, peak_mb)
+        self.limit_mb = limit_mb
+        self.peak_mb = peak_mb
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class WorkerInitializerError(EngineBrokenError):
+    """The engine's ``initializer`` raised in a worker; the task could not run there.
+
+    Not retried. The worker that failed exits after reporting it, and its
+    replacement runs the initializer again (a transient failure heals).
+    The initializer's traceback is the ``__cause__``.
+    """

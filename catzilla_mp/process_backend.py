@@ -21,7 +21,7 @@ import time
 import types
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import _core, serialization
+from . import _core, compat, serialization
 from ._core import holder_slot
 from ._native import ffi, lib
 from .errors import (QueueFullError, SerializationError, TaskCancelledError, TaskTimeoutError,
@@ -49,6 +49,7 @@ OUTCOME_DATA_BYTES = COLLECT_BATCH * _core.INLINE_RESULT
 _OUTCOME = struct.Struct("<QQQQIIIIII")
 _NO_DATA = 0xFFFFFFFF
 _OUTCOME_PROGRESS = serialization.OUTCOME_PROGRESS
+_OUTCOME_EXTRAS = serialization.OUTCOME_EXTRAS
 #: How long a thread in TaskResult.wait() polls for outcomes itself before it
 #: blocks (help_collect), and how many it takes per call.
 HELP_COLLECT_S = 0.002
@@ -173,7 +174,7 @@ class ProcessBackend:
     def dispatch(self, task: TaskResult, fn: Callable, args: tuple, kwargs: dict) -> None:
         func_id, fn_bytes = self.functions.lookup(fn)
         timeout = None if task.timeout_ms == DEFAULT_TIMEOUT_MS else task.timeout_ms
-        data = serialization.dumps_call(args, kwargs, timeout, fn_bytes)
+        data = serialization.dumps_call(args, kwargs, timeout, fn_bytes, task.wextras)
         if len(data) <= _INLINE_ARGS and not task.delay_ms:
             # the common case, in one C call: write the slot, queue it, wake a worker
             idx = self._take_slot()
@@ -198,7 +199,8 @@ class ProcessBackend:
         """
         func_id, fn_bytes = self.functions.lookup(fn)
         first = tasks[0]
-        if first.delay_ms or fn_bytes is not None or first.timeout_ms != DEFAULT_TIMEOUT_MS:
+        if (first.delay_ms or fn_bytes is not None or first.timeout_ms != DEFAULT_TIMEOUT_MS
+                or first.wextras):
             return self._dispatch_each(tasks, fn, calls, done)
         dumps = serialization.dumps_call
         start, n = 0, len(tasks)
@@ -260,7 +262,8 @@ class ProcessBackend:
         """Pickle the call into a free slot; the slot is the task's from here on."""
         func_id, fn_bytes = self.functions.lookup(fn)
         timeout = None if task.timeout_ms == DEFAULT_TIMEOUT_MS else task.timeout_ms
-        return self._store(task, func_id, serialization.dumps_call(args, kwargs, timeout, fn_bytes))
+        return self._store(task, func_id, serialization.dumps_call(args, kwargs, timeout, fn_bytes,
+                                                                   task.wextras))
 
     def _store(self, task: TaskResult, func_id: int, data: bytes) -> int:
         idx = self._take_slot()
@@ -417,6 +420,9 @@ class ProcessBackend:
                 self.payloads.read(handle, n, self.slots[idx].result_inline)
             if flags & _OUTCOME_PROGRESS:
                 flags, data, task.progress_value = serialization.split_progress(flags, data)
+            if flags & _OUTCOME_EXTRAS:
+                flags, data, extras = serialization.split_extras(flags, data)
+                compat.apply_extras(task, extras)
             ok, value = serialization.loads_outcome(flags, data)
         except Exception as exc:  # noqa: BLE001
             ok, value = False, SerializationError(f"cannot read the task's outcome: {exc}")
@@ -499,7 +505,7 @@ class ProcessBackend:
         if not ok and engine._attempt_failed(task, value):
             self._drop_result(idx)
             self.slots[idx].attempt = task.attempt
-            self._park(task, idx, engine._backoff_s(task.attempt))
+            self._park(task, idx, engine._backoff_s(task.attempt, task))
             return
         self._release(task, idx)
         engine._finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
@@ -539,6 +545,13 @@ class ProcessBackend:
             task.status = TaskStatus.RUNNING
             task.started_at = self._wall(self.slots[idx].started_ns)
             task.worker_id = self.slots[idx].worker
+
+    def is_running(self, task: TaskResult) -> bool:
+        """True if ``task``'s slot is RUNNING in a worker now (reads only; never writes the task)."""
+        idx = task.slot
+        if idx < 0 or self._slot_task[idx] is not task:
+            return False
+        return _core.state_kind(lib.czmp_slot_state(self.raw, idx)) == _core.SLOT_RUNNING
 
     def live_progress(self, task: TaskResult) -> Optional[tuple[float, str]]:
         idx = task.slot

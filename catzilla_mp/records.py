@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional, Union
+from typing import Any, Callable, Optional, Union
 
 
 class TaskPriority(Enum):
@@ -19,14 +19,23 @@ class TaskPriority(Enum):
     LOW = 3
 
     @classmethod
-    def parse(cls, value: Union["TaskPriority", str, int]) -> "TaskPriority":
+    def parse(cls, value: Union["TaskPriority", Enum, str, int]) -> "TaskPriority":
         """Accept a TaskPriority, its name in any case ("high"), or its value.
+
+        Any other enum is accepted by name, then by value: Catzilla's own
+        ``catzilla.background_tasks.TaskPriority`` is what a Catzilla app
+        passes, and it is a different class with the same names and values.
 
         Raises:
             ValueError: for anything else, naming the accepted values.
         """
         if isinstance(value, cls):
             return value
+        if isinstance(value, Enum):
+            member = cls.__members__.get(str(value.name).upper())
+            if member is not None:
+                return member
+            value = value.value
         if isinstance(value, str):
             try:
                 return cls[value.strip().upper()]
@@ -60,10 +69,18 @@ class TaskConfig:
     delay_ms: int = 0
     max_retries: int = 3
     timeout_ms: int = 30000
-    retry_backoff: str = "exponential"
-    memory_limit_mb: int = 100
+    #: "exponential", "linear", "fixed", or a callable(attempt) -> seconds
+    retry_backoff: Union[str, Callable[[int], float]] = "exponential"
+    #: Catzilla's default, kept for code that reads it; catzilla_mp enforces a
+    #: limit only on tasks that set one (see BackgroundTasks.task).
+    memory_limit_mb: Optional[int] = 100
     compile_to_c: bool = True
     enable_profiling: bool = False
+    # catzilla_mp's own, after Catzilla's eight
+    #: retry only these exception types (None: any exception)
+    retry_on: Optional[tuple] = None
+    #: retry only when retry_if(exception) is true (None: any exception)
+    retry_if: Optional[Callable[[BaseException], bool]] = None
 
 
 @dataclass
@@ -79,6 +96,9 @@ class TaskStats:
     memory_usage_mb: Optional[float] = None
     retries: int = 0
     worker_id: Optional[int] = None
+    #: with enable_profiling: the top functions of the task's cProfile run,
+    #: each {"function", "calls", "total_ms", "cumulative_ms"}, costliest first
+    profile: Optional[list[dict[str, Any]]] = None
 
 
 @dataclass
@@ -120,3 +140,10 @@ class EngineStats:
     total_tasks_processed: int = 0
     engine_cpu_usage: float = 0.0
     engine_memory_usage: int = 0
+
+    # catzilla_mp's own, after Catzilla's 26
+    #: tasks submitted per second over the same window as tasks_per_second
+    submissions_per_second: float = 0.0
+    total_tasks_submitted: int = 0
+    #: submissions refused with QueueFullError (nothing was queued)
+    queue_full_rejections: int = 0

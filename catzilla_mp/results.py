@@ -87,17 +87,20 @@ class TaskResult(Generic[T]):
     """A submitted task: its outcome, status and statistics."""
 
     __slots__ = (
-        "task_id", "_engine", "status", "_ok", "_value", "_event", "_callbacks", "_fut",
+        "task_id", "_engine", "_status", "_ok", "_value", "_event", "_callbacks", "_fut",
         "fn", "func_id", "payload", "priority", "delay_ms", "max_retries", "timeout_ms",
         "attempt", "created_at", "started_at", "completed_at", "exec_ms", "worker_id",
         "slot", "ext_args", "progress_value", "meta", "parked", "name", "seq", "_final",
+        "opts", "wextras", "memory_mb", "profile",
     )
 
-    def __init__(self, task_id: str, engine: "BackgroundTasks", priority: TaskPriority,
-                 max_retries: int, timeout_ms: int, delay_ms: int) -> None:
+    def __init__(self, task_id: str, engine: "BackgroundTasks",
+                 priority: TaskPriority = TaskPriority.NORMAL, max_retries: int = 3,
+                 timeout_ms: int = 30000, delay_ms: int = 0) -> None:
+        # (task_id, engine) is Catzilla's signature; the rest the engine passes
         self.task_id = task_id
         self._engine = engine
-        self.status = TaskStatus.PENDING
+        self._status = TaskStatus.PENDING
         self._ok = None          # None until final; then True/False
         self._value: Any = None  # result, or the exception to raise
         self._event: Optional[threading.Event] = None
@@ -124,6 +127,24 @@ class TaskResult(Generic[T]):
         self.fn = None
         self.func_id = 0
         self.payload = None
+        self.opts = None  # compat.TaskOptions, or None for the defaults
+        self.wextras: Optional[dict] = None  # what the worker must know besides the call
+        self.memory_mb: Optional[float] = None  # peak RSS over the start, as measured
+        self.profile: Optional[list] = None  # top functions, with enable_profiling
+
+    @property
+    def status(self) -> TaskStatus:
+        """PENDING, RUNNING (live: read from the worker's slot), then final; see TaskStatus."""
+        s = self._status
+        if s is TaskStatus.PENDING and self._ok is None and self.slot >= 0:
+            running = getattr(self._engine, "_is_running", None)
+            if running is not None and running(self):
+                return TaskStatus.RUNNING
+        return s
+
+    @status.setter
+    def status(self, value: TaskStatus) -> None:
+        self._status = value
 
     # -- the Catzilla API -------------------------------------------------
 
@@ -174,10 +195,18 @@ class TaskResult(Generic[T]):
         return TaskStats(
             task_id=self.task_id, status=self.status, created_at=self.created_at,
             started_at=self.started_at, completed_at=self.completed_at,
-            execution_time_ms=self.exec_ms, memory_usage_mb=None,
-            retries=self.attempt, worker_id=self.worker_id)
+            execution_time_ms=self.exec_ms, memory_usage_mb=self.memory_mb,
+            retries=self.attempt, worker_id=self.worker_id, profile=self.profile)
 
     # -- extras -----------------------------------------------------------
+
+    def on_success(self, callback: Callable[[Any], None]) -> None:
+        """Call ``callback(result)`` if the task completes (a spelling Catzilla's docs use)."""
+        self.add_callback(lambda value: callback(value) if self._ok else None)
+
+    def on_error(self, callback: Callable[[BaseException], None]) -> None:
+        """Call ``callback(exception)`` if the task fails or is cancelled."""
+        self.add_callback(lambda value: None if self._ok else callback(value))
 
     @property
     def future(self) -> TaskFuture:

@@ -11,9 +11,12 @@ Call payloads (the tuple's length says which):
   pickle of (args, kwargs)                            the common case
   pickle of (args, kwargs, timeout_ms, fn_bytes)      a timeout of its own, or a
                                                       function that travels with the call
+  pickle of (args, kwargs, timeout_ms, fn_bytes, extras)  per-task options the worker
+                                                      applies (compat_worker.py)
 Outcome flags (czmp_slot_t.result_flags):
   OUTCOME_OK, OUTCOME_ERROR  pickle of the value / of (exception, traceback text)
   | OUTCOME_PROGRESS         wrapped with the task's last progress report
+  | OUTCOME_EXTRAS           wrapped with what the worker measured (memory, profile)
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ OUTCOME_ERROR = 1  # == CZMP_RESULT_FAILED: the C core counts failures by it
 #: Flag bit: the payload is pickle of (outcome bytes, fraction, message), the
 #: task's last report_progress(), so it survives the worker's next task.
 OUTCOME_PROGRESS = 2
+#: Flag bit: the payload is pickle of (outcome bytes, extras dict) (compat_worker.py).
+OUTCOME_EXTRAS = 4
 
 _dumps = pickle.dumps
 _MAIN = b"__main__"
@@ -51,13 +56,17 @@ def dumps(obj: Any) -> bytes:
 
 
 def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
-               fn_bytes: bytes | None = None) -> "bytes | Frame":
-    """Bytes of one call: (args, kwargs), or (args, kwargs, timeout_ms, fn_bytes) when needed.
+               fn_bytes: bytes | None = None, extras: dict | None = None) -> "bytes | Frame":
+    """Bytes of one call: (args, kwargs), or (args, kwargs, timeout_ms, fn_bytes[, extras]) when needed.
 
     A call with a big buffer among its arguments becomes a Frame instead.
     """
-    call = (args, kwargs) if timeout_ms is None and fn_bytes is None else \
-        (args, kwargs, timeout_ms, fn_bytes)
+    if extras:
+        call: tuple = (args, kwargs, timeout_ms, fn_bytes, extras)
+    elif timeout_ms is None and fn_bytes is None:
+        call = (args, kwargs)
+    else:
+        call = (args, kwargs, timeout_ms, fn_bytes)
     if _has_big_buffer(args) or (kwargs and _has_big_buffer(kwargs.values())):
         wrapped = (tuple(_wrap(a) for a in args), {k: _wrap(v) for k, v in kwargs.items()})
         return _dumps_frame(wrapped + call[2:], "arguments")
@@ -72,11 +81,13 @@ def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
     return data
 
 
-def loads_call(data) -> tuple[tuple, dict, int | None, bytes | None]:
-    """Inverse of dumps_call: (args, kwargs, timeout_ms or None, fn_bytes or None)."""
+def loads_call(data) -> tuple[tuple, dict, int | None, bytes | None, dict | None]:
+    """Inverse of dumps_call: (args, kwargs, timeout_ms or None, fn_bytes or None, extras or None)."""
     call = _loads_frame(data) if data[:4] == FRAME_MAGIC else _loads(data)
     if len(call) == 2:
-        return call[0], call[1], None, None
+        return call[0], call[1], None, None, None
+    if len(call) == 4:
+        return call + (None,)
     return call
 
 
@@ -232,6 +243,19 @@ def dumps_exception(exc: BaseException) -> tuple[int, bytes]:
 def with_progress(flags: int, data: bytes, fraction: float, message: str) -> tuple[int, bytes]:
     """Worker side: attach the task's last progress report to its outcome."""
     return flags | OUTCOME_PROGRESS, _dumps((data, fraction, message), PROTOCOL)
+
+
+def with_extras(flags: int, data: bytes, extras: dict) -> tuple[int, bytes]:
+    """Worker side: attach what the worker measured about the task (compat_worker.py)."""
+    return flags | OUTCOME_EXTRAS, _dumps((data, extras), PROTOCOL)
+
+
+def split_extras(flags: int, data) -> tuple[int, Any, Any]:
+    """App side: (flags, outcome bytes, extras dict or None)."""
+    if not flags & OUTCOME_EXTRAS:
+        return flags, data, None
+    inner, extras = _loads(data)
+    return flags & ~OUTCOME_EXTRAS, inner, extras
 
 
 def split_progress(flags: int, data) -> tuple[int, Any, Any]:

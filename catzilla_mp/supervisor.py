@@ -133,6 +133,7 @@ class Supervisor:
             "threads": o.threads_per_worker, "max_payload_bytes": o.max_payload_bytes,
             "default_timeout_ms": 30000, "max_tasks": o.max_tasks_per_worker,
             "niceness": o.worker_niceness,
+            **self.backend.engine.worker_extras,  # compat: logs, initializer (engine._worker_setup)
         }
         popen = subprocess.Popen(
             [sys.executable, "-m", "catzilla_mp.workers", json.dumps(cfg)],

@@ -164,7 +164,7 @@ class ThreadBackend:
     def _settle(self, task: TaskResult, ok: bool, value: Any) -> None:
         engine = self.engine
         if not ok and engine._attempt_failed(task, value):
-            self._park(task, engine._backoff_s(task.attempt))
+            self._park(task, engine._backoff_s(task.attempt, task))
             return
         self._unreserve()
         task.fn = task.payload = None  # let the arguments go

@@ -26,7 +26,7 @@ import sys
 import threading
 from typing import Callable
 
-from . import _core, progress, serialization
+from . import _core, compat_worker, progress, serialization
 from ._native import ffi, lib
 from .errors import PayloadTooLargeError, SerializationError, TaskTimeoutError
 from .payloads import Payloads
@@ -88,7 +88,7 @@ def _fault(point: str) -> None:
 class _Running:
     """What one executor thread is running now."""
 
-    __slots__ = ("slot", "deadline_ns", "thread_id", "fired", "in_task")
+    __slots__ = ("slot", "deadline_ns", "thread_id", "fired", "in_task", "measured")
 
     def __init__(self, thread_id: int) -> None:
         self.slot = -1
@@ -96,6 +96,7 @@ class _Running:
         self.thread_id = thread_id
         self.fired = False
         self.in_task = False
+        self.measured: dict | None = None  # what compat_worker measured about the task
 
 
 class Worker:
@@ -115,6 +116,8 @@ class Worker:
         self.running: list[_Running] = []
         self._progress_dirty = True
         self.lock = threading.Lock()
+        self.runner = compat_worker.Runner()
+        self.init_error: BaseException | None = None
 
     # -- life cycle -----------------------------------------------------
 
@@ -125,6 +128,8 @@ class Worker:
         rec.state = lib.CZMP_WORKER_IDLE
         _core.check(lib.czmp_heartbeat_start(self.raw, self.index, HEARTBEAT_NS), "heartbeat")
         progress.set_process_sink(self._report_progress)
+        # once per process, before its first task (as ProcessPoolExecutor's initializer)
+        self.init_error = compat_worker.run_initializer(self.cfg)
         threads = [threading.Thread(target=self._loop, name=f"czmp-exec-{i}", daemon=True)
                    for i in range(1, self.cfg.get("threads", 1))]
         for t in threads:
@@ -177,6 +182,11 @@ class Worker:
         if self._progress_dirty:
             self._clear_progress()
         flags, out = self._execute(slot, idx, data, me, t0, single)
+        if me.measured and not isinstance(out, serialization.Frame):
+            flags, out = serialization.with_extras(flags, out, me.measured)
+        me.measured = None
+        if self.runner.recycle or self.init_error is not None:
+            self.stop = True  # a fresh worker replaces us (heap over a limit; initializer retried)
         try:
             if self._progress_dirty and not isinstance(out, serialization.Frame):
                 flags, out = serialization.with_progress(
@@ -216,7 +226,9 @@ class Worker:
     def _execute(self, slot, idx: int, data, me: _Running, t0: int,
                  single: bool) -> tuple[int, bytes]:
         try:
-            args, kwargs, timeout_ms, fn_bytes = serialization.loads_call(data)
+            if self.init_error is not None:
+                raise self.init_error
+            args, kwargs, timeout_ms, fn_bytes, extras = serialization.loads_call(data)
             if fn_bytes is None:
                 fn = self.functions.get(slot.func_id) or self._function(slot.func_id)
             else:
@@ -232,7 +244,8 @@ class Worker:
                 _fault("running")
             try:
                 me.in_task = True
-                value = fn(*args, **kwargs)
+                value, me.measured = self.runner.call(fn, args, kwargs, extras, slot.task_id,
+                                                      me.thread_id, t0)
                 me.in_task = False
                 if _fault_point:
                     _fault("ran")
@@ -307,6 +320,7 @@ def main(argv: list[str]) -> int:
     if cfg.get("niceness"):
         os.nice(cfg["niceness"])
     _arm_fault_from_env()
+    compat_worker.setup_logging(cfg)
     worker = Worker(cfg)
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGUSR1, worker.on_timeout_signal)

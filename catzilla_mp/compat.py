@@ -1,0 +1,462 @@
+"""The parts of the task API that make options apply, on the app side.
+
+What lives here (the worker side is compat_worker.py):
+
+  * TaskOptions: a task's per-task options beyond Catzilla's four
+    (retry_backoff, retry_on / retry_if, memory_limit_mb, enable_profiling),
+    validated once, and what of them the worker must know (``extras``).
+  * Context propagation: ContextVars registered with ``propagate_context``
+    travel with each task and are set in the worker around the call.
+  * imap / imap_unordered: streaming map with a bounded number of tasks in
+    flight.
+  * LogReceiver: the app-side end of worker logging (records from workers
+    re-emitted through the app's own ``logging`` handlers).
+  * TaskCompiler and HAS_C_EXTENSION: Catzilla's names.
+
+The rules, as documented in the README:
+
+  * memory_limit_mb: enforced only on a task that sets it (``@task`` or
+    ``add_task``). Catzilla's TaskConfig default of 100 MB is kept as the
+    dataclass default for code that reads it but is never imposed silently:
+    a NumPy task routinely peaks above it. Measured as the worker process's
+    resident set size (RSS) over its value when the task started: sampled
+    every MEMORY_SAMPLE_S while the task runs, and checked once more against
+    the kernel's peak (VmHWM, reset at the task's start) when it returns.
+  * retry_backoff: "exponential" (base x 2^(n-1), jittered in [0.5, 1],
+    capped), "linear" (base x n, capped), "fixed" (base), or a callable
+    ``f(attempt) -> seconds`` (attempt counts from 1); base and cap are the
+    engine's retry_backoff_base / retry_backoff_cap.
+  * retry_on / retry_if: with either set, only a failed attempt whose
+    exception is an instance of retry_on (and for which retry_if returns
+    true) is retried; both set: both must agree. A retry_if that raises
+    counts as "do not retry" (and is logged).
+  * Context: only ContextVars registered with ``propagate_context(var)``
+    travel (explicit: a request's secrets in other ContextVars stay in the
+    app), and only while they hold a value that pickles. The variable must
+    live in an importable module (the worker imports it to find the same
+    variable); each task runs in a fresh context in the worker, so values
+    never leak from one task to the next.
+"""
+from __future__ import annotations
+
+import collections
+import contextvars
+import importlib
+import inspect
+import json
+import logging
+import os
+import queue
+import random
+import socket
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
+
+from . import serialization
+from .errors import SerializationError
+
+if TYPE_CHECKING:
+    from .engine import BackgroundTasks
+    from .results import TaskResult
+
+T = TypeVar("T")
+log = logging.getLogger("catzilla_mp")
+
+BACKOFF_POLICIES = ("exponential", "linear", "fixed")
+#: Seconds between RSS samples while a task with a memory limit runs.
+MEMORY_SAMPLE_S = 0.005
+#: Catzilla's name: the engine's core is C (catzilla_mp._native); tasks
+#: themselves are never compiled (see TaskCompiler).
+HAS_C_EXTENSION = True
+
+
+# -- per-task options -------------------------------------------------------------
+
+def check_backoff(value: Any) -> Union[str, Callable[[int], float]]:
+    """Validate a retry_backoff value.
+
+    Raises:
+        ValueError: an unknown policy name. TypeError: neither a str nor callable.
+    """
+    if callable(value):
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"retry_backoff must be one of {BACKOFF_POLICIES} or a callable, "
+                        f"not {type(value).__name__}")
+    policy = value.strip().lower()
+    if policy not in BACKOFF_POLICIES:
+        raise ValueError(f"retry_backoff must be one of {BACKOFF_POLICIES} or a callable, "
+                         f"not {value!r}")
+    return policy
+
+
+def check_retry_on(value: Any) -> Optional[tuple]:
+    """Validate retry_on: an exception class or a tuple of them (None: any).
+
+    Raises:
+        TypeError: anything else.
+    """
+    if value is None:
+        return None
+    types = value if isinstance(value, tuple) else (value,)
+    for t in types:
+        if not (isinstance(t, type) and issubclass(t, BaseException)):
+            raise TypeError(f"retry_on must be an exception class or a tuple of them, not {t!r}")
+    return types
+
+
+def check_memory_limit(value: Any) -> Optional[int]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"memory_limit_mb must be a number of MiB, not {type(value).__name__}")
+    if value <= 0:
+        raise ValueError(f"memory_limit_mb must be > 0, not {value}")
+    return value
+
+
+class TaskOptions:
+    """A task's options beyond Catzilla's four; immutable once built."""
+
+    __slots__ = ("backoff", "retry_on", "retry_if", "memory_limit_mb", "profile", "extras")
+
+    def __init__(self, *, backoff: Union[str, Callable[[int], float]] = "exponential",
+                 retry_on: Optional[tuple] = None,
+                 retry_if: Optional[Callable[[BaseException], bool]] = None,
+                 memory_limit_mb: Optional[float] = None, profile: bool = False) -> None:
+        self.backoff = check_backoff(backoff)
+        self.retry_on = check_retry_on(retry_on)
+        if retry_if is not None and not callable(retry_if):
+            raise TypeError(f"retry_if must be callable, not {type(retry_if).__name__}")
+        self.retry_if = retry_if
+        self.memory_limit_mb = check_memory_limit(memory_limit_mb)
+        self.profile = bool(profile)
+        extras: dict[str, Any] = {}
+        if self.memory_limit_mb is not None:
+            extras["mem"] = int(self.memory_limit_mb * (1 << 20))
+        if self.profile:
+            extras["prof"] = True
+        #: what the worker must know, or None (then nothing extra travels)
+        self.extras = extras or None
+
+    def merged(self, **changes: Any) -> "TaskOptions":
+        """A copy with the options given (not None) replaced."""
+        fields = {"backoff": self.backoff, "retry_on": self.retry_on, "retry_if": self.retry_if,
+                  "memory_limit_mb": self.memory_limit_mb, "profile": self.profile}
+        fields.update({k: v for k, v in changes.items() if v is not None})
+        return TaskOptions(**fields)
+
+    def is_default(self) -> bool:
+        return (self.backoff == "exponential" and self.retry_on is None
+                and self.retry_if is None and self.extras is None)
+
+    def should_retry(self, exc: BaseException) -> bool:
+        """True if a failed attempt with ``exc`` may be retried under retry_on / retry_if."""
+        if self.retry_on is not None and not isinstance(exc, self.retry_on):
+            return False
+        if self.retry_if is not None:
+            try:
+                return bool(self.retry_if(exc))
+            except Exception:  # noqa: BLE001 - a broken predicate means "do not retry"
+                log.exception("retry_if %r raised; the task is not retried", self.retry_if)
+                return False
+        return True
+
+    def backoff_s(self, attempt: int, base: float, cap: float) -> float:
+        """Seconds to wait before attempt ``attempt`` (1 for the first retry)."""
+        policy = self.backoff
+        if callable(policy):
+            try:
+                value = float(policy(attempt))
+            except Exception:  # noqa: BLE001 - fall back rather than lose the retry
+                log.exception("retry_backoff %r raised; using the exponential policy", policy)
+                return exponential_backoff(attempt, base, cap)
+            return max(0.0, value)
+        if policy == "fixed":
+            return min(cap, base)
+        if policy == "linear":
+            return min(cap, base * attempt)
+        return exponential_backoff(attempt, base, cap)
+
+
+def exponential_backoff(attempt: int, base: float, cap: float) -> float:
+    """Exponential back-off with "full jitter": uniform in [0.5, 1] x base x 2^(attempt-1), capped."""
+    ceiling = min(cap, base * (2 ** (attempt - 1)))
+    return ceiling * (0.5 + random.random() * 0.5)
+
+
+def options_from_config(config: Any, explicit: Iterable[str]) -> Optional[TaskOptions]:
+    """The TaskOptions of a ``@task(...)`` TaskConfig, or None when all are defaults.
+
+    ``explicit`` names the options the decorator was given: memory_limit_mb
+    applies only when given (TaskConfig's default of 100 is Catzilla's).
+    """
+    opts = TaskOptions(
+        backoff=config.retry_backoff, retry_on=config.retry_on, retry_if=config.retry_if,
+        memory_limit_mb=config.memory_limit_mb if "memory_limit_mb" in explicit else None,
+        profile=config.enable_profiling)
+    return None if opts.is_default() else opts
+
+
+def apply_extras(task: "TaskResult", extras: dict) -> None:
+    """App side: record what the worker measured about the task's attempt."""
+    mem = extras.get("mem_mb")
+    if mem is not None:
+        task.memory_mb = mem
+    prof = extras.get("profile")
+    if prof is not None:
+        task.profile = prof
+
+
+# -- context propagation -------------------------------------------------------------
+
+#: name -> (ContextVar, module that registered it)
+PROPAGATED: dict[str, tuple[contextvars.ContextVar, str]] = {}
+
+
+def propagate_context(var: contextvars.ContextVar, module: Optional[str] = None) -> contextvars.ContextVar:
+    """Register ``var``: its value at add_task time is set around the task in the worker.
+
+    Call it at import time of the module that defines ``var`` (the worker
+    imports that module to find the same variable). Names must be unique.
+
+    Args:
+        var: the ContextVar.
+        module: the importable module defining it (default: the caller's).
+    Returns:
+        ``var``, so it can wrap the definition.
+    Raises:
+        TypeError: ``var`` is not a ContextVar. ValueError: another variable
+            of that name is registered.
+    """
+    if not isinstance(var, contextvars.ContextVar):
+        raise TypeError(f"propagate_context needs a contextvars.ContextVar, not {type(var).__name__}")
+    if module is None:
+        module = sys._getframe(1).f_globals.get("__name__", "__main__")
+    known = PROPAGATED.get(var.name)
+    if known is not None and known[0] is not var:
+        raise ValueError(f"another ContextVar named {var.name!r} is already propagated")
+    PROPAGATED[var.name] = (var, module)
+    return var
+
+
+def capture_context() -> Optional[dict[str, tuple[str, Any]]]:
+    """The registered variables set in the current context: {name: (module, value)}, or None.
+
+    A value that does not pickle is left out (and logged once per variable).
+    """
+    if not PROPAGATED:
+        return None
+    out = {}
+    for name, (var, module) in PROPAGATED.items():
+        try:
+            value = var.get()
+        except LookupError:
+            continue
+        try:
+            serialization.dumps(value)
+        except SerializationError:
+            log.warning("ContextVar %r holds an unpicklable value; not propagated", name)
+            continue
+        out[name] = (module, value)
+    return out or None
+
+
+def add_context(task: "TaskResult") -> None:
+    """Attach the registered context variables' values to ``task``'s worker extras."""
+    ctx = capture_context()
+    if ctx is not None:
+        task.wextras = dict(task.wextras or {}, ctx=ctx)
+
+
+def find_context_var(name: str, module: str) -> Optional[contextvars.ContextVar]:
+    """Worker side: the registered variable ``name``, importing ``module`` if needed."""
+    known = PROPAGATED.get(name)
+    if known is None and module != "__main__":
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - reported below as "not found"
+            pass
+        known = PROPAGATED.get(name)
+    return known[0] if known is not None else None
+
+
+# -- streaming map -------------------------------------------------------------------
+
+def default_in_flight(engine: "BackgroundTasks") -> int:
+    return 2 * max(1, engine.max_workers)
+
+
+def imap(engine: "BackgroundTasks", fn: Callable[..., T], iterables: tuple,
+         max_in_flight: Optional[int], timeout: Optional[float]) -> Iterator[T]:
+    """Results of ``fn(*args)`` in input order, at most ``max_in_flight`` tasks submitted ahead."""
+    bound = _bound(engine, max_in_flight)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending: collections.deque = collections.deque()
+    calls = zip(*iterables)
+    try:
+        for args in calls:
+            if len(pending) >= bound:
+                yield pending.popleft().wait(_left(deadline))
+            pending.append(engine.add_task(fn, *args, max_retries=0))
+        while pending:
+            yield pending.popleft().wait(_left(deadline))
+    finally:
+        for t in pending:  # the consumer stopped early: do not run what it will never read
+            t.cancel()
+
+
+def imap_unordered(engine: "BackgroundTasks", fn: Callable[..., T], iterables: tuple,
+                   max_in_flight: Optional[int], timeout: Optional[float]) -> Iterator[T]:
+    """Results of ``fn(*args)`` as they finish, at most ``max_in_flight`` tasks in flight."""
+    bound = _bound(engine, max_in_flight)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    done: "queue.SimpleQueue[TaskResult]" = queue.SimpleQueue()
+    in_flight: set = set()
+    calls = iter(zip(*iterables))
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(in_flight) < bound:
+                try:
+                    args = next(calls)
+                except StopIteration:
+                    exhausted = True
+                    break
+                t = engine.add_task(fn, *args, max_retries=0)
+                in_flight.add(t)
+                t.add_callback(lambda _value, t=t: done.put(t))
+            if not in_flight:
+                return
+            try:
+                t = done.get(timeout=_left(deadline))
+            except queue.Empty:
+                raise TimeoutError(f"imap_unordered: no result within {timeout} s") from None
+            in_flight.discard(t)
+            yield t.wait(0)
+    finally:
+        for t in in_flight:
+            t.cancel()
+
+
+def _bound(engine: "BackgroundTasks", max_in_flight: Optional[int]) -> int:
+    if max_in_flight is None:
+        return default_in_flight(engine)
+    if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
+        raise TypeError(f"max_in_flight must be an int, not {type(max_in_flight).__name__}")
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be >= 1, not {max_in_flight}")
+    return max_in_flight
+
+
+def _left(deadline: Optional[float]) -> Optional[float]:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+# -- worker logs ----------------------------------------------------------------------
+
+#: Largest log datagram a worker sends; longer messages are cut.
+LOG_DATAGRAM_BYTES = 60_000
+
+
+class LogReceiver:
+    """Receives log records from the engine's workers and hands them to the app's handlers.
+
+    One datagram socket in the abstract namespace (nothing on disk), one
+    thread. Records arrive as JSON (never pickle: whoever can reach the
+    socket can at most write log lines) and are re-emitted through
+    ``logging.getLogger(record.name)`` with ``task_id`` and ``worker_pid``
+    set, so the app's handlers and filters apply as to its own records.
+    """
+
+    def __init__(self, engine: "BackgroundTasks") -> None:
+        self._id_prefix = engine._id_prefix
+        self._on_init_failure: Optional[Callable[[dict], None]] = None
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.address = f"\0czmp-log-{os.getpid()}-{os.urandom(6).hex()}"
+        self.sock.bind(self.address)
+        self.sock.settimeout(0.5)
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="czmp-logs", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while self._running:
+            try:
+                data = self.sock.recv(LOG_DATAGRAM_BYTES + 4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                self._emit(json.loads(data))
+            except Exception:  # noqa: BLE001 - one bad datagram must not stop the thread
+                pass
+
+    def _emit(self, d: dict) -> None:
+        seq = d.pop("task_seq", None)
+        d["task_id"] = f"{self._id_prefix}{seq}" if seq else None
+        logger = logging.getLogger(d.get("name") or "root")
+        level = int(d.get("levelno", logging.INFO))
+        if not logger.isEnabledFor(level):
+            return
+        record = logging.makeLogRecord(d)
+        logger.handle(record)
+
+    def close(self) -> None:
+        self._running = False
+        try:
+            self.sock.close()
+        finally:
+            self._thread.join(timeout=2)
+
+
+def worker_log_level() -> int:
+    """The level workers log at: the app's root logger's, as configured now."""
+    return logging.getLogger().getEffectiveLevel()
+
+
+# -- worker initializer -----------------------------------------------------------------
+
+#: The pickled initializer and initargs travel in the worker's command line.
+INITIALIZER_MAX_BYTES = 64 << 10
+
+
+def pack_initializer(initializer: Callable[..., Any], initargs: tuple) -> str:
+    """(initializer, initargs) pickled (cloudpickle) and base64-encoded for the worker config.
+
+    Raises:
+        SerializationError: they do not pickle.
+        ValueError: the pickle exceeds INITIALIZER_MAX_BYTES (pass a path, not the data).
+    """
+    import base64
+
+    data = serialization.dumps_function((initializer, tuple(initargs)))
+    if len(data) > INITIALIZER_MAX_BYTES:
+        raise ValueError(f"initializer and initargs pickle to {len(data)} bytes, over "
+                         f"{INITIALIZER_MAX_BYTES}: pass a path or a name, not the data itself")
+    return base64.b64encode(data).decode("ascii")
+
+
+# -- Catzilla's TaskCompiler -----------------------------------------------------------------
+
+class TaskCompiler:
+    """Catzilla's task compiler, with its API: here no task is compiled to C (yet).
+
+    ``can_compile_to_c`` answers honestly for this engine: False, since
+    every task runs as Python in a worker process. ``analyze`` reports the
+    facts Catzilla's compiler looks at, for code that wants them.
+    """
+
+    def __init__(self) -> None:
+        self._compilation_cache: dict[str, Any] = {}
+
+    def can_compile_to_c(self, func: Callable) -> bool:
+        """False: catzilla_mp runs every task as Python (in a worker process)."""
+        return False
+
+    def compile_task(self, func: Callable) -> Optional[Any]:
+        """None: nothing is compiled; the task runs as Python."""
+        return None
