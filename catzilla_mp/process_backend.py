@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from . import _core, compat, serialization
 from ._core import holder_slot
 from ._native import ffi, lib
-from .errors import (QueueFullError, SerializationError, TaskCancelledError, TaskTimeoutError,
+from .compat_worker import MEMORY_EXIT_CODE
+from .errors import (MemoryLimitError, QueueFullError, SerializationError, TaskCancelledError, TaskTimeoutError,
                      WorkerCrashedError)
 from .payloads import Payloads, plan_arena, remove_externals
 from .records import TaskStatus
@@ -476,6 +477,10 @@ class ProcessBackend:
         elif timed_out or killed_by_app:
             self._park(task, idx, 0.0)  # collateral of a kill for another task: no attempt used
             return
+        elif exitcode == MEMORY_EXIT_CODE:
+            err = MemoryLimitError(
+                f"task {task.task_id} went over its memory_limit_mb and did not stop when "
+                f"asked; its worker (pid {pid}) ended itself", None, None)
         else:
             err = WorkerCrashedError(
                 f"worker process {pid} died running task {task.task_id}: {describe_exit(exitcode)}",

@@ -107,3 +107,10 @@ def record_and_square(path, x):
     with open(path, "a") as f:
         f.write(f"{x}\n")
     return x * x
+
+
+def allocate_then_block_in_c(mb, seconds):
+    """Over the limit, then in a C call that ignores asynchronous exceptions."""
+    block = b"z" * (mb << 20)
+    time.sleep(seconds)
+    return len(block)
