@@ -220,6 +220,7 @@ class BackgroundTasks(Executor):
         self._default_opts = compat.TaskOptions(profile=True) if enable_profiling else None
         self._last_seq = 0  # the newest task number handed out (submission statistics)
         self._queue_full = 0  # submissions refused with QueueFullError
+        self._submit_failed = 0  # numbered tasks that were never queued (any error)
         self._logs: Optional[compat.LogReceiver] = None
         #: what every worker process is started with besides the supervisor's own config
         self.worker_extras: dict[str, Any] = {}
@@ -305,6 +306,7 @@ class BackgroundTasks(Executor):
             self._backend.dispatch(task, func, args, kwargs)
         except BaseException as exc:
             self._forget(task)
+            self._submit_failed += 1
             if isinstance(exc, QueueFullError):
                 self._queue_full += 1
             raise
@@ -341,6 +343,7 @@ class BackgroundTasks(Executor):
                 exc.add_note(f"add_tasks: the first {done[0]} of {len(calls)} tasks were submitted")
             raise
         finally:
+            self._submit_failed += len(tasks) - done[0]
             for t in tasks[done[0]:]:
                 self._forget(t)
         if self.monitor._listeners:

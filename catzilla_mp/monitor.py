@@ -25,7 +25,12 @@ log = logging.getLogger("catzilla_mp")
 
 #: Width of the window tasks_per_second is measured over, in seconds.
 RATE_WINDOW_S = 10
-RATE_BUCKETS = RATE_WINDOW_S + 1
+#: Completions are counted per bucket of this many seconds; the rate is the
+#: exact count over [start of the oldest bucket in the window, now].
+RATE_BUCKET_S = 0.1
+_BUCKETS_PER_WINDOW = int(round(RATE_WINDOW_S / RATE_BUCKET_S))
+#: one more than the window, so the bucket being filled never overwrites one counted
+RATE_BUCKETS = _BUCKETS_PER_WINDOW + 1
 #: Execution times kept for the percentiles.
 LATENCY_SAMPLES = 10_000
 
@@ -49,6 +54,9 @@ class Monitor:
         self._worker_ps: dict[int, psutil.Process] = {}
         self._last_busy: dict[int, tuple[float, int]] = {}
         self._listeners: tuple[Callable[[str, "TaskResult", Any], None], ...] = ()
+        # (time.monotonic(), submissions so far) marks, one per rate bucket, for
+        # submissions_per_second; taken on completions and snapshots (nothing on submit)
+        self._sub_marks: list[tuple[float, int]] = [(self.started, 0)]
 
     # -- listeners ---------------------------------------------------------
 
@@ -95,23 +103,51 @@ class Monitor:
                 self.timeouts += 1
         if task.exec_ms is not None:
             self._exec_ms.append(task.exec_ms)
-        sec = int(time.monotonic())
-        b = sec % RATE_BUCKETS
-        if self._bucket_sec[b] != sec:
-            self._bucket_sec[b] = sec
+        now = time.monotonic()
+        n = int(now / RATE_BUCKET_S)
+        b = n % RATE_BUCKETS
+        if self._bucket_sec[b] != n:
+            self._bucket_sec[b] = n
             self._buckets[b] = 0
+            self._mark_submissions(now)
         self._buckets[b] += 1
 
     # -- snapshots ---------------------------------------------------------------
 
     def tasks_per_second(self) -> float:
-        """Completions per second over the last RATE_WINDOW_S full seconds."""
-        now = int(time.monotonic())
+        """Completions per second over the last RATE_WINDOW_S seconds, exactly.
+
+        The count of every bucket from the oldest one in the window up to the
+        one being filled, over the time from that bucket's start (or the
+        engine's start, if later) to now.
+        """
+        now = time.monotonic()
+        n = int(now / RATE_BUCKET_S)
+        first = n - _BUCKETS_PER_WINDOW + 1
         with self.engine._lock:
-            total = sum(n for n, s in zip(self._buckets, self._bucket_sec)
-                        if now - RATE_WINDOW_S <= s < now)
-        span = min(RATE_WINDOW_S, max(1, now - int(self.started)))
-        return total / span
+            total = sum(c for c, s in zip(self._buckets, self._bucket_sec) if first <= s <= n)
+        span = now - max(first * RATE_BUCKET_S, self.started)
+        return total / span if span > 0 else 0.0
+
+    def _mark_submissions(self, now: float) -> None:
+        """Note how many tasks were submitted by ``now`` (once per rate bucket)."""
+        marks = self._sub_marks
+        marks.append((now, self.engine._last_seq))
+        while len(marks) > 1 and marks[1][0] <= now - RATE_WINDOW_S:
+            marks.pop(0)
+
+    def submissions_per_second(self) -> float:
+        """Tasks submitted per second since the oldest mark in the window (exact over that span)."""
+        now = time.monotonic()
+        with self.engine._lock:
+            self._mark_submissions(now)
+            marks = self._sub_marks
+            t0, seq0 = marks[0]
+            if t0 < now - RATE_WINDOW_S and len(marks) > 1:
+                t0, seq0 = marks[1]
+        seq = self.engine._last_seq
+        span = now - t0
+        return (seq - seq0) / span if span > 0 else 0.0
 
     def snapshot(self) -> EngineStats:
         e = self.engine
@@ -137,6 +173,9 @@ class Monitor:
             s.p95_execution_time_ms = _percentile(samples, 0.95)
             s.p99_execution_time_ms = _percentile(samples, 0.99)
         s.tasks_per_second = self.tasks_per_second()
+        s.submissions_per_second = self.submissions_per_second()
+        s.total_tasks_submitted = e._last_seq - e._submit_failed
+        s.queue_full_rejections = e._queue_full
         s.uptime_seconds = time.monotonic() - self.started
         try:
             s.engine_cpu_usage = self._me.cpu_percent(None)

@@ -61,6 +61,8 @@ SUBMIT_BATCH = 256
 DEFAULT_TIMEOUT_MS = 30000
 
 _HANDLE_EXTERNAL = _core.HANDLE_EXTERNAL
+#: External payload segments are whole pages (for memory_usage_mb).
+EXTERNAL_PAGE = 4096
 _INLINE_ARGS = _core.INLINE_ARGS
 _INLINE_HANDLE = _core.HANDLE_INLINE << 56
 _COMPLETED = TaskStatus.COMPLETED
@@ -590,9 +592,13 @@ class ProcessBackend:
                 continue
             slot = self.slots[idx]
             for handle, n in ((slot.args_handle, slot.args_len), (slot.result_handle, slot.result_len)):
-                if handle >> 56 == _core.HANDLE_CHUNK:
+                kind = handle >> 56
+                if kind == _core.HANDLE_CHUNK:
                     payload += n
                     chunks += lib.czmp_arena_chunk_size(self.raw, handle)
+                elif kind == _HANDLE_EXTERNAL and n:  # a payload in a segment of its own
+                    payload += n
+                    chunks += -(-n // EXTERNAL_PAGE) * EXTERNAL_PAGE
         return payload, chunks
 
     # -- shutdown ----------------------------------------------------------

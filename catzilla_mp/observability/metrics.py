@@ -15,6 +15,7 @@ the function's qualified name):
     workers{state="total"|"active"|"idle"}  gauge
     worker_memory_bytes / worker_cpu_percent{worker}   gauges, live workers only
     worker_memory_bytes_total, engine_memory_bytes, tasks_per_second, uptime_seconds
+    submissions_per_second, queue_full_rejections_total
 
 "started" is counted when an attempt ends (the worker stamps its start; the
 app learns it with the outcome), so it trails the real start by one run.
@@ -122,6 +123,13 @@ class EngineCollector:
                                 value=st["tasks_per_second"])
         yield GaugeMetricFamily(f"{PREFIX}_uptime_seconds", "Seconds since the engine started.",
                                 value=st["uptime_seconds"])
+        # issue 13.11 (compat): submission rate and refused submissions
+        yield GaugeMetricFamily(f"{PREFIX}_submissions_per_second",
+                                "Submissions per second over the engine's recent window.",
+                                value=st.get("submissions_per_second", 0.0))
+        yield CounterMetricFamily(f"{PREFIX}_queue_full_rejections",
+                                  "Submissions refused with QueueFullError (nothing was queued).",
+                                  value=st.get("queue_full_rejections", 0))
         eng = snap["engine"]
         if eng["worker_crashes"] is not None:
             yield CounterMetricFamily(f"{PREFIX}_worker_crashes", "Worker processes that died unasked.",
