@@ -10,14 +10,20 @@ own app class.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Optional, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, overload
 
 from .engine import BackgroundTasks
 from .records import EngineStats, TaskPriority
 from .results import TaskResult
 
+if TYPE_CHECKING:
+    from typing import ParamSpec
+
+    from .compat import TaskFunction
+
+    P = ParamSpec("P")
+
 T = TypeVar("T")
-F = TypeVar("F", bound=Callable[..., Any])
 
 NOT_ENABLED = "Background task system not enabled. Call enable_background_tasks() first."
 ALREADY_ENABLED = "Background task system already enabled"
@@ -83,11 +89,11 @@ class BackgroundTaskApp:
                                        compile_to_c=compile_to_c, **kwargs)
 
     @overload
-    def task(self, priority: F) -> F: ...
+    def task(self, priority: Callable[P, T]) -> TaskFunction[P, T]: ...
 
     @overload
     def task(self, priority: Any = ..., compile_to_c: bool = ...,
-             **config_kwargs: Any) -> Callable[[F], F]: ...
+             **config_kwargs: Any) -> Callable[[Callable[P, T]], TaskFunction[P, T]]: ...
 
     def task(self, priority: Any = TaskPriority.NORMAL, compile_to_c: bool = True,
              **config_kwargs: Any) -> Any:
@@ -144,11 +150,11 @@ def add_task(func: Callable[..., T], *args: Any, **kwargs: Any) -> TaskResult[T]
 
 
 @overload
-def task(priority: F) -> F: ...
+def task(priority: Callable[P, T]) -> TaskFunction[P, T]: ...
 
 
 @overload
-def task(priority: Any = ..., **kwargs: Any) -> Callable[[F], F]: ...
+def task(priority: Any = ..., **kwargs: Any) -> Callable[[Callable[P, T]], TaskFunction[P, T]]: ...
 
 
 def task(priority: Any = TaskPriority.NORMAL, **kwargs: Any) -> Any:

@@ -57,9 +57,21 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, T
 from . import serialization
 from .errors import SerializationError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # typing.ParamSpec is 3.10+; type checkers only
+    from typing import ParamSpec, Protocol
+
     from .engine import BackgroundTasks
     from .results import TaskResult
+
+    P = ParamSpec("P")
+    R = TypeVar("R")
+
+    class TaskFunction(Protocol[P, R]):
+        """What ``@task`` returns, for type checkers: the function, plus ``submit``."""
+
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+        def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskResult[R]: ...
 
 T = TypeVar("T")
 log = logging.getLogger("catzilla_mp")
@@ -107,7 +119,7 @@ def check_retry_on(value: Any) -> Optional[tuple]:
     return types
 
 
-def check_memory_limit(value: Any) -> Optional[int]:
+def check_memory_limit(value: Any) -> Optional[float]:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -143,7 +155,7 @@ class TaskOptions:
 
     def merged(self, **changes: Any) -> "TaskOptions":
         """A copy with the options given (not None) replaced."""
-        fields = {"backoff": self.backoff, "retry_on": self.retry_on, "retry_if": self.retry_if,
+        fields: dict[str, Any] = {"backoff": self.backoff, "retry_on": self.retry_on, "retry_if": self.retry_if,
                   "memory_limit_mb": self.memory_limit_mb, "profile": self.profile}
         fields.update({k: v for k, v in changes.items() if v is not None})
         return TaskOptions(**fields)
@@ -327,7 +339,7 @@ def imap_unordered(engine: "BackgroundTasks", fn: Callable[..., T], iterables: t
                     break
                 t = engine.add_task(fn, *args, max_retries=0)
                 in_flight.add(t)
-                t.add_callback(lambda _value, t=t: done.put(t))
+                t.add_callback(_put_when_done(done, t))
             if not in_flight:
                 return
             try:
@@ -339,6 +351,10 @@ def imap_unordered(engine: "BackgroundTasks", fn: Callable[..., T], iterables: t
     finally:
         for t in in_flight:
             t.cancel()
+
+
+def _put_when_done(done: "queue.SimpleQueue[TaskResult]", t: "TaskResult") -> Callable[[Any], None]:
+    return lambda _value: done.put(t)
 
 
 def _bound(engine: "BackgroundTasks", max_in_flight: Optional[int]) -> int:
@@ -433,7 +449,8 @@ def pack_initializer(initializer: Callable[..., Any], initargs: tuple) -> str:
     """
     import base64
 
-    data = serialization.dumps_function((initializer, tuple(initargs)))
+    pair: Any = (initializer, tuple(initargs))
+    data = serialization.dumps_function(pair)
     if len(data) > INITIALIZER_MAX_BYTES:
         raise ValueError(f"initializer and initargs pickle to {len(data)} bytes, over "
                          f"{INITIALIZER_MAX_BYTES}: pass a path or a name, not the data itself")

@@ -43,7 +43,7 @@ import weakref
 import collections
 from concurrent.futures import Executor
 from enum import Enum
-from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar, Union, overload
 
 from . import compat
 from .errors import (
@@ -59,8 +59,17 @@ from .errors import (
 from .records import EngineStats, TaskConfig, TaskPriority, TaskStatus
 from .results import TaskFuture, TaskResult, cancelled_error
 
+if TYPE_CHECKING:
+    from typing import ParamSpec
+
+    from .compat import TaskFunction
+
+    P = ParamSpec("P")
+
 T = TypeVar("T")
 log = logging.getLogger("catzilla_mp")
+#: what add_task accepts as a priority (see TaskPriority.parse)
+PriorityLike = Union[TaskPriority, Enum, str, int]
 
 MODES = ("process", "thread")
 _EVENTS = {TaskStatus.COMPLETED: "completed", TaskStatus.FAILED: "failed",
@@ -264,7 +273,7 @@ class BackgroundTasks(Executor):
         self,
         func: Callable[..., T],
         *args: Any,
-        priority: TaskPriority = TaskPriority.NORMAL,
+        priority: PriorityLike = TaskPriority.NORMAL,
         delay_ms: int = 0,
         max_retries: int = 3,
         timeout_ms: int = 30000,
@@ -315,7 +324,7 @@ class BackgroundTasks(Executor):
         return task
 
     def add_tasks(self, func: Callable[..., T], arg_tuples: Iterable[Any], *,
-                  priority: TaskPriority = TaskPriority.NORMAL, delay_ms: int = 0,
+                  priority: PriorityLike = TaskPriority.NORMAL, delay_ms: int = 0,
                   max_retries: int = 3, timeout_ms: int = 30000) -> list[TaskResult[T]]:
         """Submit ``func(*a)`` for each ``a`` of ``arg_tuples`` in one call (a non-tuple ``a`` is one argument).
 
@@ -356,7 +365,7 @@ class BackgroundTasks(Executor):
             config, name = self._fn_info[func]
         except (KeyError, TypeError):
             config, name = self._describe(func)
-        opts = self._default_opts
+        opts: Optional[compat.TaskOptions] = self._default_opts
         if config is not None:
             opts = getattr(config, "options", None) or opts
             priority = config.priority if priority == _DEFAULTS.priority else priority
@@ -418,6 +427,13 @@ class BackgroundTasks(Executor):
 
     def _forget(self, task: TaskResult) -> None:
         self._tasks.pop(task.task_id, None)
+
+    @overload
+    def task(self, priority: Callable[P, T]) -> TaskFunction[P, T]: ...
+
+    @overload
+    def task(self, priority: Any = ..., compile_to_c: bool = ...,
+             **config_kwargs: Any) -> Callable[[Callable[P, T]], TaskFunction[P, T]]: ...
 
     def task(self, priority: Any = TaskPriority.NORMAL, compile_to_c: bool = True,
              **config_kwargs: Any) -> Any:

@@ -19,6 +19,7 @@ from .errors import TaskCancelledError
 from .records import TaskPriority, TaskStats, TaskStatus
 
 if TYPE_CHECKING:
+    from .compat import TaskOptions
     from .engine import BackgroundTasks
 
 T = TypeVar("T")
@@ -127,7 +128,7 @@ class TaskResult(Generic[T]):
         self.fn = None
         self.func_id = 0
         self.payload = None
-        self.opts = None  # compat.TaskOptions, or None for the defaults
+        self.opts: Optional["TaskOptions"] = None  # None: the defaults
         self.wextras: Optional[dict] = None  # what the worker must know besides the call
         self.memory_mb: Optional[float] = None  # peak RSS over the start, as measured
         self.profile: Optional[list] = None  # top functions, with enable_profiling
