@@ -97,7 +97,7 @@ def test_stats_and_unknown_tasks(server):
     result = server.client.get("/crunch/wait", params={"n": 1000}).json()
     assert result["result"] == crunch(1000, 2)
     stats = server.client.get("/tasks/stats").json()
-    assert len(stats) == 26
+    assert len(stats) >= 26  # Catzilla's 26 fields, then catzilla_mp's own (issue 13.11)
     assert stats["total_workers"] == 2
     assert stats["total_tasks_processed"] >= 1
     missing = server.client.get("/tasks/task_does_not_exist")
