@@ -457,6 +457,52 @@ def pack_initializer(initializer: Callable[..., Any], initargs: tuple) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+# -- thread mode ------------------------------------------------------------------------
+
+def run_thread_initializer(options: Any) -> Optional[BaseException]:
+    """Thread mode: run the engine's initializer in this executor thread (as
+    ThreadPoolExecutor does); the WorkerInitializerError its tasks get if it raised."""
+    if options.initializer is None:
+        return None
+    from .errors import WorkerInitializerError
+
+    try:
+        options.initializer(*options.initargs)
+        return None
+    except BaseException as exc:  # noqa: BLE001 - reported to every task of this thread
+        log.error("the engine's initializer raised in thread %s", threading.current_thread().name,
+                  exc_info=True)
+        err = WorkerInitializerError(f"the engine's initializer raised in executor thread "
+                                     f"{threading.current_thread().name}: "
+                                     f"{type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        return err
+
+
+def run_in_thread(task: "TaskResult", args: tuple, kwargs: dict,
+                  init_error: Optional[BaseException]) -> Any:
+    """Thread mode: call the task's function with its options (profiling, context)."""
+    if init_error is not None:
+        raise init_error
+    extras = task.wextras
+    if extras is None:
+        return task.fn(*args, **kwargs)
+    from . import compat_worker
+
+    measured: dict[str, Any] = {}
+    fn = task.fn
+    call: Callable[[], Any] = lambda: fn(*args, **kwargs)  # noqa: E731
+    if extras.get("prof"):
+        call = compat_worker.profiled(call, measured)
+    if extras.get("ctx"):
+        call = compat_worker.in_context(call, extras["ctx"])
+    try:
+        return call()
+    finally:
+        if "profile" in measured:
+            task.profile = measured["profile"]
+
+
 # -- Catzilla's TaskCompiler -----------------------------------------------------------------
 
 class TaskCompiler:

@@ -289,9 +289,9 @@ class Runner:
         ctx = extras.get("ctx")
         call: Callable[[], Any] = lambda: fn(*args, **kwargs)  # noqa: E731
         if extras.get("prof"):
-            call = _profiled(call, measured)
+            call = profiled(call, measured)
         if ctx:
-            call = _in_context(call, ctx)
+            call = in_context(call, ctx)
         limit = extras.get("mem")
         if not limit or baseline < 0:
             return call(), measured
@@ -320,7 +320,7 @@ class Runner:
             f"of {limit_mb:g}; it was stopped and its worker recycled", limit_mb, peak_mb)
 
 
-def _profiled(call: Callable[[], Any], measured: dict) -> Callable[[], Any]:
+def profiled(call: Callable[[], Any], measured: dict) -> Callable[[], Any]:
     def run() -> Any:
         import cProfile
 
@@ -350,7 +350,7 @@ def top_functions(prof: Any, n: int = PROFILE_TOP) -> list[dict[str, Any]]:
     return out
 
 
-def _in_context(call: Callable[[], Any], ctx: dict) -> Callable[[], Any]:
+def in_context(call: Callable[[], Any], ctx: dict) -> Callable[[], Any]:
     from .compat import find_context_var
 
     def run() -> Any:

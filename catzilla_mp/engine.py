@@ -308,6 +308,10 @@ class BackgroundTasks(Executor):
             task.opts = base.merged(backoff=retry_backoff, retry_on=retry_on, retry_if=retry_if,
                                     memory_limit_mb=memory_limit_mb, profile=enable_profiling)
             task.wextras = task.opts.extras
+        if task.opts is not None and task.opts.memory_limit_mb is not None and self.mode != "process":
+            self._submit_failed += 1
+            raise ValueError("memory_limit_mb is enforced in mode='process' only: "
+                             "threads share the app's memory")
         if compat.PROPAGATED:
             compat.add_context(task)
         self._admit(task)
@@ -464,6 +468,9 @@ class BackgroundTasks(Executor):
         if options is not None and self._default_opts is not None and not options.profile \
                 and "enable_profiling" not in config_kwargs:
             options = options.merged(profile=True)  # the engine profiles every task
+        if options is not None and options.memory_limit_mb is not None and self.mode != "process":
+            raise ValueError("memory_limit_mb is enforced in mode='process' only: "
+                             "threads share the app's memory")
         config.options = options  # type: ignore[attr-defined]
 
         def decorate(func: Callable[..., T]) -> Callable[..., T]:

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import progress
+from . import compat, progress
 from .errors import QueueFullError, TaskTimeoutError
 from .records import TaskStatus
 from .results import TaskResult
@@ -34,6 +34,7 @@ class _ThreadRecord:
         self.tasks_done = 0
         self.current: Optional[TaskResult] = None
         self.ident = 0
+        self.init_error: Optional[BaseException] = None  # the engine's initializer raised here
 
 
 class ThreadBackend:
@@ -118,6 +119,7 @@ class ThreadBackend:
     def _loop(self, rec: _ThreadRecord) -> None:
         rec.ident = threading.get_ident()
         progress.set_thread_sink(lambda f, m: self._progress(rec, f, m))
+        rec.init_error = compat.run_thread_initializer(self.engine.options)
         while True:
             with self._cond:
                 while self._running and not self._heap:
@@ -143,7 +145,7 @@ class ThreadBackend:
                                   lambda: self._time_out(rec, task, attempt))
         t0 = time.perf_counter_ns()
         try:
-            ok, value = True, task.fn(*args, **kwargs)
+            ok, value = True, compat.run_in_thread(task, args, kwargs, rec.init_error)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
             ok, value = False, exc
         elapsed = time.perf_counter_ns() - t0

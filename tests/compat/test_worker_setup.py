@@ -125,3 +125,40 @@ def test_issue_13_16_forward_logs_false_keeps_the_old_behaviour(make_engine):
     engine = make_engine(forward_logs=False)
     assert engine.worker_extras.get("log") is None
     assert engine.add_task(jobs.log_something, "quiet").wait(60)
+
+
+# -- thread mode: the same options, as far as threads allow -----------------------------------
+
+def test_issue_13_12_thread_mode_runs_the_initializer_in_each_executor_thread(make_engine,
+                                                                             tmp_path):
+    log = tmp_path / "init"
+    engine = make_engine(mode="thread", workers=2, initializer=jobs.init_worker,
+                         initargs=(str(log), "t"))
+    assert engine.add_task(jobs.add, 1, 1).wait(30) == 2
+    assert _eventually(lambda: len(log.read_text().split()) == 2)
+
+
+def test_issue_13_12_thread_mode_initializer_failure_is_the_same_typed_error(make_engine):
+    engine = make_engine(mode="thread", workers=1, initializer=jobs.init_fails,
+                         initargs=("no db",))
+    with pytest.raises(WorkerInitializerError, match="no db"):
+        engine.add_task(jobs.add, 1, 1, max_retries=2).wait(30)
+
+
+def test_issue_13_15_thread_mode_propagates_registered_context_and_profiles(make_engine):
+    engine = make_engine(mode="thread", workers=1)
+    token = jobs.request_id.set("req-t")
+    try:
+        result = engine.add_task(jobs.read_context, enable_profiling=True)
+    finally:
+        jobs.request_id.reset(token)
+    assert result.wait(30) == ("req-t", "unset")
+    assert result.get_stats().profile
+
+
+def test_issue_13_8_thread_mode_refuses_a_memory_limit_it_cannot_enforce(make_engine):
+    engine = make_engine(mode="thread", workers=1)
+    with pytest.raises(ValueError, match="mode='process'"):
+        engine.add_task(jobs.add, 1, memory_limit_mb=10)
+    with pytest.raises(ValueError, match="mode='process'"):
+        engine.task(memory_limit_mb=10)
