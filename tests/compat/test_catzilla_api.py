@@ -218,3 +218,23 @@ def test_catzilla_docs_on_success_and_on_error_callbacks_run(engine):
     with pytest.raises(ValueError):
         bad.wait(30)
     assert ("ok", 2) in seen and ("err", ValueError) in seen and len(seen) == 2
+
+
+def test_issue_13_1_3_4_5_on_catzilla_mp_catzilla_the_framework_app_class():
+    """The one-line switch: ``from catzilla_mp import Catzilla``, then Catzilla's own spellings."""
+    from catzilla_mp import Catzilla
+
+    app = Catzilla(show_banner=False)
+    try:
+        app.enable_background_tasks(initial_workers=1, max_workers=2, queue_size=64,
+                                    memory_pool_mb=16)
+
+        @app.task
+        def double(x):
+            return 2 * x
+
+        result = app.add_task(jobs.add, 20, 1, priority=cz.TaskPriority.HIGH)
+        assert app.get_task_result(result).wait(30) == 21
+        assert double.submit(4).wait(30) == 8
+    finally:
+        app.disable_background_tasks(wait_for_completion=False, timeout=5)
