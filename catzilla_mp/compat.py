@@ -393,19 +393,18 @@ class LogReceiver:
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.address = f"\0czmp-log-{os.getpid()}-{os.urandom(6).hex()}"
         self.sock.bind(self.address)
-        self.sock.settimeout(0.5)
         self._running = True
         self._thread = threading.Thread(target=self._run, name="czmp-logs", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while self._running:
+        while True:
             try:
                 data = self.sock.recv(LOG_DATAGRAM_BYTES + 4096)
-            except socket.timeout:
-                continue
             except OSError:
                 return
+            if not self._running:
+                return  # close() woke us with an empty datagram: an idle engine never polls
             try:
                 self._emit(json.loads(data))
             except Exception:  # noqa: BLE001 - one bad datagram must not stop the thread
@@ -424,9 +423,12 @@ class LogReceiver:
     def close(self) -> None:
         self._running = False
         try:
-            self.sock.close()
-        finally:
-            self._thread.join(timeout=2)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as waker:
+                waker.sendto(b"", self.address)
+        except OSError:
+            pass
+        self._thread.join(timeout=2)
+        self.sock.close()
 
 
 def worker_log_level() -> int:

@@ -67,7 +67,8 @@ class ForwardHandler(logging.Handler):
         super().__init__()
         self.address = address
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.settimeout(1.0)
+        # a stuck app must not stall tasks for long: a record it cannot take is dropped
+        self.sock.settimeout(0.1)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
