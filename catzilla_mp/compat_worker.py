@@ -134,7 +134,11 @@ class Memory:
         self.statm = _open("/proc/self/statm", os.O_RDONLY)
         self.status = _open("/proc/self/status", os.O_RDONLY)
         self.clear_refs = _open("/proc/self/clear_refs", os.O_WRONLY)
-        self.ok = self.statm >= 0 and self.status >= 0 and self.clear_refs >= 0
+        #: the RSS can be read (limits are enforced by sampling it)
+        self.ok = self.statm >= 0
+        #: the kernel's peak mark can be reset and read (some containers forbid
+        #: clear_refs: then the peak is what the sampler saw, or the RSS at the end)
+        self.has_peak = self.status >= 0 and self.clear_refs >= 0
         self._cond = threading.Condition()
         self._watch: Optional[_Watch] = None
         self._thread: Optional[threading.Thread] = None
@@ -147,14 +151,20 @@ class Memory:
         if not self.ok:
             return -1
         try:
-            os.write(self.clear_refs, b"5")
+            if self.has_peak:
+                try:
+                    os.write(self.clear_refs, b"5")
+                except OSError:
+                    self.has_peak = False
             return self.rss()
         except OSError:
             self.ok = False
             return -1
 
     def peak(self) -> int:
-        """The peak RSS since start(), in bytes (VmHWM)."""
+        """The peak RSS since start(), in bytes (VmHWM); the RSS now without a peak mark."""
+        if not self.has_peak:
+            return self.rss()
         s = os.pread(self.status, 4096, 0)
         i = s.index(b"VmHWM:")
         return int(s[i + 6:s.index(b"kB", i)]) << 10
@@ -294,8 +304,11 @@ class Runner:
         if ctx:
             call = in_context(call, ctx)
         limit = extras.get("mem")
-        if not limit or baseline < 0:
+        if not limit:
             return call(), measured
+        if baseline < 0:
+            raise MemoryLimitError("memory_limit_mb cannot be enforced in this worker: its RSS "
+                                   "cannot be read (/proc/self/statm)", limit / _MiB, None)
         watch = self.memory.watch(thread_id, baseline, limit)
         try:
             value = call()
