@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import contextvars
 import importlib
-import inspect
 import json
 import logging
 import os
