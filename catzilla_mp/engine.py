@@ -337,6 +337,21 @@ class BackgroundTasks(Executor):
             await asyncio.sleep(min(pause, left))
             pause = min(pause * 2, longest)
 
+    def add_task_nowait(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> TaskResult[T]:
+        """``add_task`` that raises QueueFullError at once instead of waiting for room.
+
+        For code that must not block (a sync handler on a server's event-loop
+        thread): the caller answers "busy" (HTTP 503) and the client retries.
+
+        Raises:
+            QueueFullError: no room right now. Everything else add_task raises.
+        """
+        self._no_wait.on = True
+        try:
+            return self.add_task(func, *args, **kwargs)
+        finally:
+            self._no_wait.on = False
+
     def queue_wait_s(self) -> float:
         """How long a submission on this thread may wait for room (the backends ask).
 

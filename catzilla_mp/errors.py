@@ -109,3 +109,7 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class RouteConflictError(CatzillaMPError, ValueError):
+    """The engine's web routes and the app's own would answer the same path (raised at startup)."""
