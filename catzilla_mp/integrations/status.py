@@ -13,8 +13,14 @@
       anything else         500  the task's own exception
 
   Tracebacks (the worker's, from ``__cause__``) are added only in debug mode.
-* ``TaskRoutes``: the four routes' logic as (status code, body) pairs; the
-  Catzilla and ASGI integrations adapt it to their request/response types.
+* ``TaskRoutes``: the four routes' logic as coroutines returning (status
+  code, body), each asking the access policy (access.py) first; the Catzilla
+  and ASGI integrations adapt it to their request/response types.
+* Bounds: a result goes out as JSON up to RESULT_JSON_LIMIT (checked without
+  serializing it: ``json_budget``), else as a clipped repr; every str/repr
+  of a task's objects goes through observability/text.py (bounded, never
+  raising); event streams are capped (``StreamSlots``, 503 + Retry-After),
+  and a full queue answers 503 + Retry-After (``submit_failure``).
 * SSE helpers: ``state_key`` names a visible state, ``sse`` formats one event,
   ``task_changes`` is the async poll loop both event routes use.
 """
