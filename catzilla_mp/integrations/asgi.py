@@ -38,7 +38,7 @@ from typing import Any, AsyncIterator, Callable, Optional, TypeVar
 try:
     from starlette.applications import Starlette
     from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
+    from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 except ImportError as exc:  # pragma: no cover
     raise ImportError("catzilla_mp.integrations.asgi needs Starlette (FastAPI includes it): "

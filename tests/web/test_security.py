@@ -16,7 +16,6 @@ import httpx
 import psutil
 import pytest
 
-from webservers import follow_events  # noqa: F401  (used by other tests; keeps import order)
 
 KINDS = ["catzilla", "fastapi"]
 PROXIED = {"X-Forwarded-For": "203.0.113.9"}
