@@ -417,6 +417,15 @@ def enable(app: Any, mode: str = "process", *, tasks_prefix: Optional[str] = "/t
     if isinstance(app, CatzillaTasks):
         if getattr(app, "tasks", None) is not None:
             raise RuntimeError(ALREADY_ENABLED)
+        given = [k for k, v in (("tasks_prefix", tasks_prefix != "/tasks"), ("debug", debug),
+                                ("authorize", authorize), ("owner", owner), ("secret", secret),
+                                ("cookie_secure", cookie_secure),
+                                ("max_streams", max_streams != MAX_STREAMS),
+                                ("metrics_path", metrics_path != "/metrics"),
+                                ("track_requests", not track_requests)) if v]
+        if given:
+            raise TypeError(f"{', '.join(given)}: this app is a catzilla_mp.Catzilla already; "
+                            "give them to its constructor (task_authorize=, tasks_prefix=, ...)")
     else:
         if getattr(app, "_task_system_enabled", False):
             raise RuntimeError("Catzilla's own background task system is already enabled "

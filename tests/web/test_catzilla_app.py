@@ -115,3 +115,17 @@ def test_issue_13_7_the_engines_routes_wait_for_startup_and_a_clash_names_both()
     with pytest.raises(RouteConflictError, match=r"/tasks/stats \(czmp_task_stats\).*my_stats"):
         app.install_task_routes()
     assert [r["path"] for r in app.routes()] == ["/tasks/stats"]   # nothing half-added
+
+
+def test_issue_13_2_enable_on_a_catzilla_mp_app_refuses_options_it_would_ignore():
+    import catzilla_mp
+
+    app = _app()
+    with pytest.raises(TypeError, match="authorize"):
+        catzilla_mp.enable(app, mode="thread", authorize=lambda r: True)
+    assert app.tasks is None
+    catzilla_mp.enable(app, mode="thread", workers=1)
+    try:
+        assert app.add_task(pow, 3, 2).wait(timeout=30) == 9
+    finally:
+        app.disable_background_tasks()
