@@ -24,6 +24,7 @@ _EXPORTS = {
     "TaskStats": "records", "TaskStatus": "records",
     "TaskFuture": "results", "TaskResult": "results",
     "Catzilla": "integrations.catzilla",
+    "enable": "integrations.catzilla", "RouteConflictError": "errors",
     **{name: "errors" for name in (
         "CatzillaMPError", "EngineBrokenError", "EngineClosedError", "PayloadTooLargeError",
         "QueueFullError", "RemoteTraceback", "SegmentCorruptError", "SegmentError",

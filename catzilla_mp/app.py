@@ -88,6 +88,14 @@ class BackgroundTaskApp:
                                        max_retries=max_retries, timeout_ms=timeout_ms,
                                        compile_to_c=compile_to_c, **kwargs)
 
+    async def add_task_async(self, func: Callable[..., T], *args: Any,
+                             **kwargs: Any) -> TaskResult[T]:
+        """Submit from async code; a full queue is awaited, not blocked on.
+
+        See BackgroundTasks.add_task_async (same arguments as add_task).
+        """
+        return await self._engine().add_task_async(func, *args, **kwargs)
+
     @overload
     def task(self, priority: Callable[P, T]) -> TaskFunction[P, T]: ...
 

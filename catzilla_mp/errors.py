@@ -137,3 +137,7 @@ class WorkerInitializerError(EngineBrokenError):
     replacement runs the initializer again (a transient failure heals).
     The initializer's traceback is the ``__cause__``.
     """
+
+
+class RouteConflictError(CatzillaMPError, ValueError):
+    """The engine's web routes and the app's own would answer the same path (raised at startup)."""

@@ -299,7 +299,7 @@ class ProcessBackend:
             return self._free.pop()
         except IndexError:
             pass
-        timeout = self.engine.options.queue_full_timeout
+        timeout = self.engine.queue_wait_s()  # 0 inside add_task_async
         deadline = time.monotonic() + timeout
         with self._free_cond:
             self._free_waiters += 1

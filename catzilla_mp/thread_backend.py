@@ -71,7 +71,7 @@ class ThreadBackend:
             done[0] += 1
 
     def _reserve(self) -> None:
-        timeout = self.engine.options.queue_full_timeout
+        timeout = self.engine.queue_wait_s()  # 0 inside add_task_async
         with self._cond:
             if not self._cond.wait_for(lambda: self._in_use < self._capacity, timeout):
                 raise QueueFullError(f"all {self._capacity} task places stayed in use for "

@@ -1,26 +1,51 @@
 """A Catzilla app whose handlers hand CPU-heavy jobs to catzilla_mp and answer at once.
 
     pip install -e ".[catzilla]"
-    python examples/catzilla_app.py --port 8000
+    python examples/catzilla_app.py --port 8000         # CZMP_ADMIN_TOKEN=... to allow remote admins
 
-    curl -X POST 'localhost:8000/crunch?n=300000'        # {"task_id": ..., "events_url": ...}
-    curl localhost:8000/tasks/<task_id>                   # status, progress, result
-    curl localhost:8000/tasks/<task_id>/events            # SSE, one change per response
-    curl -H 'X-Request-ID: r1' -X POST 'localhost:8000/batch?count=3'
-    curl localhost:8000/tasks/requests/r1                 # the three tasks of request r1
+    curl -c jar -X POST 'localhost:8000/crunch?n=300000'  # {"task_id": ..., "events_url": ...}
+    curl -b jar localhost:8000/tasks/<task_id>            # status, progress, result (your session)
+    curl -b jar localhost:8000/tasks/<task_id>/events     # SSE, one change per response
+    curl -c jar -b jar -H 'X-Request-ID: r1' -X POST 'localhost:8000/batch?count=3'
+    curl -b jar localhost:8000/tasks/requests/r1          # the three tasks of your request r1
     curl 'localhost:8000/broken?kind=crash'               # 502 with the error as JSON
-    curl localhost:8000/tasks/stats
+    curl localhost:8000/tasks/stats                       # local clients and admins only
+
+Who may read what (catzilla_mp.integrations.access): a task answers the
+browser session that submitted it (the czmp_owner cookie the submitting
+response sets); the dashboard, stats and /metrics answer the ``authorize``
+hook below: local clients, and callers with the admin token.
 """
 from __future__ import annotations
 
 import argparse
+import hmac
+import os
 
 from jobs import crash, crunch, explode, linger
 
 from catzilla_mp import Catzilla
+from catzilla_mp.integrations.catzilla import is_local_request
 from catzilla_mp.integrations.tracking import current_request
 
-app = Catzilla(production=True, show_banner=False, log_requests=False)
+ADMIN_TOKEN = os.environ.get("CZMP_ADMIN_TOKEN", "")
+
+
+def authorize(request) -> bool:
+    """Who may see every task, the dashboard, stats and metrics.
+
+    Put your app's own check here (a session role, an API key); this one
+    lets in local clients (no proxy in between) and "Authorization: Bearer
+    $CZMP_ADMIN_TOKEN".
+    """
+    if is_local_request(request):
+        return True
+    sent = request.get_header("Authorization") or ""
+    return bool(ADMIN_TOKEN) and hmac.compare_digest(sent.encode(), f"Bearer {ADMIN_TOKEN}".encode())
+
+
+app = Catzilla(production=True, show_banner=False, log_requests=False,
+               task_authorize=authorize)
 
 _BROKEN = {
     "error": (explode, {"max_retries": 0}),
@@ -41,9 +66,18 @@ def ping(request):
 
 @app.post("/crunch")
 def submit_crunch(request):
+    # a sync handler runs on Catzilla's event loop: add_task does not wait for
+    # room here; a full queue answers 503 with Retry-After
     n = int(request.query_params.get("n", 300_000))
     steps = int(request.query_params.get("steps", 10))
     return _links(app.add_task(crunch, n, steps))
+
+
+@app.post("/sleep")
+async def submit_sleep(request):
+    # an async handler waits for room without blocking the loop (up to queue_full_timeout)
+    seconds = min(float(request.query_params.get("s", 1.0)), 30.0)
+    return _links(await app.add_task_async(linger, seconds, max_retries=0))
 
 
 @app.post("/batch")
@@ -57,14 +91,14 @@ def submit_batch(request):
 async def crunch_and_wait(request):
     # an async handler waits without holding Catzilla's event loop
     n = int(request.query_params.get("n", 100_000))
-    task = app.add_task(crunch, n, 2)
+    task = await app.add_task_async(crunch, n, 2)
     return {"task_id": task.task_id, "result": await app.wait_for_async(task, timeout=60)}
 
 
 @app.get("/broken")
 async def broken(request):
     fn, options = _BROKEN[request.query_params.get("kind", "error")]
-    task = app.add_task(fn, **options)
+    task = await app.add_task_async(fn, **options)
     return {"result": await app.wait_for_async(task, timeout=60)}  # raises TaskHTTPError
 
 
@@ -74,13 +108,16 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--mode", default="process", choices=["process", "thread"])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--queue-size", type=int, default=10000)
+    parser.add_argument("--queue-full-timeout", type=float, default=10.0)
     parser.add_argument("--niceness", type=int, default=10,
                         help="workers' nice value: the server wins the CPU when a request arrives")
     parser.add_argument("--debug", action="store_true", help="tracebacks in error bodies")
     args = parser.parse_args()
     app.task_debug = app.task_routes.debug = args.debug
     options = {"worker_niceness": args.niceness} if args.mode == "process" else {}
-    app.enable_background_tasks(workers=args.workers, mode=args.mode, **options)
+    app.enable_background_tasks(workers=args.workers, mode=args.mode, queue_size=args.queue_size,
+                                queue_full_timeout=args.queue_full_timeout, **options)
     print(f"catzilla_app ready on http://{args.host}:{args.port}", flush=True)
     app.listen(args.port, args.host)   # returns on SIGINT/SIGTERM; the engine shuts at exit
 

@@ -13,8 +13,14 @@
       anything else         500  the task's own exception
 
   Tracebacks (the worker's, from ``__cause__``) are added only in debug mode.
-* ``TaskRoutes``: the four routes' logic as (status code, body) pairs; the
-  Catzilla and ASGI integrations adapt it to their request/response types.
+* ``TaskRoutes``: the four routes' logic as coroutines returning (status
+  code, body), each asking the access policy (access.py) first; the Catzilla
+  and ASGI integrations adapt it to their request/response types.
+* Bounds: a result goes out as JSON up to RESULT_JSON_LIMIT (checked without
+  serializing it: ``json_budget``), else as a clipped repr; every str/repr
+  of a task's objects goes through observability/text.py (bounded, never
+  raising); event streams are capped (``StreamSlots``, 503 + Retry-After),
+  and a full queue answers 503 + Retry-After (``submit_failure``).
 * SSE helpers: ``state_key`` names a visible state, ``sse`` formats one event,
   ``task_changes`` is the async poll loop both event routes use.
 """
@@ -25,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import threading
 import time
 from enum import Enum
 from typing import Any, AsyncIterator, Callable, Optional
@@ -32,32 +39,47 @@ from typing import Any, AsyncIterator, Callable, Optional
 from ..errors import (
     EngineBrokenError,
     EngineClosedError,
+    QueueFullError,
     RemoteTraceback,
     TaskCancelledError,
     TaskTimeoutError,
     UnknownTaskError,
     WorkerCrashedError,
 )
+from ..observability.text import clip, safe_repr, safe_str
 from ..records import TaskStatus
+from .access import Caller, TaskAccess
 from .tracking import RequestLog
 
 #: How often the event routes look at a task. A TaskResult read is a few
 #: attribute loads (plus one shared-memory progress read), so 50 ms costs
 #: nothing measurable and is below what a person notices.
 POLL_S = 0.05
-#: Max characters of a result's repr() when the result is not JSON.
+#: Max characters of a result's repr() when the result is not JSON (or too big).
 REPR_LIMIT = 2000
+#: Max size of a result sent as JSON in a status answer. A bigger result is
+#: shown as a truncated repr with ``result_truncated``: a status route is for
+#: watching a task, and one 15 MB answer per poll would be a denial of service.
+RESULT_JSON_LIMIT = 64 * 1024
+#: Max characters of an error message, and of a traceback (debug mode only).
+MESSAGE_LIMIT = 2000
+TRACEBACK_LIMIT = 16 * 1024
+#: Containers nested deeper than this are not sent as JSON.
+JSON_DEPTH_LIMIT = 32
+#: Tasks listed by the per-request route (newest kept).
+REQUEST_LIST_LIMIT = 100
 
 _FINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
 class TaskHTTPError(Exception):
-    """A task failed; answer the request with ``status_code`` and JSON ``body``."""
+    """A task failed (or could not be queued); answer with ``status_code``, JSON ``body``, ``headers``."""
 
-    def __init__(self, status_code: int, body: dict) -> None:
+    def __init__(self, status_code: int, body: dict, headers: Optional[dict] = None) -> None:
         super().__init__(status_code, body)
         self.status_code = status_code
         self.body = body
+        self.headers = headers or {}
 
     def __str__(self) -> str:
         err = self.body.get("error", {})
@@ -75,27 +97,81 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+#: json_budget's answers besides a budget left: spent, or not JSON at all.
+TOO_BIG, NOT_JSON = -1, -2
+
+
+def json_budget(value: Any, budget: int, depth: int = 0) -> int:
+    """``budget`` minus the size of ``value`` as JSON (roughly), TOO_BIG or NOT_JSON.
+
+    Stops as soon as the budget is spent, so a 2M-element list costs what
+    its first few thousand elements cost. NOT_JSON for anything json.dumps
+    would refuse or mangle (other types, NaN, non-string keys, deep nesting).
+    """
+    if budget < 0:
+        return TOO_BIG
+    if depth > JSON_DEPTH_LIMIT:
+        return NOT_JSON
+    kind = type(value)
+    if value is None or kind is bool:
+        left = budget - 5
+    elif kind is int:
+        left = budget - (value.bit_length() * 3 // 10 + 2)
+    elif kind is float:
+        if not math.isfinite(value):
+            return NOT_JSON
+        left = budget - 24
+    elif kind is str:
+        left = budget - len(value) - 2
+    elif kind is list or kind is tuple:
+        left = budget - 2
+        for item in value:
+            left = json_budget(item, left - 1, depth + 1)
+            if left < 0:
+                return left
+    elif kind is dict:
+        left = budget - 2
+        for key, item in value.items():
+            if type(key) is not str:
+                return NOT_JSON
+            left = json_budget(item, left - len(key) - 4, depth + 1)
+            if left < 0:
+                return left
+    else:
+        return NOT_JSON
+    return left if left >= 0 else TOO_BIG
+
+
 def _result_fields(value: Any) -> dict:
-    if value is None or jsonable(value) is not None:
+    left = json_budget(value, RESULT_JSON_LIMIT)
+    if left >= 0:
         return {"result": value}
-    text = repr(value)
-    if len(text) > REPR_LIMIT:
-        text = text[:REPR_LIMIT] + "..."
-    return {"result": None, "result_repr": text}
+    out = {"result": None, "result_repr": safe_repr(value, REPR_LIMIT)}
+    if left == TOO_BIG:
+        out["result_truncated"] = True
+    return out
 
 
 def error_info(exc: BaseException, *, debug: bool = False) -> dict:
-    """``{"type", "message"}`` of an exception, plus ``traceback`` in debug mode."""
-    info = {"type": type(exc).__name__, "message": str(exc)}
+    """``{"type", "message"}`` of an exception, plus ``traceback`` in debug mode.
+
+    The message is bounded and never raises (an exception's ``__str__`` is
+    the task's code); nothing of the traceback is sent outside debug mode.
+    """
+    info = {"type": type(exc).__name__, "message": safe_str(exc, MESSAGE_LIMIT)}
     if isinstance(exc, WorkerCrashedError) and exc.exitcode is not None:
         info["exitcode"] = exc.exitcode
     if debug:
         cause = exc.__cause__
-        if isinstance(cause, RemoteTraceback):
-            info["traceback"] = cause.tb
+        if isinstance(cause, RemoteTraceback) and isinstance(cause.tb, str):
+            text = cause.tb
         else:
             import traceback
-            info["traceback"] = "".join(traceback.format_exception(exc))
+            try:
+                text = "".join(traceback.format_exception(exc))
+            except Exception:  # noqa: BLE001 - a broken __str__ inside the chain
+                text = f"{type(exc).__name__}: {info['message']}"
+        info["traceback"] = text[-TRACEBACK_LIMIT:]
     return info
 
 
@@ -103,8 +179,13 @@ def _ms(a: Optional[float], b: Optional[float]) -> Optional[float]:
     return None if a is None or b is None else round((b - a) * 1000.0, 3)
 
 
-def task_status(task, *, debug: bool = False) -> dict:
-    """A task as a JSON-able dict. Reads only TaskResult's public API (and ``meta``)."""
+def task_status(task, *, debug: bool = False, with_result: bool = True) -> dict:
+    """A task as a JSON-able dict. Reads only TaskResult's public API (and ``meta``).
+
+    Sizes are bounded: the result (RESULT_JSON_LIMIT, else a clipped repr),
+    the error message, the progress message. ``with_result=False`` leaves
+    the result and error out (for lists of tasks).
+    """
     stats = task.get_stats()  # refreshes worker and start time while running
     fraction, message = task.progress
     if stats.status is TaskStatus.COMPLETED:
@@ -115,7 +196,7 @@ def task_status(task, *, debug: bool = False) -> dict:
         "status": stats.status.name,
         "done": task.is_ready(),
         "progress": fraction,
-        "message": message,
+        "message": None if message is None else safe_str(message, MESSAGE_LIMIT),
         "priority": getattr(getattr(task, "priority", None), "name", None),
         "attempts": stats.retries + (0 if stats.started_at is None else 1),
         "retries": stats.retries,
@@ -127,7 +208,7 @@ def task_status(task, *, debug: bool = False) -> dict:
         "execution_time_ms": stats.execution_time_ms,
         "request": (task.meta or {}).get("request") if isinstance(task.meta, dict) else None,
     }
-    if task.is_ready():
+    if with_result and task.is_ready():
         exc = task.exception(timeout=0)
         if exc is None:
             out.update(_result_fields(task.wait(0)))
@@ -263,20 +344,88 @@ async def task_changes(task, *, last_key: Optional[str] = None, debug: bool = Fa
         await asyncio.sleep(poll_s)
 
 
+# -- refusals ------------------------------------------------------------------------------
+
+#: Seconds a client is told to wait (Retry-After) when the queue is full or
+#: the streams are all taken: long enough for a few tasks to finish.
+RETRY_AFTER_S = 2
+#: Event streams open at once per integration (task events and the dashboard's).
+MAX_STREAMS = 32
+
+
+def busy_error(kind: str, message: str) -> TaskHTTPError:
+    """503 with Retry-After: the server is fine, just full right now."""
+    return TaskHTTPError(503, {"error": {"type": kind, "message": message}},
+                         {"Retry-After": str(RETRY_AFTER_S)})
+
+
+def submit_failure(exc: BaseException) -> Optional[TaskHTTPError]:
+    """The HTTP answer for an exception raised by add_task in a handler, if it has one.
+
+    QueueFullError: 503 + Retry-After. EngineClosed/Broken: 503.
+    """
+    if isinstance(exc, QueueFullError):
+        return busy_error("QueueFull", "the task queue is full; try again shortly")
+    if isinstance(exc, (EngineClosedError, EngineBrokenError)):
+        return TaskHTTPError(503, {"error": {"type": type(exc).__name__,
+                                             "message": "the task engine is not running"}})
+    return None
+
+
+def not_found(task_id: str) -> TaskHTTPError:
+    """The one answer for a task that does not exist and a task that is not the caller's."""
+    task_id = clip(task_id, 200)
+    return TaskHTTPError(404, {"task_id": task_id, "error": {
+        "type": "UnknownTask", "message": f"no task {task_id!r}"}})
+
+
+FORBIDDEN = TaskHTTPError(403, {"error": {
+    "type": "Forbidden",
+    "message": "this route answers local clients only, or those the app's authorize hook allows"}})
+
+
+class StreamSlots:
+    """A cap on concurrent event streams: ``take()`` or 503, ``give()`` when the stream ends."""
+
+    def __init__(self, limit: int = MAX_STREAMS) -> None:
+        self.limit = limit
+        self.open = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> None:
+        """Raises: TaskHTTPError 503 with Retry-After when ``limit`` streams are open."""
+        with self._lock:
+            if self.open >= self.limit:
+                raise busy_error("TooManyStreams",
+                                 f"{self.limit} event streams are open; try again shortly")
+            self.open += 1
+
+    def give(self) -> None:
+        with self._lock:
+            self.open -= 1
+
+
 # -- the routes' logic ---------------------------------------------------------------------
 
 class TaskRoutes:
-    """The status routes as plain functions returning (HTTP status, JSON body).
+    """The status routes as coroutines returning (HTTP status, JSON body).
 
     ``engine_of()`` returns the running engine or None (the routes then
     answer 503): the engine may start after the routes are registered.
+    Every route asks ``access`` (access.py) first; ``caller`` is the
+    access.Caller of the request.
     """
 
     def __init__(self, engine_of: Callable[[], Any], requests: RequestLog, *,
-                 debug: bool = False) -> None:
+                 debug: bool = False, access: Optional[TaskAccess] = None,
+                 max_streams: int = MAX_STREAMS) -> None:
         self.engine_of = engine_of
         self.requests = requests
         self.debug = debug
+        self.access = access or TaskAccess()
+        self.streams = StreamSlots(max_streams)
+        if requests.owner_of is None:
+            requests.owner_of = self.access.owner_for_submission
 
     def _engine(self):
         engine = self.engine_of()
@@ -286,38 +435,52 @@ class TaskRoutes:
                 "message": "background tasks are not enabled on this app"}})
         return engine
 
-    def find(self, task_id: str):
-        """The TaskResult, or TaskHTTPError 404/503."""
+    async def find(self, caller: Caller, task_id: str):
+        """The TaskResult if it exists and ``caller`` may read it; else TaskHTTPError 404 (or 503)."""
         try:
-            return self._engine().get_task_result(task_id)
-        except UnknownTaskError as exc:
-            raise TaskHTTPError(404, {"task_id": task_id, "error": {
-                "type": "UnknownTask", "message": str(exc)}}) from None
+            task = self._engine().get_task_result(task_id)
+        except UnknownTaskError:
+            raise not_found(task_id) from None
+        if not await self.access.may_read(caller, task):
+            raise not_found(task_id)
+        return task
 
-    def status(self, task_id: str) -> tuple[int, dict]:
-        return 200, task_status(self.find(task_id), debug=self.debug)
+    async def status(self, caller: Caller, task_id: str) -> tuple[int, dict]:
+        return 200, task_status(await self.find(caller, task_id), debug=self.debug)
 
-    def stats(self) -> tuple[int, dict]:
+    async def observe(self, caller: Caller) -> None:
+        """Raises TaskHTTPError 403 unless ``caller`` may see the observability routes."""
+        if not await self.access.may_observe(caller):
+            raise FORBIDDEN
+
+    async def stats(self, caller: Caller) -> tuple[int, dict]:
+        await self.observe(caller)
         return 200, engine_stats(self._engine())
 
-    def request_tasks(self, request_id: str) -> tuple[int, dict]:
+    async def request_tasks(self, caller: Caller, request_id: str) -> tuple[int, dict]:
         engine = self._engine()
-        ids = self.requests.task_ids(request_id)
+        admin = await self.access.may_observe(caller)
+        ids = self.requests.task_ids(request_id, self.access.caller_owner(caller),
+                                     any_owner=admin)
         if ids is None:
+            request_id = clip(request_id, 200)
             return 404, {"request_id": request_id, "error": {
                 "type": "UnknownRequest",
-                "message": f"no tasks recorded for request {request_id!r}"}}
+                "message": f"no tasks of yours recorded for request {request_id!r}"}}
         tasks = []
-        for tid in ids:
+        for tid in ids[-REQUEST_LIST_LIMIT:]:
             try:
-                tasks.append(task_status(engine.get_task_result(tid), debug=self.debug))
+                tasks.append(task_status(engine.get_task_result(tid), debug=self.debug,
+                                         with_result=False))
             except UnknownTaskError:
                 tasks.append({"task_id": tid, "status": "FORGOTTEN"})
-        return 200, {"request_id": request_id, "tasks": tasks}
+        return 200, {"request_id": request_id, "tasks": tasks,
+                     "truncated": len(ids) > REQUEST_LIST_LIMIT}
 
-    def call(self, fn: Callable[..., tuple[int, dict]], *args: Any) -> tuple[int, dict]:
-        """Run one route function, turning TaskHTTPError into its answer."""
+    async def call(self, fn: Callable[..., Any], *args: Any) -> tuple[int, dict, dict]:
+        """Run one route coroutine: (status, body, headers), TaskHTTPError turned into its answer."""
         try:
-            return fn(*args)
+            code, body = await fn(*args)
+            return code, body, {}
         except TaskHTTPError as exc:
-            return exc.status_code, exc.body
+            return exc.status_code, exc.body, exc.headers

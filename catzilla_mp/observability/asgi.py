@@ -6,22 +6,56 @@
 
 ``engine`` may be the engine or a zero-argument callable returning it (an
 app whose lifespan starts the engine has none yet when routes are built).
+
+Every route asks ``allow(request)`` (an async callable) first and answers
+403 when it says no. The default lets in local clients only (a loopback
+peer and no proxy header: see catzilla_mp.integrations.access); pass your
+own to put the routes behind the app's auth. Event streams are capped
+(``streams``, 503 with Retry-After beyond it); the task detail shows a
+traceback only with ``debug=True``.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Union
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from . import dashboard_html, instrument, metrics_text, task_detail
+from ..integrations.access import PROXY_HEADERS, is_loopback
+from ..integrations.status import FORBIDDEN, StreamSlots, TaskHTTPError
 from .dashboard import DEFAULT_INTERVAL, SSE_HEADERS, SSE_MEDIA_TYPE, aiter_sse_events
 
 if TYPE_CHECKING:
     from ..engine import BackgroundTasks
 
 EngineRef = Union["BackgroundTasks", Callable[[], "BackgroundTasks"]]
+Allow = Callable[[Request], Awaitable[bool]]
+
+
+async def local_only(request: Request) -> bool:
+    """The default ``allow``: a loopback peer, and no proxy in between."""
+    peer = request.client.host if request.client else None
+    return is_loopback(peer) and not any(h in request.headers for h in PROXY_HEADERS)
+
+
+def refusal(exc: TaskHTTPError) -> Response:
+    return JSONResponse(exc.body, status_code=exc.status_code, headers=exc.headers)
+
+
+class CappedStream(StreamingResponse):
+    """A StreamingResponse that gives its stream slot back however the response ends."""
+
+    def __init__(self, content: Any, slots: StreamSlots, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._slots = slots
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._slots.give()
 
 
 def _resolver(engine: EngineRef) -> Callable[[], "BackgroundTasks"]:
@@ -32,11 +66,15 @@ def _resolver(engine: EngineRef) -> Callable[[], "BackgroundTasks"]:
     return get
 
 
-def metrics_route(engine: EngineRef, path: str = "/metrics") -> Route:
-    """GET ``path``: the engine's Prometheus metrics."""
+def metrics_route(engine: EngineRef, path: str = "/metrics", *,
+                  allow: Optional[Allow] = None) -> Route:
+    """GET ``path``: the engine's Prometheus metrics (403 unless ``allow``)."""
     get = _resolver(engine)
+    allow = allow or local_only
 
     async def metrics(request: Request) -> Response:
+        if not await allow(request):
+            return refusal(FORBIDDEN)
         body, ctype = metrics_text(get())
         return Response(body, media_type=ctype)
 
@@ -44,7 +82,8 @@ def metrics_route(engine: EngineRef, path: str = "/metrics") -> Route:
 
 
 def dashboard_routes(engine: EngineRef, prefix: str = "", *, metrics_path: str = "/metrics",
-                     interval: float = DEFAULT_INTERVAL) -> list[Route]:
+                     interval: float = DEFAULT_INTERVAL, allow: Optional[Allow] = None,
+                     streams: Optional[StreamSlots] = None, debug: bool = False) -> list[Route]:
     """Routes: ``metrics_path``, ``{prefix}/dashboard``, ``.../events``, ``.../task/{task_id}``.
 
     ``metrics_path=None`` leaves /metrics out (an app that exposes it elsewhere).
@@ -53,18 +92,30 @@ def dashboard_routes(engine: EngineRef, prefix: str = "", *, metrics_path: str =
     base = prefix.rstrip("/") + "/dashboard"
     page = dashboard_html(prefix)
     get = _resolver(engine)
+    allow = allow or local_only
+    streams = streams or StreamSlots()
 
     async def page_route(request: Request) -> Response:
+        if not await allow(request):
+            return refusal(FORBIDDEN)
         get()  # start counting as soon as someone looks
         return HTMLResponse(page)
 
     async def events(request: Request) -> Response:
+        if not await allow(request):
+            return refusal(FORBIDDEN)
+        try:
+            streams.take()
+        except TaskHTTPError as exc:
+            return refusal(exc)
         stream = aiter_sse_events(get(), interval, request.is_disconnected,
                                   last_event_id=request.headers.get("last-event-id"))
-        return StreamingResponse(stream, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
+        return CappedStream(stream, streams, media_type=SSE_MEDIA_TYPE, headers=SSE_HEADERS)
 
     async def task(request: Request) -> Response:
-        detail = task_detail(get(), request.path_params["task_id"])
+        if not await allow(request):
+            return refusal(FORBIDDEN)
+        detail = task_detail(get(), request.path_params["task_id"], debug=debug)
         if detail is None:
             return JSONResponse({"error": "unknown task"}, status_code=404)
         return JSONResponse(detail)
@@ -75,5 +126,5 @@ def dashboard_routes(engine: EngineRef, prefix: str = "", *, metrics_path: str =
         Route(base + "/task/{task_id}", task, methods=["GET"], name="czmp_dashboard_task"),
     ]
     if metrics_path:
-        routes.insert(0, metrics_route(engine, metrics_path))
+        routes.insert(0, metrics_route(engine, metrics_path, allow=allow))
     return routes

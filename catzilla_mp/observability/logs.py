@@ -20,6 +20,7 @@ import sys
 from typing import IO, TYPE_CHECKING, Any, Optional
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
+from .text import escape_controls, safe_str
 
 if TYPE_CHECKING:
     from ..engine import BackgroundTasks
@@ -66,7 +67,7 @@ class TaskEventLogger:
         what = {"timeout": "timed out", "crash": "lost its worker", "error": "failed"}[kind]
         then = f"; retry {task.attempt}/{task.max_retries}" if event == "retrying" else ""
         self.log.log(level, "task %s (%s) %s: %s: %s%s", task.task_id, task.name, what,
-                     type(detail).__name__, str(detail)[:300], then, extra=extra)
+                     type(detail).__name__, safe_str(detail, 300), then, extra=extra)
 
 
 def _kind(exc: Any) -> str:
@@ -83,16 +84,30 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class KeyValueFormatter(logging.Formatter):
-    """``time level logger message key=value ...`` with the record's extra fields."""
+    """``time level logger message key=value ...`` with the record's extra fields.
+
+    One record is one line, whatever it carries: control characters in the
+    message and in values are escaped (``\n`` -> ``\x0a``), values with
+    spaces, quotes or ``=`` are JSON-quoted, and a traceback becomes an
+    ``exc_info=`` field. A task's error text cannot forge a line.
+    """
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        record.message = escape_controls(record.getMessage())
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
         fields = extra_fields(record)
+        if record.exc_info:
+            fields["exc_info"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            fields["stack_info"] = self.formatStack(record.stack_info)
         if fields:
-            line += " " + " ".join(f"{k}={_kv(v)}" for k, v in sorted(fields.items()))
+            line += " " + " ".join(f"{escape_controls(str(k))}={_kv(v)}"
+                                   for k, v in sorted(fields.items()))
         return line
 
 
@@ -109,8 +124,10 @@ class JsonFormatter(logging.Formatter):
 
 
 def _kv(v: Any) -> str:
-    s = str(v)
-    return json.dumps(s) if (" " in s or not s) else s
+    s = safe_str(v, 4000)
+    if not s or any(c in s for c in ' "=\\') or escape_controls(s) != s:
+        return json.dumps(s)  # escapes every control character and quote
+    return s
 
 
 def configure_logging(level: int | str = logging.INFO, *, json_lines: bool = False,

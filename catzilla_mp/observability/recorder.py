@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import TaskTimeoutError, WorkerCrashedError
 from ..records import TaskPriority
+from .text import safe_str
 
 if TYPE_CHECKING:
     from ..engine import BackgroundTasks
@@ -179,7 +180,7 @@ class Recorder:
         entry = {
             "task_id": task.task_id, "name": task.name, "priority": task.priority.name.lower(),
             "error_type": type(exc).__name__ if exc is not None else "?",
-            "message": _short(str(exc) if exc is not None else "", 300),
+            "message": _short(safe_str(exc) if exc is not None else "", 300),
             "attempt": task.attempt, "final": event == "failed", "at": now,
             "worker_id": task.worker_id,
         }

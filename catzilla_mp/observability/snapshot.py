@@ -22,6 +22,7 @@ from .._native import ffi, lib
 from ..errors import UnknownTaskError
 from ..records import TaskPriority
 from .recorder import HISTORY_S, Recorder
+from .text import safe_repr, safe_str
 
 if TYPE_CHECKING:
     from ..engine import BackgroundTasks
@@ -170,11 +171,13 @@ def task_summary(task: "TaskResult") -> dict:
             "worker_id": task.worker_id}
 
 
-def task_detail(engine: "BackgroundTasks", task_id: str) -> Optional[dict]:
+def task_detail(engine: "BackgroundTasks", task_id: str, *, debug: bool = False) -> Optional[dict]:
     """Everything known about one task (None if the engine does not know it).
 
-    The result is shown as a truncated repr, the error as its type, message
-    and (remote) traceback: the dashboard is for looking, not for fetching data.
+    The result is shown as a truncated repr, the error as its type and
+    message, plus the (remote) traceback in debug mode only: the dashboard
+    is for looking, not for fetching data. Never raises for a task's own
+    broken ``__repr__``/``__str__``.
     """
     try:
         task = engine.get_task_result(task_id)
@@ -199,8 +202,8 @@ def task_detail(engine: "BackgroundTasks", task_id: str) -> Optional[dict]:
         if exc is None:
             d["result"] = _repr(task.wait(0))
         else:
-            d["error"] = {"type": type(exc).__name__, "message": str(exc)[:2000],
-                          "traceback": _traceback(exc)}
+            d["error"] = {"type": type(exc).__name__, "message": safe_str(exc, 2000),
+                          "traceback": _traceback(exc) if debug else None}
     return d
 
 
@@ -209,15 +212,14 @@ def _traceback(exc: BaseException) -> str:
     remote = getattr(cause, "tb", None)
     if isinstance(remote, str):
         return remote[-8000:]
-    return "".join(traceback.format_exception_only(type(exc), exc))[-8000:]
+    try:
+        return "".join(traceback.format_exception_only(type(exc), exc))[-8000:]
+    except Exception:  # noqa: BLE001 - a broken __str__
+        return f"{type(exc).__name__}: {safe_str(exc, 2000)}"
 
 
 def _repr(value: Any, limit: int = 500) -> str:
-    try:
-        text = repr(value)
-    except Exception as exc:  # noqa: BLE001 - a broken __repr__ must not break the page
-        text = f"<unrepresentable {type(value).__name__}: {exc}>"
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return safe_repr(value, limit)  # bounded, and a broken __repr__ must not break the page
 
 
 def _r(x: Optional[float]) -> Optional[float]:

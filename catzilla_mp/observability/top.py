@@ -24,7 +24,9 @@ from typing import IO, Optional
 
 import psutil
 
-from .shm_view import SegmentView, WorkerInfo, find_segments
+from ..errors import SegmentError
+from .safe_view import SafeSegmentView, find_segments
+from .shm_view import WorkerInfo
 
 CLEAR = "\x1b[H\x1b[2J"
 HIDE_CURSOR, SHOW_CURSOR = "\x1b[?25l", "\x1b[?25h"
@@ -73,8 +75,10 @@ class Sampler:
             return None, None
 
 
-def render(view: SegmentView, sampler: Sampler, color: bool = False, width: int = 100) -> str:
-    """One frame of text."""
+def render(view: SafeSegmentView, sampler: Sampler, color: bool = False, width: int = 100) -> str:
+    """One frame of text (re-reads the view's copies first)."""
+    if hasattr(view, "refresh"):
+        view.refresh()
     b, d, r = (BOLD, DIM, RESET) if color else ("", "", "")
     h = view.header
     parsed = view.parsed
@@ -141,7 +145,7 @@ def run(target: Optional[str], *, interval: float = 1.0, once: bool = False,
     """The ``top`` command. Returns the exit status."""
     try:
         name = resolve(target)
-        view = SegmentView(name)
+        view = SafeSegmentView(name)
     except TargetError as exc:
         print(f"catzilla-mp top: {exc}", file=sys.stderr)
         return 1
@@ -152,15 +156,19 @@ def run(target: Optional[str], *, interval: float = 1.0, once: bool = False,
     color = tty if color is None else color
     sampler = Sampler()
     with view:
-        if once:
-            sampler_warm(view, sampler)
-            out.write(render(view, sampler, color=color))
-            out.flush()
-            return 0
-        return _live(view, sampler, interval, out, color, tty)
+        try:
+            if once:
+                sampler_warm(view, sampler)
+                out.write(render(view, sampler, color=color))
+                out.flush()
+                return 0
+            return _live(view, sampler, interval, out, color, tty)
+        except SegmentError as exc:  # the file shrank or changed under us: say so, no traceback
+            print(f"catzilla-mp top: {exc}", file=sys.stderr)
+            return 1
 
 
-def sampler_warm(view: SegmentView, sampler: Sampler) -> None:
+def sampler_warm(view: SafeSegmentView, sampler: Sampler) -> None:
     """Take a first CPU sample, so a single frame shows real CPU % rather than zeros."""
     for w in view.workers():
         if w.alive:
@@ -168,7 +176,7 @@ def sampler_warm(view: SegmentView, sampler: Sampler) -> None:
     time.sleep(0.2)
 
 
-def _live(view: SegmentView, sampler: Sampler, interval: float, out: IO[str], color: bool,
+def _live(view: SafeSegmentView, sampler: Sampler, interval: float, out: IO[str], color: bool,
           tty: bool) -> int:
     keys = _Keys() if tty and sys.stdin.isatty() else None
     out.write(HIDE_CURSOR if tty else "")

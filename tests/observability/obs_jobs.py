@@ -36,3 +36,27 @@ def wait_for_file(path, limit=60.0):
     while not os.path.exists(path) and time.monotonic() < end:
         time.sleep(0.02)
     return "released"
+
+
+class Unprintable(Exception):
+    """An exception whose __str__ raises (issue 12.2)."""
+
+    def __str__(self):
+        raise RuntimeError("no str for you")
+
+
+class Unrepresentable:
+    def __repr__(self):
+        raise RuntimeError("no repr for you")
+
+
+def fail_unprintable():
+    raise Unprintable()
+
+
+def unrepresentable():
+    return Unrepresentable()
+
+
+def big_list(n):
+    return list(range(n))

@@ -28,8 +28,8 @@ from catzilla_mp.observability.asgi import dashboard_routes  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def make_app(engine, prefix="/tasks"):
-    return starlette.Starlette(routes=dashboard_routes(engine, prefix=prefix))
+def make_app(engine, prefix="/tasks", debug=False):
+    return starlette.Starlette(routes=dashboard_routes(engine, prefix=prefix, debug=debug))
 
 
 # -- without a browser: the routes themselves ------------------------------------
@@ -84,7 +84,7 @@ def test_dashboard_shows_a_live_engine_in_a_real_browser(make_engine, serve, bro
     for t in failed:
         with pytest.raises(ValueError):
             t.wait(30)
-    base = serve(make_app(engine))
+    base = serve(make_app(engine, debug=True))  # debug: the failure's traceback is shown
 
     # When the dashboard is opened
     browser.get(base + "/tasks/dashboard")

@@ -90,3 +90,28 @@ def test_the_library_prints_nothing_unless_logging_is_configured(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "WorkerCrashedError"
     assert out.stderr == ""
+
+
+def test_issue_12_4_a_task_error_with_a_newline_cannot_forge_a_key_value_log_line(make_engine):
+    # Given key=value logging, and a task whose error text holds a whole forged line
+    forged = "x\n2026-01-01 00:00:00,000 ERROR catzilla_mp.tasks admin=granted"
+    stream = io.StringIO()
+    handler = configure_logging("INFO", stream=stream)
+    try:
+        engine = make_engine(workers=1)
+        instrument(engine)
+        with pytest.raises(ValueError):
+            engine.add_task(obs_jobs.fail, forged, max_retries=0).wait(30)
+        with pytest.raises(obs_jobs.Unprintable):
+            engine.add_task(obs_jobs.fail_unprintable, max_retries=0).wait(30)
+        wait_until(lambda: stream.getvalue().count("task_failed") >= 2, what="failures logged")
+    finally:
+        logging.getLogger("catzilla_mp").removeHandler(handler)
+        logging.getLogger("catzilla_mp").setLevel(logging.NOTSET)
+    # Then every line is one record of ours: the forged text stays inside its record
+    lines = stream.getvalue().splitlines()
+    assert not any(line.startswith("2026-01-01") for line in lines)
+    [failed] = [line for line in lines if "admin=granted" in line]
+    assert "\\x0a2026-01-01" in failed and "event=task_failed" in failed
+    # And an exception whose __str__ raises is logged, not lost
+    assert any("<unprintable Unprintable" in line for line in lines)

@@ -32,3 +32,20 @@ def make_server(tmp_path):
     yield make
     for srv in started:
         srv.stop()
+
+
+@pytest.fixture
+def hostile(tmp_path):
+    """``hostile(kind, **settings)``: hostile_app.py on a real server, stopped at teardown."""
+    from webservers import start_hostile
+
+    started: list[Server] = []
+
+    def make(kind: str, wait: bool = True, **settings) -> Server:
+        srv = start_hostile(kind, tmp_path, wait=wait, **settings)
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()

@@ -72,3 +72,60 @@ def test_without_catzilla_the_import_error_names_the_extra():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert 'pip install -e ".[catzilla]"' in out.stdout, out
+
+
+def test_issue_13_2_enable_gives_an_existing_catzilla_app_the_engine():
+    import catzilla_mp
+
+    # Given an app made with the framework's own class
+    app = catzilla.Catzilla(production=True, show_banner=False, log_requests=False)
+
+    @app.get("/hello")
+    def hello(request):
+        return {"hi": True}
+
+    # When catzilla_mp is enabled on it
+    assert catzilla_mp.enable(app, mode="thread", workers=1) is app
+    try:
+        # Then its task API is catzilla_mp's, its own routes are kept, and it is still a Catzilla app
+        assert isinstance(app, catzilla.Catzilla) and type(app).__name__ == "Catzilla"
+        assert app.add_task(pow, 2, 5).wait(timeout=30) == 32
+        assert isinstance(app.get_task_stats(), EngineStats)
+        assert [r["path"] for r in app.routes()] == ["/hello"]   # engine routes come at listen
+        app.install_task_routes()
+        assert "/tasks/{task_id}" in [r["path"] for r in app.routes()]
+        with pytest.raises(RuntimeError, match="already enabled"):
+            catzilla_mp.enable(app, mode="thread")
+    finally:
+        app.disable_background_tasks()
+    with pytest.raises(TypeError, match="catzilla.Catzilla"):
+        catzilla_mp.enable(object())
+
+
+def test_issue_13_7_the_engines_routes_wait_for_startup_and_a_clash_names_both():
+    from catzilla_mp import RouteConflictError
+
+    app = _app()
+
+    @app.get("/tasks/stats")
+    def my_stats(request):
+        return {}
+
+    assert not any(r["path"].startswith("/tasks/{") for r in app.routes())
+    with pytest.raises(RouteConflictError, match=r"/tasks/stats \(czmp_task_stats\).*my_stats"):
+        app.install_task_routes()
+    assert [r["path"] for r in app.routes()] == ["/tasks/stats"]   # nothing half-added
+
+
+def test_issue_13_2_enable_on_a_catzilla_mp_app_refuses_options_it_would_ignore():
+    import catzilla_mp
+
+    app = _app()
+    with pytest.raises(TypeError, match="authorize"):
+        catzilla_mp.enable(app, mode="thread", authorize=lambda r: True)
+    assert app.tasks is None
+    catzilla_mp.enable(app, mode="thread", workers=1)
+    try:
+        assert app.add_task(pow, 3, 2).wait(timeout=30) == 9
+    finally:
+        app.disable_background_tasks()

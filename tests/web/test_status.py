@@ -55,8 +55,33 @@ def test_request_ids_scopes_and_log():
     with request_scope(RequestInfo("r1", "GET", "/x")):
         t = FakeTask()
         log.tag(t)
-    assert t.meta == {"request": {"id": "r1", "method": "GET", "path": "/x"}}
-    assert log.task_ids("r1") == ["t1"]
+    assert t.meta == {"request": {"id": "r1", "method": "GET", "path": "/x"}, "owner": None}
+    assert log.task_ids("r1", any_owner=True) == ["t1"]
+    assert log.task_ids("r1") is None  # no owner: only an observer lists it
     with request_scope(RequestInfo("r2", "GET", "/y")):
         log.tag(FakeTask())
-    assert log.task_ids("r1") is None  # the oldest request is forgotten past `keep`
+    assert log.task_ids("r1", any_owner=True) is None  # the oldest is forgotten past `keep`
+
+
+def test_issue_12_5_a_request_id_with_a_trailing_newline_is_replaced():
+    for bad in ("abc\n", "abc\r\n", "a b", "x" * 129, ""):
+        assert request_id_from(bad) != bad
+    assert request_id_from("req-1.2:3_4") == "req-1.2:3_4"
+
+
+def test_issue_12_5_request_ids_are_scoped_by_owner():
+    class FakeTask:
+        def __init__(self, tid):
+            self.meta, self.task_id = None, tid
+
+    log = RequestLog(owner_of=lambda info: info.state.get("who"))
+    for who, tid in (("alice", "t1"), ("mallory", "t2")):
+        info = RequestInfo("shared-id", "POST", "/x")
+        info.state["who"] = who
+        with request_scope(info):
+            log.tag(FakeTask(tid))
+    # mallory reused alice's request id: each sees only their own tasks
+    assert log.task_ids("shared-id", "alice") == ["t1"]
+    assert log.task_ids("shared-id", "mallory") == ["t2"]
+    assert log.task_ids("shared-id", "eve") is None
+    assert sorted(log.task_ids("shared-id", any_owner=True)) == ["t1", "t2"]

@@ -154,3 +154,42 @@ def follow_events(server: Server, task_id: str, max_connections: int = 2000) -> 
                         events.append(ev)
                         last = ev.get("id", last)
     raise AssertionError(f"event stream of {task_id} did not end: {events[-3:]}")
+
+
+# -- the security tests' app (hostile_app.py) --------------------------------------------
+
+WEB_TESTS = Path(__file__).resolve().parent
+
+
+def hostile_command(kind: str, port: int, host: str = "127.0.0.1") -> tuple[list[str], dict]:
+    env = dict(os.environ)
+    env["CZMP_HOST"] = host
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    if kind == "catzilla":
+        pytest.importorskip("catzilla")
+        return [sys.executable, str(WEB_TESTS / "hostile_app.py"), "catzilla", str(port)], env
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    env["CZMP_BUILD_FASTAPI"] = "1"
+    return [sys.executable, "-m", "uvicorn", "--app-dir", str(WEB_TESTS), "hostile_app:fastapi_app",
+            "--host", host, "--port", str(port), "--log-level", "warning"], env
+
+
+def start_hostile(kind: str, tmp_path: Path, wait: bool = True, host: str = "127.0.0.1",
+                  **settings: str) -> Server:
+    """hostile_app.py under ``kind``'s server; ``settings`` become CZMP_* variables."""
+    port = free_port()
+    cmd, env = hostile_command(kind, port, host)
+    env.update({f"CZMP_{k.upper()}": str(v) for k, v in settings.items()})
+    log = tmp_path / f"{kind}-hostile.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+    server = Server(kind, proc, port, log)
+    if wait:
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+    return server
