@@ -163,13 +163,16 @@ static void push_back_all(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_
  * meanwhile: a hint they miss while it is out of the ring is pushed back
  * and notified. A ring that only LOOKS full (a consumer stalled between its
  * claim and its release) is not purged: popping cannot make room at that
- * cell, and every hint popped would then have nowhere to go. */
-static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio) {
+ * cell, and every hint popped would then have nowhere to go. Hints of slot
+ * `pushing` are dropped too: the caller is about to push that one. */
+static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t pushing) {
     uint32_t cap = czmp_ring_capacity(r), nslots = seg->nslots;
     uint32_t *vals = malloc((size_t)cap * sizeof *vals);
     uint8_t *seen = calloc(nslots, 1);
     int dropped = 0;
     if (vals && seen) {
+        if (pushing < nslots)
+            seen[pushing] = 1;
         int got = czmp_ring_pop_many(r, vals, (int)cap), kept = 0;
         for (int i = 0; i < got; i++) {
             czmp_slot_t *s = czmp_slot(seg, vals[i]);
@@ -210,7 +213,7 @@ static int push_hint(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t idx
     CZMP_FAULT(CZMP_FAULT_SUBMIT_WAITING);
     /* purge first: a ring full of stale hints is the common cause, and
      * purging costs microseconds where waiting would cost the whole 2 ms */
-    if (czmp_ring_is_full(r) && purge_stale_hints(seg, r, prio) > 0 && czmp_ring_push(r, idx) == 0)
+    if (czmp_ring_is_full(r) && purge_stale_hints(seg, r, prio, idx) > 0 && czmp_ring_push(r, idx) == 0)
         return 0;
     return push_patiently(r, idx, CZMP_SUBMIT_WAIT_NS);
 }
