@@ -447,6 +447,17 @@ int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx);
 int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
                              uint32_t flags, const void *data, uint32_t len);
 
+/* Worker, the publish of an outcome already stored elsewhere (a chunk it
+ * holds, or an external segment): check the slot is RUNNING for this worker,
+ * then set result_handle, result_len, result_flags, credit the record as
+ * czmp_tasks_finish_inline does, and finish as czmp_tasks_finish. -ESTALE
+ * (nothing written; the caller still owns and frees its chunk or external
+ * segment), -EINVAL, or czmp_tasks_finish's result. Use it instead of
+ * writing the slot's result fields and then calling czmp_tasks_finish,
+ * which writes into a slot that may no longer be ours (issue 10.11). */
+int czmp_tasks_finish_handle(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
+                             uint32_t flags, uint64_t handle, uint32_t len);
+
 /* What the app needs of one finished slot, gathered by one C call. */
 typedef struct czmp_outcome {
     uint64_t state;               /* the slot's state word, now HELD: pass to czmp_slot_release */
@@ -487,7 +498,10 @@ int czmp_results_collect(czmp_segment_t *seg, uint32_t *out, int max, int64_t ti
 int czmp_slot_release(czmp_segment_t *seg, uint32_t idx, uint64_t expect_state);
 
 /* App, after worker `worker` died: RUNNING(worker) slots become HELD
- * (running[] and done[] need room for the layout's nslots entries each)
+ * (running[] and done[] need room for the layout's nslots entries each;
+ * a RUNNING slot's result chunk is freed, but an EXTERNAL result_handle is
+ * left in the slot: the app unlinks that segment, whose name only it knows,
+ * before it releases or requeues the slot)
  * (written to running[], their result chunk freed); DONE(worker) slots
  * become HELD (written to done[]); chunks the worker held are freed; all
  * rings are repaired (pass the same cookie array of 2*(CZMP_NPRIO+1)

@@ -614,7 +614,10 @@ int czmp_worker_reap(czmp_segment_t *seg, uint32_t worker, uint32_t *running,
             continue;
         uint64_t held = czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_HELD);
         if (czmp_state_kind(st) == CZMP_SLOT_RUNNING && czmp_cas(&s->state, &st, held)) {
-            drop_chunk(seg, i, &s->result_handle, worker);
+            /* an external result segment is named by the app's payload code,
+             * not by us: leave its handle for the app to unlink */
+            if (czmp_handle_kind(s->result_handle) != CZMP_HANDLE_EXTERNAL)
+                drop_chunk(seg, i, &s->result_handle, worker);
             s->result_len = 0;
             running[(*nrunning)++] = i;
         } else if (czmp_state_kind(st) == CZMP_SLOT_DONE && czmp_cas(&s->state, &st, held)) {
@@ -692,6 +695,35 @@ void czmp_heartbeat_stop_for(czmp_segment_t *seg) {
         czmp_heartbeat_stop();
 }
 
+/* Credit worker w's record for finishing slot s (the record is written by
+ * its own worker only; relaxed is enough for statistics). */
+static void credit(czmp_worker_t *w, czmp_slot_t *s, uint32_t flags) {
+    uint64_t now = czmp_now_ns();
+    czmp_store_relaxed(&w->busy_ns, w->busy_ns + (now > s->started_ns ? now - s->started_ns : 0));
+    if (flags & CZMP_RESULT_FAILED)
+        czmp_store_relaxed(&w->tasks_failed, w->tasks_failed + 1);
+    else
+        czmp_store_relaxed(&w->tasks_done, w->tasks_done + 1);
+    czmp_store_relaxed(&w->current_slot, 0);
+}
+
+int czmp_tasks_finish_handle(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
+                             uint32_t flags, uint64_t handle, uint32_t len) {
+    czmp_slot_t *s = czmp_slot(seg, idx);
+    czmp_worker_t *w = czmp_worker(seg, worker);
+    if (!s || !w)
+        return -EINVAL;
+    /* ownership first, then any write: see czmp_tasks_finish_inline */
+    uint64_t st = czmp_load_acquire(&s->state);
+    if (czmp_state_kind(st) != CZMP_SLOT_RUNNING || czmp_state_owner(st) != worker + 1)
+        return -ESTALE;
+    s->result_handle = handle;
+    s->result_len = len;
+    s->result_flags = flags;
+    credit(w, s, flags);
+    return czmp_tasks_finish(seg, worker, idx);
+}
+
 int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
                              uint32_t flags, const void *data, uint32_t len) {
     czmp_slot_t *s = czmp_slot(seg, idx);
@@ -714,15 +746,7 @@ int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
     s->result_len = len;
     s->result_flags = flags;
     CZMP_FAULT(CZMP_FAULT_RESULT_WRITTEN);
-    /* the worker record is written by its own worker only; relaxed is
-     * enough for statistics */
-    uint64_t now = czmp_now_ns();
-    czmp_store_relaxed(&w->busy_ns, w->busy_ns + (now > s->started_ns ? now - s->started_ns : 0));
-    if (flags & CZMP_RESULT_FAILED)
-        czmp_store_relaxed(&w->tasks_failed, w->tasks_failed + 1);
-    else
-        czmp_store_relaxed(&w->tasks_done, w->tasks_done + 1);
-    czmp_store_relaxed(&w->current_slot, 0);
+    credit(w, s, flags);
     return czmp_tasks_finish(seg, worker, idx);
 }
 

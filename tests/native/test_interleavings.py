@@ -31,7 +31,16 @@ import time
 
 import pytest
 
-from catzilla_mp._core import SLOT_FREE, SLOT_QUEUED, SLOT_RUNNING, new_repair_cookies, state_kind
+from catzilla_mp._core import (
+    SLOT_FREE,
+    SLOT_QUEUED,
+    SLOT_RUNNING,
+    external_handle,
+    holder_slot,
+    holder_worker,
+    new_repair_cookies,
+    state_kind,
+)
 from catzilla_mp._native import ffi, lib
 
 CRITICAL, HIGH, NORMAL, LOW = range(4)
@@ -356,6 +365,36 @@ def test_issue_10_11_a_second_publish_of_the_same_task_changes_nothing(seg):
     slot = seg.slot(0)
     assert bytes(ffi.buffer(slot.result_inline, slot.result_len)) == b"first"
     assert seg.worker(0).tasks_done == 1
+
+
+def test_issue_10_11_finish_handle_checks_ownership_before_it_writes_the_handle(seg):
+    """The publish of a large outcome (a chunk) by a worker whose slot was taken back."""
+    assert seg.submit(NORMAL, [0]) == 1
+    assert seg.take(0, 1, 0) == [0]
+    seg.reap(0, new_repair_cookies())
+    chunk = seg.alloc(300, holder_worker(0))
+    assert lib.czmp_tasks_finish_handle(seg.raw, 0, 0, 0, chunk, 300) == -116    # -ESTALE
+    assert seg.slot(0).result_handle == 0 and seg.slot(0).result_len == 0
+    assert seg.holder(chunk) == holder_worker(0)    # still the caller's to free
+    assert seg.submit(NORMAL, [0]) == 1
+    assert seg.take(1, 1, 0) == [0]
+    chunk = seg.alloc(300, holder_worker(1))
+    assert lib.czmp_tasks_finish_handle(seg.raw, 1, 0, 0, chunk, 300) == 0
+    assert seg.holder(chunk) == holder_slot(0)      # the slot owns it now
+    assert seg.collect(4, 0) == [0]
+    assert seg.worker(1).tasks_done == 1
+
+
+def test_a_reaped_running_slot_keeps_its_external_result_handle_for_the_app(seg):
+    """The app names external payload segments; the reap must not forget one (it leaked)."""
+    assert seg.submit(NORMAL, [0]) == 1
+    assert seg.take(0, 1, 0) == [0]
+    external = external_handle(42)
+    seg.slot(0).result_handle = external           # written, then the worker died
+    running, _ = seg.reap(0, new_repair_cookies())
+    assert running == [0] and seg.slot(0).result_handle == external
+    assert seg.release(0, seg.slot_state(0))       # after the app unlinked it
+    assert seg.slot(0).result_handle == 0
 
 
 # -- the harness itself --------------------------------------------------------
