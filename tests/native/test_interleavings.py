@@ -177,6 +177,38 @@ def test_issue_10_1_a_submit_behind_a_stalled_consumer_strands_no_queued_task(ma
     assert queued <= set(hints(seg, NORMAL)), "a QUEUED slot lost its only hint"
 
 
+def test_issue_10_1_a_purge_pushes_every_live_hint_back_even_past_a_stalled_consumer(
+        make_segment, spawn, pauses):
+    """The ring is truly full; the purge pops it; a consumer then stalls where the hints go back.
+
+    A submit finds the ring full of (mostly stale) hints and purges it: it
+    pops everything and parks at PURGE_POPPED with the eight live hints in
+    hand. Meanwhile other hints go round the ring and a worker stops holding
+    the cell that the second pushed-back hint needs. Old code pushed back
+    what fit (one) and dropped the other seven QUEUED tasks' hints. Now the
+    purge waits, repairs the stuck cell itself, and pushes every one back.
+    """
+    seg = make_segment(nslots=32)                  # rings of 64 cells
+    ring = seg.task_ring(NORMAL)
+    churn(seg, list(range(8, 32)), 2)              # 48 stale hints
+    assert seg.submit(NORMAL, list(range(8))) == 8  # 8 live ones
+    churn(seg, list(range(8, 16)), 1)              # 64: full
+    assert len(ring) == ring.capacity
+    pauses(lib.CZMP_FAULT_PURGE_POPPED)
+    submit = Call(seg.submit, NORMAL, [16])
+    eventually(lambda: parked(lib.CZMP_FAULT_PURGE_POPPED), "the purge popped the ring")
+    assert len(ring) == 0
+    for _ in range(ring.capacity - 1):             # hints of others go round...
+        assert ring.push(40)
+    worker = start_stopped(spawn, seg, lib.CZMP_FAULT_RING_POP_CLAIMED, "take")
+    assert len(ring.pop_many(ring.capacity)) == ring.capacity - 2
+    # ...and the worker holds the cell the purge's second hint needs
+    lib.czmp_fault_release(lib.CZMP_FAULT_PURGE_POPPED)
+    assert submit.outcome() == 1
+    assert set(hints(seg, NORMAL)) >= set(range(8)) | {16}, "a QUEUED slot lost its only hint"
+    kill_stopped(worker)
+
+
 # -- 10.5 a stale publish after a sequence wrap --------------------------------
 
 CHECK_RING = """
