@@ -127,8 +127,12 @@ typedef struct czmp_wake {
     uint64_t waits;       /* statistic: futex_wait syscalls made */
     uint32_t spinners;    /* consumers polling before they sleep: while one spins,
                              a producer need not wake anybody (it will be seen) */
-    uint32_t waking;      /* 1 from a lazy wake until the woken consumer spins: a
-                             burst of pushes then makes one syscall, not one each */
+    uint32_t waking;      /* lazy wakers: CAS 0 -> 1 before their FUTEX_WAKE; cleared
+                             (store release) by a consumer that starts spinning, by a
+                             sleeper about to futex_wait or leaving on a timeout, and
+                             by the reap of a dead worker: a burst of pushes then makes
+                             one syscall, not one each, and a mark whose target never
+                             came cannot mute later wakes (issue 10.6) */
     uint64_t spin_lease_ns; /* spinners: CLOCK_MONOTONIC time until which `spinners`
                              is trusted, renewed while polling, 0 when one stops; a
                              SIGKILLed spinner's count thus stops muting wakes */
