@@ -109,3 +109,11 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.tb
+
+
+class SharedMemoryFullError(CatzillaMPError):
+    """Shared memory has no room for a payload: /dev/shm is full, or max_external_bytes is reached.
+
+    Raised by add_task (the task was not queued), or a task's outcome when
+    its result did not fit (the task may be retried).
+    """

@@ -185,6 +185,8 @@ class Monitor:
         used, chunks = backend.in_flight_memory()
         s.memory_usage_mb = chunks / (1 << 20)
         s.memory_efficiency = used / chunks if chunks else 1.0
+        external = getattr(backend, "external_bytes", None)
+        s.external_payload_bytes = external() if external is not None else 0
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
