@@ -734,7 +734,7 @@ class BackgroundTasks(Executor):
             self._tasks.pop(task.task_id, None)
             self._weak_tasks[task.task_id] = task
             return
-        size = _approx_size(value)
+        size = task.result_bytes or _approx_size(value)
         now = time.monotonic()
         self._finished.append((task.task_id, size, now))
         self._retained_bytes += size
@@ -889,12 +889,16 @@ def _expire_results(ref: "weakref.ref[BackgroundTasks]") -> None:
 
 
 def _approx_size(value: Any) -> int:
-    """Bytes a retained result holds, roughly: exact for bytes, str and arrays;
-    for a container, its items one level down, sampled when there are many."""
+    """Bytes a retained result holds, roughly (thread mode; process mode counts the pickle):
+    exact for bytes, str and arrays; for a container or an object, its items or
+    attributes one level down, sampled when there are many."""
     nbytes = getattr(value, "nbytes", None)  # NumPy arrays, memoryviews
     if type(nbytes) is int:
         return nbytes
     try:
+        attrs = getattr(value, "__dict__", None)
+        if type(attrs) is dict and not isinstance(value, type):
+            return sys.getsizeof(value, 64) + _approx_size(attrs)
         size = sys.getsizeof(value, 64)
         if isinstance(value, (list, tuple, set, frozenset, dict)) and value:
             items = list(itertools.islice(value.items() if isinstance(value, dict) else value,

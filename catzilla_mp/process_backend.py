@@ -426,6 +426,7 @@ class ProcessBackend:
         task.started_at = started / 1e9 + self._wall_offset
         task.exec_ms = (finished - started) / 1e6
         task.worker_id = worker
+        task.result_bytes = n  # what keep_finished_bytes counts
         if ok:
             lib.czmp_slot_release(self.raw, idx, state)
             self._unslot(task, idx)

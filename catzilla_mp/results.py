@@ -115,7 +115,7 @@ class TaskResult(Generic[T]):
         "fn", "func_id", "payload", "priority", "delay_ms", "max_retries", "timeout_ms",
         "attempt", "created_at", "started_at", "completed_at", "exec_ms", "worker_id",
         "slot", "ext_args", "progress_value", "meta", "parked", "name", "seq", "_final",
-        "executor", "__weakref__",
+        "executor", "result_bytes", "__weakref__",
     )
 
     def __init__(self, task_id: str, engine: "BackgroundTasks", priority: TaskPriority,
@@ -147,6 +147,7 @@ class TaskResult(Generic[T]):
         self.seq = 0  # the number in task_id, written to the slot for observers
         self._final = False  # set once, under the engine's lock, by BackgroundTasks._finish
         self.executor = False  # submitted by submit()/map(): the engine keeps it weakly once final
+        self.result_bytes = 0  # the pickled outcome's size (process mode), for keep_finished_bytes
         self.fn = None
         self.func_id = 0
         self.payload = None
