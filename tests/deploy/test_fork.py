@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 import deploy_jobs
-from catzilla_mp import EngineBrokenError
+from catzilla_mp import EngineBrokenError, TaskStatus
 from faultkit_deploy import free_port, wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,7 +33,7 @@ def _child(engine, inherited, w) -> None:
         results = [engine.add_task(deploy_jobs.whoami, i) for i in range(40)]
         values = [r.wait(30) for r in results]
         try:
-            inherited.result(10)
+            inherited.wait(10)
             inherited_error = None
         except BaseException as exc:  # noqa: BLE001 - reported to the parent
             inherited_error = type(exc).__name__
@@ -67,8 +67,9 @@ def test_an_engine_made_before_os_fork_is_a_new_engine_in_the_child(make_engine,
     the parent got results wrong, the child's tasks hung."""
     engine = make_engine()
     go = str(tmp_path / "go")
-    inherited = engine.submit(deploy_jobs.wait_for_file, go)
-    wait_until(inherited.running, what="the parent's task running")
+    inherited = engine.add_task(deploy_jobs.wait_for_file, go)
+    wait_until(lambda: inherited.get_stats().status is TaskStatus.RUNNING,
+               what="the parent's task running")
     parent_workers = {w.pid for w, _ in engine._backend.supervisor.snapshot()}
     r, w = os.pipe()
     pid = os.fork()
@@ -89,7 +90,7 @@ def test_an_engine_made_before_os_fork_is_a_new_engine_in_the_child(make_engine,
     assert not set(report["workers"]) & parent_workers, "the child used the parent's workers"
     assert report["segment"] != engine._backend.seg.name and not report["segment_left"]
     assert [t.wait(30)[0] for t in mine] == [i * i for i in range(40)]
-    assert inherited.result(30) >= 0  # the parent's own task is the parent's
+    assert inherited.wait(30) >= 0  # the parent's own task is the parent's
 
 
 def _get(port: int, n: int) -> dict:
