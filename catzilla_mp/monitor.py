@@ -185,8 +185,14 @@ class Monitor:
         used, chunks = backend.in_flight_memory()
         s.memory_usage_mb = chunks / (1 << 20)
         s.memory_efficiency = used / chunks if chunks else 1.0
-        external = getattr(backend, "external_bytes", None)
-        s.external_payload_bytes = external() if external is not None else 0
+
+    def external_payload_bytes(self) -> int:
+        """Bytes held now in payload segments of their own (capped by max_external_bytes).
+
+        Not an EngineStats field: EngineStats keeps Catzilla's 26 fields.
+        """
+        external = getattr(self.engine._backend, "external_bytes", None)
+        return external() if external is not None else 0
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

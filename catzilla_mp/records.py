@@ -120,6 +120,3 @@ class EngineStats:
     total_tasks_processed: int = 0
     engine_cpu_usage: float = 0.0
     engine_memory_usage: int = 0
-    # catzilla_mp's own, after Catzilla's 26: bytes in payload segments of
-    # their own (capped by max_external_bytes)
-    external_payload_bytes: int = 0

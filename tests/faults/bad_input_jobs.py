@@ -17,3 +17,14 @@ def big(nbytes, fill=7):
 
 def triple(i):
     return i * 3 + 1
+
+
+def hold(data, path, timeout=120.0):
+    """Keep the task (and its argument's segment) alive until ``path`` exists; returns len(data)."""
+    import os
+    import time
+
+    end = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < end:
+        time.sleep(0.01)
+    return len(data)

@@ -201,11 +201,15 @@ def test_pre_created_payload_segment_names_neither_fail_tasks_nor_shutdown(make_
             os.unlink(os.path.join(SHM_DIR, name))
 
 
-def test_external_payloads_are_capped_by_max_external_bytes(make_engine):
+def test_external_payloads_are_capped_by_max_external_bytes(make_engine, tmp_path):
     """Issue 11.2: a cap on the bytes of payload segments of their own, typed error past it."""
     engine = make_engine(workers=1, memory_pool_mb=1, max_external_bytes=300_000)
     size = _arena_max(engine) + 1  # 64 KiB + 1: an external segment
-    assert engine.add_task(bad_input_jobs.length, b"a" * size).wait(60) == size
+    go = str(tmp_path / "go")
+    held = engine.add_task(bad_input_jobs.hold, b"a" * size, go)
+    assert engine.monitor.external_payload_bytes() == size
+    open(go, "w").close()
+    assert held.wait(60) == size
     with pytest.raises(SharedMemoryFullError, match="max_external_bytes=300000"):
         engine.add_task(bad_input_jobs.length, b"a" * 400_000)
     assert engine.get_stats().total_queued == 0
@@ -213,7 +217,7 @@ def test_external_payloads_are_capped_by_max_external_bytes(make_engine):
     with pytest.raises(SharedMemoryFullError, match="max_external_bytes"):
         r.wait(60)
     assert engine.add_task(bad_input_jobs.big, size).wait(60) == bytes([7]) * size
-    assert engine.get_stats().external_payload_bytes == 0 == external_bytes(
+    assert engine.monitor.external_payload_bytes() == 0 == external_bytes(
         engine._backend.seg.name)
     books_balance(engine)
 
