@@ -207,7 +207,7 @@ def test_external_payloads_are_capped_by_max_external_bytes(make_engine, tmp_pat
     size = _arena_max(engine) + 1  # 64 KiB + 1: an external segment
     go = str(tmp_path / "go")
     held = engine.add_task(bad_input_jobs.hold, b"a" * size, go)
-    assert engine.monitor.external_payload_bytes() == size
+    assert size < engine.monitor.external_payload_bytes() < size + 4096  # the pickled call
     open(go, "w").close()
     assert held.wait(60) == size
     with pytest.raises(SharedMemoryFullError, match="max_external_bytes=300000"):
