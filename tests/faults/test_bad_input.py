@@ -4,6 +4,18 @@
 deep recursion, invalid options, submit after shutdown, unknown ids; in
 tests/native/test_segment.py: every header check of Segment.attach. os._exit and
 segfaults are in test_crashes.py.)
+
+Issue 11, item by item (hostile environments are in tests/deploy/):
+  1  fork / gunicorn --preload   tests/deploy/test_fork.py
+  2  full /dev/shm               tests/deploy/test_shm_full.py; the cap here
+  3  squatted payload names      here
+  5  upper bounds                here
+  6, 12  submit() keywords       here
+  7  a worker's process group    tests/deploy/test_signals.py
+  8, 10, 11, 13, 14              tests/deploy/test_lifetime.py
+  15 source lines                here
+  SIGTERM, both ways             tests/deploy/test_signals.py
+  (20.8 a killed worker's result segment: here)
 """
 from __future__ import annotations
 
