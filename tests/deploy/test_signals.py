@@ -16,7 +16,6 @@ import psutil
 import pytest
 
 import deploy_jobs
-from catzilla_mp import BackgroundTasks  # noqa: F401 - the app scripts import it too
 from faultkit_deploy import wait_until
 
 HERE = os.path.dirname(os.path.abspath(__file__))
