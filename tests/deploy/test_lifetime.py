@@ -147,3 +147,24 @@ def test_an_engine_dropped_without_shutdown_stops_its_workers_and_removes_its_se
                       "czmp-orphan-shutdown"}
     wait_until(lambda: not any(t.name in engine_threads for t in threading.enumerate()),
                what="the engine's threads ended")
+
+
+def test_an_engine_dropped_with_a_task_in_flight_finishes_it_then_stops(tmp_path):
+    """Issue 11.14: a task in flight keeps its engine alive; once it is done the engine goes."""
+    engine = BackgroundTasks(workers=1, memory_pool_mb=8, queue_size=64)
+    go, out = str(tmp_path / "go"), str(tmp_path / "out")
+    engine.add_task(deploy_jobs.wait_for_file, go).add_callback(
+        lambda value: open(out, "w").write(repr(value)))
+    seg = engine._backend.seg.name
+    ref = weakref.ref(engine)
+    del engine
+    gc.collect()
+    assert ref() is not None, "collected with a task in flight"
+    open(go, "w").close()
+
+    def gone():
+        gc.collect()
+        return ref() is None
+    wait_until(gone, what="the engine collected once its task finished")
+    assert os.path.exists(out)  # the task's outcome was delivered first
+    wait_until(lambda: not os.path.exists(f"/dev/shm/{seg}"), what="the segment removed")
