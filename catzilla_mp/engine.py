@@ -35,12 +35,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import itertools
 import logging
 import os
 import secrets
+import sys
 import threading
 import time
+import types
 import weakref
 import collections
 from concurrent.futures import Executor
@@ -49,6 +52,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, T
 
 from . import compat
 from .errors import (
+    EngineBrokenError,
     EngineClosedError,
     MemoryLimitError,
     PayloadTooLargeError,
@@ -125,27 +129,63 @@ os.register_at_fork(after_in_child=_forget_id_blocks)
 #: short enough that a freed slot is taken within a frame of the web server's
 #: loop, long enough that a full queue costs the loop nothing measurable.
 ASYNC_FULL_PAUSE_S = (0.002, 0.05)
+#: Items of a container result measured to estimate its size (keep_finished_bytes).
+SIZE_SAMPLE = 32
+
+# Upper bounds of every option and per-task value (issue 11.5). Each is far
+# above any sane use and low enough that the C core (32-bit lengths, 16-bit
+# worker owners), the kernel and the nanosecond arithmetic of deadlines cope;
+# a value past one is refused at the call, the limit named in the message.
+#: Worker processes (each a Python interpreter of 20+ MiB).
+MAX_WORKERS = 1024
+#: Executor threads per worker process.
+MAX_THREADS_PER_WORKER = 256
+#: Tasks in flight: the slot table is allocated up front.
+MAX_QUEUE_SIZE = 1 << 22
+#: The arena: 64 GiB is more than /dev/shm holds on most machines.
+MAX_MEMORY_POOL_MB = 1 << 16
+#: One payload: the slots' length fields are 32-bit.
+MAX_PAYLOAD_BYTES = (1 << 32) - 1
+#: Any wait, back-off, idle time or time-to-live in seconds: 30 days.
+MAX_SECONDS = 30 * 86400
+#: delay_ms, timeout_ms, timeout_grace_ms: the same 30 days.
+MAX_MS = MAX_SECONDS * 1000
+#: Retries of one task.
+MAX_RETRIES = 1000
+#: Finished tasks remembered (their status, or their result: see keep_finished_bytes).
+MAX_KEEP_FINISHED = 10_000_000
+MAX_TASKS_PER_WORKER = 1 << 31
+MAX_WORKER_MEMORY_MB = 1 << 24
+#: os.nice() increments above 19 are clamped by the kernel anyway.
+MAX_NICENESS = 19
+MAX_CHUNKSIZE = 1 << 20
 
 
 class EngineOptions:
-    """Every option of an engine, validated once. Raises ValueError/TypeError on bad values."""
+    """Every option of an engine, validated once. Raises ValueError/TypeError on bad values.
+
+    Every number has an upper bound (the MAX_* constants) named in the error.
+    """
 
     def __init__(self, *, workers, min_workers, max_workers, queue_size, enable_auto_scaling,
                  memory_pool_mb, mode, threads_per_worker, start_method, max_payload_bytes,
                  queue_full_timeout, retry_backoff_base, retry_backoff_cap, timeout_grace_ms,
                  scale_down_idle_s, max_tasks_per_worker, worker_memory_limit_mb,
                  worker_niceness, shutdown_timeout, keep_finished, populate,
-                 initializer=None, initargs=()) -> None:
+                 initializer=None, initargs=(),
+                 max_external_bytes=1 << 30, keep_finished_bytes=64 << 20,
+                 result_ttl_s=3600.0) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         if start_method != "spawn":
             raise ValueError("start_method must be 'spawn': workers are fresh interpreters; "
                              "forking a threaded app is unsafe")
         cpus = os.cpu_count() or 1
-        _int_at_least("workers", workers, 1, allow_none=True)
-        _int_at_least("min_workers", min_workers, 0)
-        _int_at_least("max_workers", max_workers, 1, allow_none=True)
-        initial = workers if workers is not None else (cpus if mode == "process" else cpus * 2)
+        _int_at_least("workers", workers, 1, allow_none=True, most=MAX_WORKERS)
+        _int_at_least("min_workers", min_workers, 0, most=MAX_WORKERS)
+        _int_at_least("max_workers", max_workers, 1, allow_none=True, most=MAX_WORKERS)
+        initial = workers if workers is not None else \
+            min(MAX_WORKERS, cpus if mode == "process" else cpus * 2)
         if max_workers is not None and min_workers > max_workers:
             raise ValueError(f"min_workers ({min_workers}) is above max_workers ({max_workers})")
         if workers is not None and max_workers is not None and workers > max_workers:
@@ -155,25 +195,36 @@ class EngineOptions:
         self.min_workers = min(min_workers, initial)
         self.max_workers = max_workers if max_workers is not None else initial
         self.workers = max(initial, self.min_workers)
-        self.queue_size = _int_at_least("queue_size", queue_size, 1)
-        if queue_size > 1 << 22:
-            raise ValueError("queue_size is limited to 4,194,304 tasks in flight")
+        self.queue_size = _int_at_least("queue_size", queue_size, 1, most=MAX_QUEUE_SIZE)
         self.enable_auto_scaling = bool(enable_auto_scaling)
-        self.memory_pool_mb = _int_at_least("memory_pool_mb", memory_pool_mb, 1)
+        self.memory_pool_mb = _int_at_least("memory_pool_mb", memory_pool_mb, 1,
+                                            most=MAX_MEMORY_POOL_MB)
         self.mode = mode
-        self.threads_per_worker = _int_at_least("threads_per_worker", threads_per_worker, 1)
+        self.threads_per_worker = _int_at_least("threads_per_worker", threads_per_worker, 1,
+                                                most=MAX_THREADS_PER_WORKER)
         self.start_method = start_method
-        self.max_payload_bytes = _int_at_least("max_payload_bytes", max_payload_bytes, 1)
-        self.queue_full_timeout = _non_negative("queue_full_timeout", queue_full_timeout)
-        self.retry_backoff_base = _non_negative("retry_backoff_base", retry_backoff_base)
-        self.retry_backoff_cap = _non_negative("retry_backoff_cap", retry_backoff_cap)
-        self.timeout_grace_ms = _int_at_least("timeout_grace_ms", timeout_grace_ms, 0)
-        self.scale_down_idle_s = _non_negative("scale_down_idle_s", scale_down_idle_s)
-        self.max_tasks_per_worker = _int_at_least("max_tasks_per_worker", max_tasks_per_worker, 0)
-        self.worker_memory_limit_mb = _int_at_least("worker_memory_limit_mb", worker_memory_limit_mb, 0)
-        self.worker_niceness = _int_at_least("worker_niceness", worker_niceness, 0)
-        self.shutdown_timeout = _non_negative("shutdown_timeout", shutdown_timeout)
-        self.keep_finished = _int_at_least("keep_finished", keep_finished, 0)
+        self.max_payload_bytes = _int_at_least("max_payload_bytes", max_payload_bytes, 1,
+                                               most=MAX_PAYLOAD_BYTES)
+        self.queue_full_timeout = _non_negative("queue_full_timeout", queue_full_timeout,
+                                                most=MAX_SECONDS)
+        self.retry_backoff_base = _non_negative("retry_backoff_base", retry_backoff_base,
+                                                most=MAX_SECONDS)
+        self.retry_backoff_cap = _non_negative("retry_backoff_cap", retry_backoff_cap,
+                                               most=MAX_SECONDS)
+        self.timeout_grace_ms = _int_at_least("timeout_grace_ms", timeout_grace_ms, 0, most=MAX_MS)
+        self.scale_down_idle_s = _non_negative("scale_down_idle_s", scale_down_idle_s,
+                                               most=MAX_SECONDS)
+        self.max_tasks_per_worker = _int_at_least("max_tasks_per_worker", max_tasks_per_worker,
+                                                  0, most=MAX_TASKS_PER_WORKER)
+        self.worker_memory_limit_mb = _int_at_least("worker_memory_limit_mb",
+                                                    worker_memory_limit_mb, 0,
+                                                    most=MAX_WORKER_MEMORY_MB)
+        self.worker_niceness = _int_at_least("worker_niceness", worker_niceness, 0,
+                                             most=MAX_NICENESS)
+        self.shutdown_timeout = _non_negative("shutdown_timeout", shutdown_timeout,
+                                              most=MAX_SECONDS)
+        self.keep_finished = _int_at_least("keep_finished", keep_finished, 0,
+                                           most=MAX_KEEP_FINISHED)
         self.populate = bool(populate)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be callable, not {type(initializer).__name__}")
@@ -181,6 +232,13 @@ class EngineOptions:
             raise TypeError(f"initargs must be a tuple, not {type(initargs).__name__}")
         self.initializer = initializer
         self.initargs = tuple(initargs)
+        # payloads in segments of their own, together (see payloads.py)
+        self.max_external_bytes = _int_at_least("max_external_bytes", max_external_bytes, 0,
+                                                most=1 << 50)
+        # results the engine keeps for get_task_result, by size and by age
+        self.keep_finished_bytes = _int_at_least("keep_finished_bytes", keep_finished_bytes, 0,
+                                                 most=1 << 50)
+        self.result_ttl_s = _non_negative("result_ttl_s", result_ttl_s, most=MAX_SECONDS)
 
 
 class BackgroundTasks(Executor):
@@ -224,6 +282,9 @@ class BackgroundTasks(Executor):
         initargs: tuple = (),
         initial_workers: Optional[int] = None,
         forward_logs: bool = True,
+        max_external_bytes: int = 1 << 30,
+        keep_finished_bytes: int = 64 << 20,
+        result_ttl_s: float = 3600.0,
     ) -> None:
         # Catzilla's docs also spell the starting pool size initial_workers
         if initial_workers is not None:
@@ -241,7 +302,9 @@ class BackgroundTasks(Executor):
             scale_down_idle_s=scale_down_idle_s, max_tasks_per_worker=max_tasks_per_worker,
             worker_memory_limit_mb=worker_memory_limit_mb, worker_niceness=worker_niceness,
             shutdown_timeout=shutdown_timeout, keep_finished=keep_finished, populate=populate,
-            initializer=initializer, initargs=initargs)
+            initializer=initializer, initargs=initargs,
+            max_external_bytes=max_external_bytes, keep_finished_bytes=keep_finished_bytes,
+            result_ttl_s=result_ttl_s)
         # Catzilla's attribute names, kept for code that reads them
         self.workers = self.options.workers
         self.min_workers = self.options.min_workers
@@ -257,14 +320,26 @@ class BackgroundTasks(Executor):
         # set while add_task_async tries a submission: the backends then do not wait for room
         self._no_wait = threading.local()
         self._tasks: dict[str, TaskResult] = {}
-        # ids of finished tasks, oldest first: the last keep_finished stay findable
-        self._finished: collections.deque[str] = collections.deque()
+        # finished tasks still findable, oldest first, as (task id, result
+        # size, time.monotonic() when finished): bounded by keep_finished,
+        # keep_finished_bytes and result_ttl_s (see _retain_locked)
+        self._finished: collections.deque[tuple[str, int, float]] = collections.deque()
+        self._retained_bytes = 0
+        self._expiry_due = False
+        # tasks whose result was dropped: id -> (status, completed_at, why)
+        self._expired: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+        # finished submit()/map() tasks, findable while their caller keeps them
+        self._weak_tasks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        # set in a child process forked after this engine was made: its backend
+        # is the parent's, and the first use here makes a new one (_adopt_fork)
+        self._forked = False
         self._closed = False
         # False once shutdown stops waiting for tasks: a failed attempt is final then
         self._retries_allowed = True
         self._registered_tasks: dict[str, Callable] = {}
-        self._fn_info: dict[Any, tuple[Optional[TaskConfig], str]] = {}
+        # id(function) -> (weak reference to it, its @task config, its name)
+        self._fn_info: dict[int, tuple[Any, Optional[TaskConfig], str]] = {}
         # options every task gets unless it says otherwise (enable_profiling)
         self._default_opts = compat.TaskOptions(profile=True) if enable_profiling else None
         self._last_seq = 0  # the newest task number handed out (submission statistics)
@@ -287,6 +362,8 @@ class BackgroundTasks(Executor):
                 self._logs.close()
             raise
         self._atexit = _register_atexit(self)
+        self._orphan_finalizer = _finalize_orphan(self)
+        _live_engines.add(self)
 
     def _worker_setup(self, forward_logs: bool) -> dict[str, Any]:
         """The worker config of compat's options: log forwarding, initializer."""
@@ -301,11 +378,75 @@ class BackgroundTasks(Executor):
         return extras
 
     def _make_backend(self):
+        # The backend's threads hold the backend, and it holds the engine only
+        # weakly: an engine dropped without shutdown() can be collected, and
+        # its finalizer (_finalize_orphan) then stops the backend, as
+        # ProcessPoolExecutor's manager thread does (issue 11.14).
+        engine = weakref.proxy(self)
         if self.options.mode == "thread":
             from .thread_backend import ThreadBackend
-            return ThreadBackend(self)
+            return ThreadBackend(engine)
         from .process_backend import ProcessBackend
-        return ProcessBackend(self)
+        return ProcessBackend(engine)
+
+    # -- fork ------------------------------------------------------------------
+
+    def _after_fork_in_child(self) -> None:
+        """os.register_at_fork hook, in the child: only flag and reset locks.
+
+        The child has none of the engine's threads, and its slots, rings and
+        workers are the parent's: using them would take the parent's results
+        and hand this process's tasks to the parent's collector. Nothing of
+        the parent's backend is touched (not even closed: that would stop the
+        parent's workers); the child's first use builds its own (_adopt_fork).
+        """
+        self._lock = threading.Lock()  # a parent thread may have held it at the fork
+        self._forked = True
+        self._inherited_backend, self._backend = self._backend, None
+        self._orphan_finalizer.detach()  # the parent's finalizer stops the parent's backend
+
+    def _adopt_fork(self, start: bool = True) -> None:
+        """First use of an engine in a child forked after it was made: a fresh engine here.
+
+        Tasks the parent submitted are the parent's: their copies here fail
+        with EngineBrokenError (nothing in this process could ever finish
+        them). With ``start`` (a submit), a new backend starts: new segment,
+        new workers, this process's. Each forked child thus runs its own
+        engine (gunicorn --preload: one per web worker).
+        """
+        with self._lock:
+            if not self._forked:
+                return
+            self._forked = False
+            inherited = [t for t in self._tasks.values() if not t.done()]
+            self._tasks = {}
+            self._finished.clear()
+            self._retained_bytes = 0
+            self._expired.clear()
+            self._weak_tasks = weakref.WeakValueDictionary()
+            self._expiry_due = False
+            if self._closed:
+                start = False
+        for task in inherited:
+            task._finish(False, EngineBrokenError(
+                f"task {task.task_id} was submitted before this process (pid {os.getpid()}) "
+                "was forked: its result goes to the parent process only"), TaskStatus.FAILED)
+        from .monitor import Monitor
+        from .delays import DelayQueue
+        listeners = self.monitor._listeners
+        self.monitor = Monitor(self)
+        self.monitor._listeners = listeners
+        self._delays = DelayQueue()
+        if self._atexit is not None:
+            atexit.unregister(self._atexit)
+            self._atexit = None
+        if not start:
+            return
+        self._backend = self._make_backend()
+        self._atexit = _register_atexit(self)
+        self._orphan_finalizer = _finalize_orphan(self)
+        log.info("engine re-created in forked process %d", os.getpid(),
+                 extra={"event": "engine_forked", "pid": os.getpid()})
 
     # -- submitting ----------------------------------------------------------
 
@@ -354,6 +495,10 @@ class BackgroundTasks(Executor):
                              "threads share the app's memory")
         if compat.PROPAGATED:
             compat.add_context(task)
+        return self._submit_task(task, func, args, kwargs)
+
+    def _submit_task(self, task: TaskResult, func: Callable, args: tuple,
+                     kwargs: dict) -> TaskResult:
         self._admit(task)
         try:
             self._backend.dispatch(task, func, args, kwargs)
@@ -447,11 +592,16 @@ class BackgroundTasks(Executor):
         submitted and the error names how many were.
         """
         calls = [(a if type(a) is tuple else (a,)) for a in arg_tuples]
+        return self._add_tasks(func, calls, priority, delay_ms, max_retries, timeout_ms, False)
+
+    def _add_tasks(self, func: Callable, calls: list, priority: TaskPriority, delay_ms: int,
+                   max_retries: int, timeout_ms: int, executor: bool) -> list[TaskResult]:
         if not calls:
             return []
         first = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
         if compat.PROPAGATED:
             compat.add_context(first)
+        first.executor = executor
         tasks = [first] + [self._sibling(first) for _ in range(len(calls) - 1)]
         if self._closed:
             raise EngineClosedError("the engine is shut down; it takes no new tasks")
@@ -475,10 +625,16 @@ class BackgroundTasks(Executor):
         return tasks
 
     def _new_task(self, func, priority, delay_ms, max_retries, timeout_ms) -> TaskResult:
-        try:
-            config, name = self._fn_info[func]
-        except (KeyError, TypeError):
-            config, name = self._describe(func)
+        if self._forked:
+            self._adopt_fork()
+        # A bound method is a new object at every attribute access, and keeping
+        # it would keep its instance: its function is what is described.
+        target = func.__func__ if type(func) is types.MethodType else func
+        entry = self._fn_info.get(id(target))
+        if entry is not None and entry[0]() is target:
+            config, name = entry[1], entry[2]
+        else:
+            config, name = self._describe(func, target)
         opts: Optional[compat.TaskOptions] = self._default_opts
         if config is not None:
             opts = getattr(config, "options", None) or opts
@@ -489,12 +645,12 @@ class BackgroundTasks(Executor):
         # the common case costs three type checks; anything else is validated fully
         if priority.__class__ is not TaskPriority:
             priority = TaskPriority.parse(priority)
-        if type(delay_ms) is not int or delay_ms < 0:
-            _int_at_least("delay_ms", delay_ms, 0)
-        if type(max_retries) is not int or max_retries < 0:
-            _int_at_least("max_retries", max_retries, 0)
-        if type(timeout_ms) is not int or timeout_ms < 0:
-            _int_at_least("timeout_ms", timeout_ms, 0)
+        if type(delay_ms) is not int or not 0 <= delay_ms <= MAX_MS:
+            _int_at_least("delay_ms", delay_ms, 0, most=MAX_MS)
+        if type(max_retries) is not int or not 0 <= max_retries <= MAX_RETRIES:
+            _int_at_least("max_retries", max_retries, 0, most=MAX_RETRIES)
+        if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_MS:
+            _int_at_least("timeout_ms", timeout_ms, 0, most=MAX_MS)
         seq = self._last_seq = next(self._ids)
         try:
             task_id = next(_id_blocks.ids)
@@ -522,21 +678,30 @@ class BackgroundTasks(Executor):
         sib.seq = seq
         sib.opts = task.opts
         sib.wextras = task.wextras
+        sib.executor = task.executor
         return sib
 
-    def _describe(self, func) -> tuple[Optional[TaskConfig], str]:
-        """(the @task config, the name) of a task function, cached while the cache is small."""
+    def _describe(self, func, target) -> tuple[Optional[TaskConfig], str]:
+        """(the @task config, the name) of a task function, cached while the cache is small.
+
+        The cache holds a weak reference to ``target`` (the function, or a
+        bound method's function) and is keyed by its id: it must not keep
+        alive a function (or what its closure holds) that the caller dropped.
+        """
         if not callable(func):
             raise TypeError(f"task function must be callable, not {type(func).__name__}")
-        info = (getattr(func, "_task_config", None),
-                getattr(func, "__qualname__", None) or type(func).__qualname__)
+        config = getattr(func, "_task_config", None)
+        name = getattr(func, "__qualname__", None) or type(func).__qualname__
+        cache = self._fn_info
+        key = id(target)
         try:
-            if len(self._fn_info) >= FN_INFO_CACHE:
-                self._fn_info.clear()  # lambdas made per call must not grow it for ever
-            self._fn_info[func] = info
+            ref = weakref.ref(target, functools.partial(_forget_fn_info, cache, key))
         except TypeError:
-            pass  # an unhashable callable object: described on every call
-        return info
+            return config, name  # no weak references (a builtin): described on every call
+        if len(cache) >= FN_INFO_CACHE:
+            cache.clear()  # lambdas made per call must not grow it for ever
+        cache[key] = (ref, config, name)
+        return config, name
 
     def _admit(self, task: TaskResult) -> None:
         # No lock on the submit path: the collector holds the engine lock to
@@ -575,9 +740,9 @@ class BackgroundTasks(Executor):
             return self.task()(priority)  # the bare decorator: priority is the function
         config = TaskConfig(priority=TaskPriority.parse(priority), compile_to_c=compile_to_c,
                             **config_kwargs)
-        _int_at_least("delay_ms", config.delay_ms, 0)
-        _int_at_least("max_retries", config.max_retries, 0)
-        _int_at_least("timeout_ms", config.timeout_ms, 0)
+        _int_at_least("delay_ms", config.delay_ms, 0, most=MAX_MS)
+        _int_at_least("max_retries", config.max_retries, 0, most=MAX_RETRIES)
+        _int_at_least("timeout_ms", config.timeout_ms, 0, most=MAX_MS)
         config.retry_backoff = compat.check_backoff(config.retry_backoff)
         config.retry_on = compat.check_retry_on(config.retry_on)
         if "memory_limit_mb" in config_kwargs:
@@ -593,7 +758,7 @@ class BackgroundTasks(Executor):
 
         def decorate(func: Callable[..., T]) -> Callable[..., T]:
             func._task_config = config  # type: ignore[attr-defined]
-            self._fn_info.pop(func, None)
+            self._fn_info.pop(id(func), None)
             func._is_background_task = True  # type: ignore[attr-defined]
             func.submit = _Submitter(self, func)  # type: ignore[attr-defined]
             self._registered_tasks[getattr(func, "__name__", repr(func))] = func
@@ -607,15 +772,25 @@ class BackgroundTasks(Executor):
         """The TaskResult of ``task_id`` (an id, or a TaskResult as Catzilla's docs pass).
 
         Raises:
-            UnknownTaskError: never submitted here, or finished so long ago it
-                was forgotten (the engine keeps the last ``keep_finished``).
+            UnknownTaskError: never submitted here, or its result was dropped
+                (the engine keeps the last ``keep_finished`` results, up to
+                ``keep_finished_bytes`` bytes, for ``result_ttl_s`` seconds;
+                the message then gives the task's final status).
         """
         if not isinstance(task_id, str):
             task_id = getattr(task_id, "task_id", task_id)
-        task = self._tasks.get(task_id)
-        if task is None:
-            raise UnknownTaskError(f"no task {task_id!r} in this engine")
-        return task
+        task = self._tasks.get(task_id) or self._weak_tasks.get(task_id)
+        if task is not None:
+            return task
+        gone = self._expired.get(task_id)
+        if gone is not None:
+            status, completed_at, why = gone
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(completed_at))
+            raise UnknownTaskError(
+                f"task {task_id!r} finished ({status.name}) at {when}; the engine no longer "
+                f"holds its result: {why}. The TaskResult add_task returned keeps it.")
+        raise UnknownTaskError(f"no task {task_id!r} in this engine (a submit() or map() task "
+                               "is kept only while its future is)")
 
     def get_stats(self) -> EngineStats:
         return self.monitor.snapshot()
@@ -623,28 +798,62 @@ class BackgroundTasks(Executor):
     # -- concurrent.futures.Executor ----------------------------------------
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> TaskFuture:
-        """Executor.submit: run ``fn(*args, **kwargs)`` with max_retries=0 (as an executor would)."""
-        return self.add_task(fn, *args, max_retries=0, **kwargs).future
+        """Executor.submit: schedule ``fn(*args, **kwargs)`` once (no retries, as an executor).
+
+        Every keyword goes to ``fn``, those named like add_task's options
+        (``priority``, ``delay_ms``, ``timeout_ms``, ``max_retries``,
+        ``compile_to_c``, ``func``) included: for those options, use
+        ``add_task(...).future``. The engine keeps the task only while it runs
+        and, after, only as long as the caller keeps its future.
+
+        Returns:
+            A TaskFuture.
+        Raises:
+            As add_task.
+        """
+        task = self._new_task(fn, _DEFAULTS.priority, _DEFAULTS.delay_ms, 0, _DEFAULTS.timeout_ms)
+        task.executor = True
+        return self._submit_task(task, fn, args, kwargs).future
 
     def map(self, fn: Callable[..., T], *iterables: Iterable[Any], timeout: Optional[float] = None,
             chunksize: int = 1) -> Iterator[T]:
-        """Executor.map, in order; ``chunksize`` > 1 sends that many calls per task."""
-        _int_at_least("chunksize", chunksize, 1)
+        """Executor.map: ``fn`` over the iterables, results in order.
+
+        Args:
+            timeout: seconds from this call for all results; TimeoutError
+                past it (the unfinished calls are cancelled).
+            chunksize: that many calls per task.
+        Returns:
+            An iterator; results it yielded are no longer held by it or the
+            engine. Closing it early cancels the calls not yet started.
+        Raises:
+            As add_tasks, and ValueError/TypeError for a bad chunksize or timeout.
+        """
+        _int_at_least("chunksize", chunksize, 1, most=MAX_CHUNKSIZE)
+        if timeout is not None:
+            _non_negative("timeout", timeout, most=MAX_SECONDS)
         calls = list(zip(*iterables))
         deadline = None if timeout is None else time.monotonic() + timeout
+        d = _DEFAULTS
         if chunksize == 1:
-            tasks = self.add_tasks(fn, calls, max_retries=0)
+            tasks = self._add_tasks(fn, calls, d.priority, d.delay_ms, 0, d.timeout_ms, True)
         else:
-            chunks = [calls[i:i + chunksize] for i in range(0, len(calls), chunksize)]
-            tasks = self.add_tasks(_run_chunk, [(fn, c) for c in chunks], max_retries=0)
+            chunks = [(fn, calls[i:i + chunksize]) for i in range(0, len(calls), chunksize)]
+            tasks = self._add_tasks(_run_chunk, chunks, d.priority, d.delay_ms, 0, d.timeout_ms,
+                                    True)
+        tasks.reverse()  # popped from the end, in order: a yielded result is let go
 
         def results() -> Iterator[T]:
-            for t in tasks:
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                if chunksize == 1:
-                    yield t.wait(left)
-                else:
-                    yield from t.wait(left)
+            try:
+                while tasks:
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                    if chunksize == 1:
+                        yield _result_or_cancel(tasks.pop(), left)
+                    else:
+                        yield from _result_or_cancel(tasks.pop(), left)
+            finally:
+                for t in tasks:
+                    t.cancel()
 
         return results()
 
@@ -691,6 +900,8 @@ class BackgroundTasks(Executor):
             threading.Thread(target=self.shutdown, args=(wait_for_completion, timeout),
                              name="czmp-shutdown", daemon=True).start()
             return
+        if self._forked:
+            self._adopt_fork(start=False)  # the backend here is the parent's: leave it be
         with self._lock:
             if self._closed and self._backend is None:
                 return
@@ -707,6 +918,7 @@ class BackgroundTasks(Executor):
         # early. The backend's close() abandons every task still unfinished.
         self._delays.drain()
         backend, self._backend = self._backend, None
+        self._orphan_finalizer.detach()
         if backend is not None:
             backend.close(self._abandon)
         self._delays.stop()
@@ -767,13 +979,67 @@ class BackgroundTasks(Executor):
             task.status = status
             task.completed_at = time.time()
             monitor.count_final_locked(task, ok, value, status)
-            finished = self._finished
-            finished.append(task.task_id)
-            if len(finished) > self.options.keep_finished:
-                self._tasks.pop(finished.popleft(), None)
+            self._retain_locked(task, value)
         if monitor._listeners:
             monitor.emit(_EVENTS[status], task, value)
         task._finish(ok, value, status)
+
+    def _retain_locked(self, task: TaskResult, value: Any) -> None:
+        """Keep a finished task findable by get_task_result, within bounds; the lock is held.
+
+        A submit()/map() task is the caller's future's: the engine keeps only
+        a weak reference. An add_task one is kept within keep_finished tasks,
+        keep_finished_bytes of results and result_ttl_s seconds; past those
+        only its status is kept (the caller's TaskResult keeps its value).
+        """
+        if task.executor:
+            self._tasks.pop(task.task_id, None)
+            self._weak_tasks[task.task_id] = task
+            return
+        size = task.result_bytes or _approx_size(value)
+        now = time.monotonic()
+        self._finished.append((task.task_id, size, now))
+        self._retained_bytes += size
+        self._evict_locked(now)
+        ttl = self.options.result_ttl_s
+        if self._finished and not self._expiry_due and ttl and not self._closed:
+            self._expiry_due = True
+            self._delays.call_at(self._finished[0][2] + ttl,
+                                 functools.partial(_expire_results, weakref.ref(self)))
+
+    def _evict_locked(self, now: float) -> None:
+        o = self.options
+        finished, tasks, expired = self._finished, self._tasks, self._expired
+        horizon = now - o.result_ttl_s
+        while finished:
+            if len(finished) > o.keep_finished:
+                why = f"only the last {o.keep_finished} results are kept (keep_finished)"
+            elif self._retained_bytes > o.keep_finished_bytes:
+                why = (f"results are kept up to {o.keep_finished_bytes} bytes "
+                       "(keep_finished_bytes)")
+            elif finished[0][2] <= horizon:
+                why = f"results are kept for {o.result_ttl_s:g} s (result_ttl_s)"
+            else:
+                return
+            task_id, size, _ = finished.popleft()
+            self._retained_bytes -= size
+            task = tasks.pop(task_id, None)
+            if task is not None and o.keep_finished:
+                expired[task_id] = (task.status, task.completed_at, why)
+                if len(expired) > o.keep_finished:
+                    expired.popitem(last=False)
+
+    def _expire_results(self) -> None:
+        """The timer of result_ttl_s: drop what is too old, then wait for the next oldest."""
+        with self._lock:
+            self._expiry_due = False
+            if self._closed:
+                return
+            self._evict_locked(time.monotonic())
+            if self._finished:
+                self._expiry_due = True
+                self._delays.call_at(self._finished[0][2] + self.options.result_ttl_s,
+                                     functools.partial(_expire_results, weakref.ref(self)))
 
     def _abandon(self, task: TaskResult) -> None:
         """A task still unfinished when the engine closed."""
@@ -868,6 +1134,94 @@ def _run_chunk(fn: Callable, calls: list) -> list:
     return [fn(*c) for c in calls]
 
 
+def _result_or_cancel(task: TaskResult, timeout: Optional[float]) -> Any:
+    """map()'s wait for one task; a task left behind by a timeout is cancelled."""
+    try:
+        return task.wait(timeout)
+    finally:
+        task.cancel()
+
+
+def _forget_fn_info(cache: dict, key: int, ref: Any) -> None:
+    """A cached task function died: drop its entry (unless the id was reused meanwhile)."""
+    entry = cache.get(key)
+    if entry is not None and entry[0] is ref:
+        del cache[key]
+
+
+def _expire_results(ref: "weakref.ref[BackgroundTasks]") -> None:
+    engine = ref()
+    if engine is not None:
+        engine._expire_results()
+
+
+def _approx_size(value: Any) -> int:
+    """Bytes a retained result holds, roughly (thread mode; process mode counts the pickle):
+    exact for bytes, str and arrays; for a container or an object, its items or
+    attributes one level down, sampled when there are many."""
+    nbytes = getattr(value, "nbytes", None)  # NumPy arrays, memoryviews
+    if type(nbytes) is int:
+        return nbytes
+    try:
+        attrs = getattr(value, "__dict__", None)
+        if type(attrs) is dict and not isinstance(value, type):
+            return sys.getsizeof(value, 64) + _approx_size(attrs)
+        size = sys.getsizeof(value, 64)
+        if isinstance(value, (list, tuple, set, frozenset, dict)) and value:
+            items = list(itertools.islice(value.items() if isinstance(value, dict) else value,
+                                          SIZE_SAMPLE))
+            sample = sum(sys.getsizeof(x, 64) if not isinstance(x, tuple) else
+                         sum(sys.getsizeof(y, 64) for y in x) for x in items)
+            size += sample * len(value) // len(items)
+        return size
+    except Exception:  # noqa: BLE001 - a __sizeof__ or __len__ that raises: count a little
+        return 64
+
+
+#: Engines alive in this process, for the fork hook.
+_live_engines: "weakref.WeakSet[BackgroundTasks]" = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for engine in list(_live_engines):
+        engine._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _finalize_orphan(engine: BackgroundTasks) -> "weakref.finalize":
+    """Stop ``engine``'s backend when the engine is collected without shutdown() (issue 11.14)."""
+    fin = weakref.finalize(engine, _close_orphan, engine._backend, engine._delays, os.getpid())
+    fin.atexit = False  # at exit, the atexit hook shuts down a live engine
+    return fin
+
+
+def _close_orphan(backend: Any, delays: Any, pid: int) -> None:
+    if os.getpid() != pid:
+        return  # a forked child's copy: the backend is the parent's
+    # The last reference may go in one of the backend's own threads (a
+    # collection runs wherever it is triggered), which cannot join itself:
+    # stop from a thread of our own. Not a daemon, so the interpreter waits
+    # for it at exit and the segment is removed.
+    threading.Thread(target=_stop_backend, args=(backend, delays),
+                     name="czmp-orphan-shutdown").start()
+
+
+def _stop_backend(backend: Any, delays: Any) -> None:
+    log.info("engine dropped without shutdown(); stopping its workers")
+    delays.drain()
+    try:
+        # Tasks in flight hold their engine: a collected engine has none, so
+        # nothing is abandoned; the backend only needs the engine for them.
+        backend.close(lambda task: None)
+    except ReferenceError:
+        pass
+    except Exception:  # noqa: BLE001 - a finalizer must not raise
+        log.exception("stopping a dropped engine failed")
+    delays.stop()
+
+
 def _register_atexit(engine: BackgroundTasks):
     ref = weakref.ref(engine)
 
@@ -880,19 +1234,32 @@ def _register_atexit(engine: BackgroundTasks):
     return _at_exit
 
 
-def _int_at_least(name: str, value: Any, least: int, allow_none: bool = False):
+def _int_at_least(name: str, value: Any, least: int, allow_none: bool = False,
+                  most: Optional[int] = None):
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if value < least:
         raise ValueError(f"{name} must be >= {least}, not {value}")
+    if most is not None and value > most:
+        raise ValueError(f"{name} must be <= {most:,}, not {_short(value)}")
     return value
 
 
-def _non_negative(name: str, value: Any) -> float:
+def _non_negative(name: str, value: Any, most: Optional[float] = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if value != value:  # NaN compares false with everything: it would pass every check
+        raise ValueError(f"{name} must be a number, not NaN")
     if value < 0:
         raise ValueError(f"{name} must be >= 0, not {value}")
+    if most is not None and value > most:
+        raise ValueError(f"{name} must be <= {most:,} s, not {_short(value)}")
     return float(value)
+
+
+def _short(value: Any) -> str:
+    """A number for an error message: 10**30 must not print 31 digits."""
+    text = repr(value)
+    return text if len(text) <= 20 else f"{float(value):.3g}"

@@ -141,3 +141,11 @@ class WorkerInitializerError(EngineBrokenError):
 
 class RouteConflictError(CatzillaMPError, ValueError):
     """The engine's web routes and the app's own would answer the same path (raised at startup)."""
+
+
+class SharedMemoryFullError(CatzillaMPError):
+    """Shared memory has no room for a payload: /dev/shm is full, or max_external_bytes is reached.
+
+    Raised by add_task (the task was not queued), or a task's outcome when
+    its result did not fit (the task may be retried).
+    """

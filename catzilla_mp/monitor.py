@@ -225,6 +225,14 @@ class Monitor:
         s.memory_usage_mb = chunks / (1 << 20)
         s.memory_efficiency = used / chunks if chunks else 1.0
 
+    def external_payload_bytes(self) -> int:
+        """Bytes held now in payload segments of their own (capped by max_external_bytes).
+
+        Not an EngineStats field: EngineStats keeps Catzilla's 26 fields.
+        """
+        external = getattr(self.engine._backend, "external_bytes", None)
+        return external() if external is not None else 0
+
 
 def _percentile(sorted_values: list[float], q: float) -> float:
     k = min(len(sorted_values) - 1, max(0, int(round(q * (len(sorted_values) - 1)))))

@@ -8,20 +8,32 @@
 
 The app writes arguments and reads results; workers do the reverse. Chunks
 and external segments are freed by the app when it releases the slot.
+
+External segments (issue 11.2, 11.3):
+  * named ``<segment>_x<32 random bits>`` and created with O_EXCL (another
+    local user who pre-creates a name only costs a retry with another one;
+    a replacement worker never collides with the segments its predecessor
+    left);
+  * allocated for real (posix_fallocate), so a full /dev/shm is an ENOSPC
+    here, turned into SharedMemoryFullError, instead of a SIGBUS on the first
+    write through the mapping;
+  * together capped by ``max_external_bytes`` (counted from /dev/shm, which
+    every process of the engine sees: two writers at the same instant may
+    overshoot the cap by one payload each);
+  * removed by the app when it releases the slot, and at shutdown by name
+    prefix, only those owned by this user, without ever raising.
 """
 from __future__ import annotations
 
 import errno
-import itertools
 import mmap
 import os
-
-import posix_ipc
+import secrets
 
 from . import _core
 from ._core import SizeClass
 from ._native import ffi, lib
-from .errors import PayloadTooLargeError
+from .errors import PayloadTooLargeError, SegmentError, SharedMemoryFullError
 from .serialization import Frame
 
 #: Chunk sizes of the arena, smallest first. Powers of four keep the waste of
@@ -31,6 +43,11 @@ CHUNK_SIZES = (1 << 10, 1 << 12, 1 << 14, 1 << 16, 1 << 18, 1 << 20, 1 << 22, 1 
 #: Share of the pool each class gets, in the order of CHUNK_SIZES.
 CHUNK_SHARES = (0.02, 0.03, 0.05, 0.10, 0.10, 0.15, 0.20, 0.35)
 MIN_CHUNKS = (64, 32, 16, 8, 4, 2, 2, 2)
+#: Where POSIX shared memory lives on Linux (shm_open is open() under it).
+SHM_DIR = "/dev/shm"
+#: Names tried before giving up on creating an external segment: a taken
+#: name means someone pre-created it (or a 1 in 2**32 coincidence).
+EXTERNAL_NAME_TRIES = 16
 
 
 def plan_arena(pool_bytes: int) -> list[SizeClass]:
@@ -65,18 +82,22 @@ def _copy_into(dest, data) -> None:
 
 
 def external_name(segment_name: str, ident: int) -> str:
-    return f"{segment_name}_x{ident:x}"
+    return f"{segment_name}_x{ident:08x}"
 
 
 class Payloads:
-    """Reads and writes the payloads of one segment's slots, in one process."""
+    """Reads and writes the payloads of one segment's slots, in one process.
 
-    def __init__(self, seg: "_core.Segment", max_bytes: int, ident_base: int = 0) -> None:
+    ``max_external_bytes``: the cap on all external segments of the engine
+    together (None: no cap).
+    """
+
+    def __init__(self, seg: "_core.Segment", max_bytes: int,
+                 max_external_bytes: "int | None" = None) -> None:
         self.seg = seg
         self._raw = seg.raw
         self.max_bytes = max_bytes
-        # external ids: high byte tells whose (0 = app, w+1 = worker w)
-        self._idents = itertools.count((ident_base << 24) + 1)
+        self.max_external_bytes = max_external_bytes
         self._handle_out = ffi.new("uint64_t *")
 
     # -- writing --------------------------------------------------------
@@ -101,19 +122,67 @@ class Payloads:
         return self._write_external(data), n
 
     def _write_external(self, data: bytes) -> int:
-        ident = next(self._idents) & 0xFFFFFFFF
-        shm = posix_ipc.SharedMemory("/" + external_name(self.seg.name, ident),
-                                     posix_ipc.O_CREX, mode=0o600, size=len(data))
+        """A segment of its own for ``data``; returns its handle.
+
+        Raises:
+            SharedMemoryFullError: /dev/shm has no room, or max_external_bytes
+                would be passed; nothing is left behind.
+            SegmentError: no free name after EXTERNAL_NAME_TRIES attempts.
+        """
+        n = len(data)
+        cap = self.max_external_bytes
+        if cap is not None:
+            used = external_bytes(self.seg.name)
+            if used + n > cap:
+                raise SharedMemoryFullError(
+                    f"a payload of {n} bytes does not fit its own segment: external "
+                    f"payloads already hold {used} bytes of max_external_bytes={cap}")
+        fd, path, ident = self._create_external()
         try:
-            with mmap.mmap(shm.fd, len(data)) as m:
+            try:
+                # Allocate every page now: a sparse file whose pages cannot be
+                # found later kills the writer with SIGBUS in the middle of a copy.
+                os.posix_fallocate(fd, 0, n)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+                    raise SharedMemoryFullError(
+                        f"{SHM_DIR} has no room for a payload of {n} bytes "
+                        f"({os.strerror(exc.errno)}); free some, enlarge it, or lower "
+                        "max_payload_bytes / max_external_bytes") from None
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                os.ftruncate(fd, n)  # a file system without fallocate: the old way
+            with mmap.mmap(fd, n) as m:
                 off = 0
                 for part in (data.parts if isinstance(data, Frame) else (data,)):
                     size = memoryview(part).nbytes
                     m[off:off + size] = part if not isinstance(part, memoryview) else part.cast("B")
                     off += size
+        except BaseException:
+            _unlink_quietly(path)
+            raise
         finally:
-            shm.close_fd()
+            os.close(fd)
         return _core.external_handle(ident)
+
+    def _create_external(self) -> tuple[int, str, int]:
+        """(fd, path, ident) of a new, empty, exclusively created segment."""
+        for _ in range(EXTERNAL_NAME_TRIES):
+            ident = secrets.randbits(32)
+            path = os.path.join(SHM_DIR, external_name(self.seg.name, ident))
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue  # not ours: never opened, never removed
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:  # no inode left
+                    raise SharedMemoryFullError(
+                        f"{SHM_DIR} has no room for another segment: {exc.strerror}") from None
+                raise SegmentError(f"cannot create a payload segment in {SHM_DIR}: {exc}") from exc
+            return fd, path, ident
+        raise SegmentError(f"{EXTERNAL_NAME_TRIES} random payload segment names were all taken "
+                           f"in {SHM_DIR}: someone is creating names like {self.seg.name}_x...")
 
     # -- reading --------------------------------------------------------
 
@@ -137,36 +206,61 @@ class Payloads:
         raise ValueError(f"no payload (handle {handle:#x})")
 
     def _read_external(self, ident: int, length: int) -> bytes:
-        shm = posix_ipc.SharedMemory("/" + external_name(self.seg.name, ident))
+        path = os.path.join(SHM_DIR, external_name(self.seg.name, ident))
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
-            with mmap.mmap(shm.fd, length, access=mmap.ACCESS_READ) as m:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid() or st.st_size < length:
+                raise ValueError(f"payload segment {path} is not the one written "
+                                 f"(owner {st.st_uid}, {st.st_size} bytes)")
+            with mmap.mmap(fd, length, access=mmap.ACCESS_READ) as m:
                 return m[:length]
         finally:
-            shm.close_fd()
+            os.close(fd)
 
     def free_external(self, handle: int) -> None:
-        """Unlink an external payload; chunks are freed by the slot's release."""
+        """Unlink an external payload; chunks are freed by the slot's release. Never raises."""
         if handle >> 56 == _core.HANDLE_EXTERNAL:
-            try:
-                posix_ipc.unlink_shared_memory("/" + external_name(self.seg.name, handle & 0xFFFFFFFF))
-            except posix_ipc.ExistentialError:
-                pass
+            _unlink_quietly(os.path.join(SHM_DIR, external_name(self.seg.name,
+                                                                handle & 0xFFFFFFFF)))
+
+
+def _unlink_quietly(path: str) -> bool:
+    try:
+        os.unlink(path)
+        return True
+    except OSError:
+        return False
+
+
+def _own_externals(segment_name: str):
+    """(path, size) of the external payloads of a segment that belong to this user."""
+    prefix = f"{segment_name}_x"
+    try:
+        names = [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
+    except OSError:
+        return
+    me = os.geteuid()
+    for name in names:
+        path = os.path.join(SHM_DIR, name)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            continue
+        if st.st_uid == me:
+            yield path, st.st_size
+
+
+def external_bytes(segment_name: str) -> int:
+    """Bytes held now by the external payloads of a segment (all its processes')."""
+    return sum(size for _, size in _own_externals(segment_name))
 
 
 def remove_externals(segment_name: str) -> int:
-    """Unlink every external payload of a segment (shutdown, janitor)."""
-    prefix = f"{segment_name}_x"
-    removed = 0
-    try:
-        names = os.listdir("/dev/shm")
-    except OSError:
-        return 0
-    for name in names:
-        if name.startswith(prefix):
-            try:
-                os.unlink(os.path.join("/dev/shm", name))
-                removed += 1
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise
-    return removed
+    """Unlink the external payloads of a segment (shutdown, janitor); returns how many.
+
+    Only this user's: a name another user made to look like ours is left
+    alone (and could not be removed from the sticky /dev/shm anyway). Never
+    raises: a shutdown must get to its end.
+    """
+    return sum(_unlink_quietly(path) for path, _ in _own_externals(segment_name))

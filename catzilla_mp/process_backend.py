@@ -27,7 +27,7 @@ from ._native import ffi, lib
 from .compat_worker import MEMORY_EXIT_CODE
 from .errors import (MemoryLimitError, QueueFullError, SerializationError, TaskCancelledError, TaskTimeoutError,
                      WorkerCrashedError)
-from .payloads import Payloads, plan_arena, remove_externals
+from .payloads import Payloads, external_bytes, plan_arena, remove_externals
 from .records import TaskStatus
 from .results import TaskResult
 from .segment_janitor import new_segment_name, sweep_dead_segments
@@ -152,7 +152,8 @@ class ProcessBackend:
             raise
 
     def _init_state(self, o) -> None:
-        self.payloads = Payloads(self.seg, o.max_payload_bytes)
+        self.payloads = Payloads(self.seg, o.max_payload_bytes,
+                                 max_external_bytes=o.max_external_bytes)
         self.functions = FunctionTable(self.seg, self.payloads)
         n = o.queue_size
         self.slots = [lib.czmp_slot(self.raw, i) for i in range(n)]
@@ -435,6 +436,7 @@ class ProcessBackend:
         task.started_at = started / 1e9 + self._wall_offset
         task.exec_ms = (finished - started) / 1e6
         task.worker_id = worker
+        task.result_bytes = n  # what keep_finished_bytes counts
         if ok:
             lib.czmp_slot_release(self.raw, idx, state)
             self._unslot(task, idx)
@@ -492,6 +494,28 @@ class ProcessBackend:
                 exitcode)
         self._settle(task, idx, False, err)
 
+    def free_dead_worker_externals(self, worker: int) -> int:
+        """Unlink result segments a dead worker wrote but never published; call before its reap.
+
+        A worker killed between writing a big result and finishing its slot
+        leaves the segment's handle in the RUNNING slot, and the reap forgets
+        it (the slot is re-run or failed): without this the segment would
+        hold /dev/shm, and count against max_external_bytes, until shutdown.
+        Returns how many were unlinked (issue 20.8).
+        """
+        freed = 0
+        owner = worker + 1
+        for idx, task in enumerate(self._slot_task):
+            if task is None:
+                continue
+            st = lib.czmp_slot_state(self.raw, idx)
+            handle = self.slots[idx].result_handle
+            if (_core.state_kind(st) == _core.SLOT_RUNNING and _core.state_owner(st) == owner
+                    and handle >> 56 == _HANDLE_EXTERNAL):
+                self.payloads.free_external(handle)
+                freed += 1
+        return freed
+
     def on_stopped_running(self, idx: int) -> None:
         """A RUNNING slot whose worker was stopped by shutdown: record that the task started."""
         task = self._slot_task[idx]
@@ -524,6 +548,8 @@ class ProcessBackend:
         slot = self.slots[idx]
         if slot.result_handle >> 56 == _core.HANDLE_CHUNK:
             lib.czmp_arena_free(self.raw, slot.result_handle, holder_slot(idx))
+        elif slot.result_handle >> 56 == _HANDLE_EXTERNAL:
+            self.payloads.free_external(slot.result_handle)
         slot.result_handle = 0
         slot.result_len = 0
 
@@ -580,6 +606,10 @@ class ProcessBackend:
             if rec.progress_seq == seq:
                 return None if value < 0 else (value, msg)
         return None
+
+    def external_bytes(self) -> int:
+        """Bytes of the payload segments of their own, every process's (EngineStats)."""
+        return external_bytes(self.seg.name)
 
     def queue_depths(self) -> list[int]:
         return self.seg.queue_depths()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
@@ -28,6 +29,15 @@ log = logging.getLogger("catzilla_mp")
 # One lock for every task's completion hand-off: held for a few attribute
 # writes only, so sharing it costs less than a lock per task would.
 _lock = threading.Lock()
+
+
+def _reset_lock_after_fork() -> None:
+    # another thread of the parent may have held it at the fork
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 _FINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
@@ -47,7 +57,21 @@ class TaskFuture(concurrent.futures.Future, Generic[T]):
         if self._task is not None and not self.done():
             self._task.cancel()
             return self.cancelled()
-        return super().cancel()
+        if super().cancel():
+            # as Executor implementations do for a cancelled future: waiters of
+            # concurrent.futures.wait()/as_completed() count it as done
+            self.set_running_or_notify_cancel()
+            return True
+        return self.cancelled()
+
+    def running(self) -> bool:
+        """True while the task runs (in a worker, or a thread of the app in thread mode)."""
+        task = self._task
+        if task is None or self.done():
+            return super().running()
+        if task.status is not TaskStatus.RUNNING:
+            task._engine._observe(task)  # RUNNING is visible in the task's slot only
+        return task.status is TaskStatus.RUNNING and not self.done()
 
     def __await__(self):
         # wrap_future hands completion to the running loop thread-safely;
@@ -93,6 +117,7 @@ class TaskResult(Generic[T]):
         "attempt", "created_at", "started_at", "completed_at", "exec_ms", "worker_id",
         "slot", "ext_args", "progress_value", "meta", "parked", "name", "seq", "_final",
         "opts", "wextras", "memory_mb", "profile",
+        "executor", "result_bytes", "__weakref__",
     )
 
     def __init__(self, task_id: str, engine: "BackgroundTasks",
@@ -125,6 +150,8 @@ class TaskResult(Generic[T]):
         self.name = ""  # the function's qualified name, for stats and logs
         self.seq = 0  # the number in task_id, written to the slot for observers
         self._final = False  # set once, under the engine's lock, by BackgroundTasks._finish
+        self.executor = False  # submitted by submit()/map(): the engine keeps it weakly once final
+        self.result_bytes = 0  # the pickled outcome's size (process mode), for keep_finished_bytes
         self.fn = None
         self.func_id = 0
         self.payload = None
@@ -300,7 +327,10 @@ def _settle(fut: concurrent.futures.Future, ok: bool, value: Any, status: TaskSt
     if fut.done():
         return
     if status is TaskStatus.CANCELLED:
-        concurrent.futures.Future.cancel(fut)
+        # Future.cancel() alone leaves concurrent.futures.wait()/as_completed()
+        # waiting for ever: the notify half is what Executors call (issue 11.10)
+        if concurrent.futures.Future.cancel(fut):
+            fut.set_running_or_notify_cancel()
     elif ok:
         fut.set_result(value)
     else:

@@ -20,7 +20,9 @@ Outcome flags (czmp_slot_t.result_flags):
 """
 from __future__ import annotations
 
+import linecache
 import pickle
+import re
 import struct as _struct
 import traceback
 from typing import Any, Callable
@@ -275,6 +277,7 @@ def loads_outcome(flags: int, data) -> tuple[bool, Any]:
     if flags == OUTCOME_OK:
         return True, body
     exc, tb = body
+    tb = fill_source_lines(tb)
     if not isinstance(exc, Exception):
         # SystemExit, KeyboardInterrupt, GeneratorExit...: raising those in
         # the app's thread would stop the app, not report the task.
@@ -283,6 +286,39 @@ def loads_outcome(flags: int, data) -> tuple[bool, Any]:
         return False, wrapped
     exc.__cause__ = RemoteTraceback(tb)
     return False, exc
+
+
+_FRAME_LINE = re.compile(r'^  File "(?P<file>.+)", line (?P<line>\d+), in ')
+
+
+def fill_source_lines(tb: str) -> str:
+    """The worker's traceback text, with the source lines the worker could not find filled in.
+
+    A worker reads source lines from files. Code whose source only the app
+    knows (compiled from a string and registered in the app's linecache, as
+    notebooks and some frameworks do, or a file the worker cannot read)
+    would show ``File "<...>", line N`` alone, for every function kind
+    shipped by value (issue 11.15): the app's linecache supplies the line.
+    """
+    if "File " not in tb:
+        return tb
+    lines = tb.split("\n")
+    out: list[str] = []
+    for i, text in enumerate(lines):
+        out.append(text)
+        m = _FRAME_LINE.match(text)
+        if m is None:
+            continue
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if nxt.startswith("    "):
+            continue  # the worker found it
+        try:
+            source = linecache.getline(m.group("file"), int(m.group("line"))).strip()
+        except Exception:  # noqa: BLE001 - a loader that raises: leave the frame as it is
+            source = ""
+        if source:
+            out.append("    " + source)
+    return "\n".join(out)
 
 
 def _args_repr(exc: BaseException) -> str:

@@ -132,12 +132,15 @@ class Supervisor:
             "segment": self.seg.name, "index": index, "parent": os.getpid(),
             "threads": o.threads_per_worker, "max_payload_bytes": o.max_payload_bytes,
             "default_timeout_ms": 30000, "max_tasks": o.max_tasks_per_worker,
-            "niceness": o.worker_niceness,
+            "niceness": o.worker_niceness, "max_external_bytes": o.max_external_bytes,
             **self.backend.engine.worker_extras,  # compat: logs, initializer (engine._worker_setup)
         }
         popen = subprocess.Popen(
             [sys.executable, "-m", "catzilla_mp.workers", json.dumps(cfg)],
-            env=self._env, stdin=subprocess.DEVNULL, close_fds=True)
+            env=self._env, stdin=subprocess.DEVNULL, close_fds=True,
+            # each worker leads a process group of its own, so that killing it
+            # kills what its tasks started too (issue 11.7; see _signal)
+            process_group=0)
         now = time.monotonic()
         with self._lock:
             self.procs[index] = WorkerProcess(index, popen, now, now)
@@ -152,6 +155,9 @@ class Supervisor:
                 self._on_exit(w, code)
 
     def _on_exit(self, w: WorkerProcess, code: int) -> None:
+        if code != 0:
+            _kill_group(w)  # what its tasks started must not outlive it
+            self.backend.free_dead_worker_externals(w.index)  # the reap forgets them
         running, done = self.seg.reap(w.index, self.cookies)
         with self._lock:
             del self.procs[w.index]
@@ -298,9 +304,23 @@ class Supervisor:
 
 
 def _signal(w: WorkerProcess, sig: int) -> None:
+    if sig == signal.SIGKILL:
+        _kill_group(w)
     try:
         w.popen.send_signal(sig)
     except ProcessLookupError:
+        pass
+
+
+def _kill_group(w: WorkerProcess) -> None:
+    """SIGKILL the worker's process group: the worker and every process its tasks started.
+
+    The group outlives its leader while a member lives, so a dead worker's
+    group can still be killed; and its id cannot be reused while a member lives.
+    """
+    try:
+        os.killpg(w.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
         pass
 
 

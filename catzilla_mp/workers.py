@@ -28,7 +28,8 @@ from typing import Callable
 
 from . import _core, compat_worker, progress, serialization
 from ._native import ffi, lib
-from .errors import PayloadTooLargeError, SerializationError, TaskTimeoutError
+from .errors import (PayloadTooLargeError, SerializationError, SharedMemoryFullError,
+                     TaskTimeoutError)
 from .payloads import Payloads
 
 #: How long one take() sleeps before looking at the stop flag again. Longer
@@ -106,7 +107,8 @@ class Worker:
         self.seg = _core.Segment.attach(cfg["segment"])
         self.raw = self.seg.raw
         self.rec = self.seg.worker(self.index)
-        self.payloads = Payloads(self.seg, cfg["max_payload_bytes"], ident_base=self.index + 1)
+        self.payloads = Payloads(self.seg, cfg["max_payload_bytes"],
+                                 max_external_bytes=cfg.get("max_external_bytes"))
         self.default_timeout_ms: int = cfg["default_timeout_ms"]
         self.max_tasks: int = cfg.get("max_tasks", 0)
         self.holder = _core.holder_worker(self.index)
@@ -206,7 +208,7 @@ class Worker:
         try:
             slot.result_handle, n = self.payloads.write(out, slot.result_inline,
                                                         _INLINE_RESULT, self.holder)
-        except PayloadTooLargeError as exc:
+        except (PayloadTooLargeError, SharedMemoryFullError) as exc:
             flags, out = serialization.dumps_exception(exc)
             slot.result_handle, n = self.payloads.write(out, slot.result_inline,
                                                         _INLINE_RESULT, self.holder)
