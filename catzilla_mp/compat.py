@@ -50,6 +50,7 @@ import random
 import socket
 import sys
 import threading
+import weakref
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
@@ -387,7 +388,10 @@ class LogReceiver:
     """
 
     def __init__(self, engine: "BackgroundTasks") -> None:
-        self._id_prefix = engine._id_prefix
+        # Task ids are random (issue 12.1): a worker names its task by slot and
+        # sequence number, and the engine maps those to the id. Weakly: the
+        # receiver must not keep a dropped engine alive (issue 11.14).
+        self._resolve = weakref.WeakMethod(engine.task_id_for_log)
         self._on_init_failure: Optional[Callable[[dict], None]] = None
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.address = f"\0czmp-log-{os.getpid()}-{os.urandom(6).hex()}"
@@ -411,7 +415,9 @@ class LogReceiver:
 
     def _emit(self, d: dict) -> None:
         seq = d.pop("task_seq", None)
-        d["task_id"] = f"{self._id_prefix}{seq}" if seq else None
+        slot = d.pop("task_slot", None)
+        resolve = self._resolve()
+        d["task_id"] = resolve(seq, slot) if resolve is not None and seq else None
         logger = logging.getLogger(d.get("name") or "root")
         level = int(d.get("levelno", logging.INFO))
         if not logger.isEnabledFor(level):

@@ -80,6 +80,7 @@ class ForwardHandler(logging.Handler):
                 "process": record.process, "processName": "catzilla_mp-worker",
                 "threadName": record.threadName, "worker_pid": os.getpid(),
                 "task_seq": getattr(_local, "seq", None),
+                "task_slot": getattr(_local, "slot", None),
             }
             if record.exc_info:
                 d["exc_text"] = "".join(traceback.format_exception(*record.exc_info))[:60_000]
@@ -252,7 +253,7 @@ class Runner:
         self._fast: dict[Any, bool] = {}
 
     def call(self, fn: Callable, args: tuple, kwargs: dict, extras: Optional[dict],
-             seq: int, thread_id: int, t0: int) -> tuple[Any, Optional[dict]]:
+             seq: int, thread_id: int, t0: int, slot: int = -1) -> tuple[Any, Optional[dict]]:
         """Run ``fn(*args, **kwargs)`` with the task's options.
 
         Returns:
@@ -260,6 +261,7 @@ class Runner:
             exception, or MemoryLimitError.
         """
         _local.seq = seq
+        _local.slot = slot  # with seq, names the task to the app's LogReceiver
         try:
             if extras is None:
                 try:

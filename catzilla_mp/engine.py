@@ -703,6 +703,17 @@ class BackgroundTasks(Executor):
         cache[key] = (ref, config, name)
         return config, name
 
+    def task_id_for_log(self, seq: int, slot: Optional[int]) -> Optional[str]:
+        """The id of the task a worker's log record names by (sequence number, slot), or None.
+
+        None when the slot has moved on to another task since (the record
+        arrived after its task finished).
+        """
+        finder = getattr(self._backend, "task_id_of_log", None)
+        if finder is None or not isinstance(slot, int) or not isinstance(seq, int):
+            return None
+        return finder(slot, seq)
+
     def _admit(self, task: TaskResult) -> None:
         # No lock on the submit path: the collector holds the engine lock to
         # finish tasks, and a contended acquire hands the GIL over (a

@@ -158,6 +158,8 @@ class ProcessBackend:
         n = o.queue_size
         self.slots = [lib.czmp_slot(self.raw, i) for i in range(n)]
         self._slot_task: list[Optional[TaskResult]] = [None] * n
+        # (seq, task id) of each slot's previous task, for task_id_of_log
+        self._slot_last: list[Optional[tuple[int, str]]] = [None] * n
         self._free = collections.deque(range(n - 1, -1, -1))
         self._free_cond = threading.Condition()
         self._free_waiters = 0
@@ -318,6 +320,10 @@ class ProcessBackend:
                 self._free_waiters -= 1
 
     def _return_slot(self, idx: int) -> None:
+        task = self._slot_task[idx]
+        if task is not None:
+            # a worker's log record may reach the app after its task finished
+            self._slot_last[idx] = (task.seq, task.task_id)
         self._slot_task[idx] = None
         self._free.append(idx)
         if self._free_waiters:
@@ -610,6 +616,17 @@ class ProcessBackend:
     def external_bytes(self) -> int:
         """Bytes of the payload segments of their own, every process's (EngineStats)."""
         return external_bytes(self.seg.name)
+
+    def task_id_of_log(self, idx: int, seq: int) -> Optional[str]:
+        """The id of task number ``seq`` that ran in slot ``idx``, if the slot still
+        holds it or held it last; else None (a bad index included)."""
+        if not 0 <= idx < len(self._slot_task):
+            return None
+        task = self._slot_task[idx]
+        if task is not None and task.seq == seq:
+            return task.task_id
+        last = self._slot_last[idx]
+        return last[1] if last is not None and last[0] == seq else None
 
     def queue_depths(self) -> list[int]:
         return self.seg.queue_depths()

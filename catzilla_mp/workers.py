@@ -247,7 +247,7 @@ class Worker:
             try:
                 me.in_task = True
                 value, me.measured = self.runner.call(fn, args, kwargs, extras, slot.task_id,
-                                                      me.thread_id, t0)
+                                                      me.thread_id, t0, idx)
                 me.in_task = False
                 if _fault_point:
                     _fault("ran")
