@@ -46,6 +46,7 @@ from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
 from .errors import (
+    EngineBrokenError,
     EngineClosedError,
     PayloadTooLargeError,
     SerializationError,
@@ -195,8 +196,15 @@ class BackgroundTasks(Executor):
         self._fn_info: dict[Any, tuple[Optional[TaskConfig], str]] = {}
         from .monitor import Monitor
         from .delays import DelayQueue
+        from .callbacks import CallbackRunner
         self.monitor = Monitor(self)
-        self._delays = DelayQueue()
+        # set once by the shutdown() that does the work; the others wait on it
+        self._shut_down = threading.Event()
+        self._shutting_down = False
+        # the exception that broke the engine (an engine thread died), or None
+        self._broken: Optional[BaseException] = None
+        self._callback_runner = CallbackRunner()
+        self._delays = DelayQueue(on_death=self._thread_died)
         try:
             self._backend = self._make_backend()
         except BaseException:
@@ -241,7 +249,7 @@ class BackgroundTasks(Executor):
         task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
         self._admit(task)
         try:
-            self._backend.dispatch(task, func, args, kwargs)
+            self._live_backend().dispatch(task, func, args, kwargs)
         except BaseException:
             self._forget(task)
             raise
@@ -265,10 +273,12 @@ class BackgroundTasks(Executor):
         tasks = [first] + [self._sibling(first) for _ in range(len(calls) - 1)]
         if self._closed:
             raise EngineClosedError("the engine is shut down; it takes no new tasks")
+        if self._broken is not None:
+            self._raise_broken()
         self._tasks.update((t.task_id, t) for t in tasks)
         done = [0]
         try:
-            self._backend.dispatch_many(tasks, func, calls, done)
+            self._live_backend().dispatch_many(tasks, func, calls, done)
         except BaseException as exc:
             if hasattr(exc, "add_note"):
                 exc.add_note(f"add_tasks: the first {done[0]} of {len(calls)} tasks were submitted")
@@ -337,7 +347,20 @@ class BackgroundTasks(Executor):
         # shutdown() starts is found by its scan of unfinished tasks.
         if self._closed:
             raise EngineClosedError("the engine is shut down; it takes no new tasks")
+        if self._broken is not None:
+            self._raise_broken()
         self._tasks[task.task_id] = task
+
+    def _raise_broken(self) -> None:
+        broken = self._broken
+        raise EngineBrokenError(f"{broken}; the task was not queued") from broken.__cause__
+
+    def _live_backend(self):
+        """The backend, or EngineClosedError: a submitter racing shutdown() finds it gone."""
+        backend = self._backend
+        if backend is None:
+            raise EngineClosedError("the engine is shut down; it takes no new tasks")
+        return backend
 
     def _forget(self, task: TaskResult) -> None:
         self._tasks.pop(task.task_id, None)
@@ -435,9 +458,22 @@ class BackgroundTasks(Executor):
                              name="czmp-shutdown", daemon=True).start()
             return
         with self._lock:
-            if self._closed and self._backend is None:
-                return
             self._closed = True
+            loser = self._shutting_down
+            self._shutting_down = True
+        if loser:
+            # Another shutdown() does the work: return when it is done, not
+            # before (issue 20.9) -- unless this is one of the engine's own
+            # callback threads, which that shutdown may be waiting for.
+            if not self._callback_runner.in_pool():
+                self._shut_down.wait()
+            return
+        try:
+            self._shutdown(wait_for_completion, timeout)
+        finally:
+            self._shut_down.set()
+
+    def _shutdown(self, wait_for_completion: bool, timeout: float) -> None:
         deadline = time.monotonic() + max(0.0, timeout)
         if not wait_for_completion:
             self._retries_allowed = False
@@ -449,10 +485,13 @@ class BackgroundTasks(Executor):
         # (or a retry) before it is due, and an idle worker would start it
         # early. The backend's close() abandons every task still unfinished.
         self._delays.drain()
-        backend, self._backend = self._backend, None
+        backend = self._backend
         if backend is not None:
             backend.close(self._abandon)
+        self._backend = None
         self._delays.stop()
+        # callbacks of the tasks settled above still run, for a bounded time
+        self._callback_runner.stop(max(0.0, deadline - time.monotonic()) + 1.0)
         if self._atexit is not None:
             atexit.unregister(self._atexit)
             self._atexit = None
@@ -486,8 +525,13 @@ class BackgroundTasks(Executor):
         ceiling = min(o.retry_backoff_cap, o.retry_backoff_base * (2 ** (attempt - 1)))
         return ceiling * (0.5 + random.random() * 0.5)
 
-    def _schedule(self, delay_s: float, fn: Callable[[], None]) -> None:
-        self._delays.call_at(time.monotonic() + delay_s, fn)
+    def _schedule(self, delay_s: float, fn: Callable[[], None]):
+        """Call ``fn()`` on the delay thread in ``delay_s`` s; returns a handle for _unschedule."""
+        return self._delays.call_at(time.monotonic() + delay_s, fn)
+
+    def _unschedule(self, timer) -> None:
+        """Drop a timer from _schedule that is no longer needed (what it holds goes with it)."""
+        self._delays.cancel(timer)
 
     def _finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
         """Final outcome: account for it, then complete the TaskResult; once per task.
@@ -538,10 +582,30 @@ class BackgroundTasks(Executor):
         return task.cancelled()
 
     def _cancel_not_started(self) -> None:
-        with self._lock:
-            pending = [t for t in self._tasks.values() if not t.done()]
-        for t in pending:
+        # submitters add to _tasks without the lock: copy it in one step
+        for t in self._unfinished():
             self._cancel(t)
+
+    def _thread_died(self, name: str, exc: BaseException) -> None:
+        """An engine thread ended unexpectedly: the engine is broken (issue 11.4, 20.6).
+
+        Every task not yet final fails with EngineBrokenError (the cause
+        chained), and later submissions raise it: a waiter never hangs on a
+        thread that is gone. shutdown() still cleans up.
+        """
+        if self._shutting_down:
+            return
+        err = EngineBrokenError(f"the engine's thread {name!r} died ({exc!r}); "
+                                "pending tasks cannot complete, shut the engine down")
+        err.__cause__ = exc
+        log.critical("%s", err, exc_info=exc)
+        with self._lock:
+            if self._broken is None:
+                self._broken = err
+        for t in self._unfinished():
+            with self._lock:
+                t.parked = False
+            self._finish(t, False, err, TaskStatus.FAILED)
 
     def _help_collect(self, task: TaskResult, timeout: Optional[float]) -> None:
         """Let a waiting thread collect outcomes itself for a moment (see ProcessBackend)."""
