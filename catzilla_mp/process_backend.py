@@ -71,6 +71,8 @@ _RUNNABLE = (TaskStatus.PENDING, TaskStatus.RUNNING)
 _SLOT_HELD = _core.SLOT_HELD
 
 
+#: How long close() waits for the collector thread to end.
+COLLECTOR_JOIN_S = 5.0
 #: How long close() waits for threads still inside the mapping (a listener
 #: that blocks the collector, a waiter in help_collect) before it unlinks the
 #: segment and leaves the unmapping to the last of them.
@@ -300,25 +302,29 @@ class ProcessBackend:
             datas = [dumps(args, {}) for args in calls[start:start + k]]
             if max(map(len, datas)) > _INLINE_ARGS or any(type(d) is not bytes for d in datas):
                 return self._dispatch_each(tasks[start:], fn, calls[start:], done)
-            self._submit_inline_batch(tasks[start:start + k], func_id, datas, done)
-            start += k
+            start += self._submit_inline_batch(tasks[start:start + k], func_id, datas, done)
 
     def _submit_inline_batch(self, tasks: list[TaskResult], func_id: int, datas: list[bytes],
-                             done: list[int]) -> None:
-        """Queue a batch in one C call; counts what was queued in done[0]; all or raise."""
-        idxs: list[int] = []
+                             done: list[int]) -> int:
+        """Queue a prefix of a batch in one C call; returns its length (counted in done[0] too).
+
+        Only the first slot is waited for: the others are the ones free now.
+        A caller that held slots while it waited for more, as concurrent
+        map()/add_tasks() callers on a small queue did, could hold all of
+        them with nothing queued, each waiting for the others (issue 20.7).
+        """
+        idxs: list[int] = [self._take_slot()]
+        free = self._free
+        while len(idxs) < len(tasks):
+            try:
+                idxs.append(free.pop())
+            except IndexError:
+                break
+        tasks, datas = tasks[:len(idxs)], datas[:len(idxs)]
         slot_task = self._slot_task
-        try:
-            for task in tasks:
-                idx = self._take_slot()
-                task.slot = idx
-                slot_task[idx] = task
-                idxs.append(idx)
-        except BaseException:
-            for task, idx in zip(tasks, idxs):  # a full queue: give back what this batch took
-                task.slot = -1
-                self._return_slot(idx)
-            raise
+        for task, idx in zip(tasks, idxs):
+            task.slot = idx
+            slot_task[idx] = task
         offs = list(itertools.accumulate(map(len, datas), initial=0))[:-1]
         n = len(tasks)
         prio = tasks[0].priority._value_
@@ -336,6 +342,7 @@ class ProcessBackend:
                 self._not_queued(task, idx)
             _core.check(rc, "submit tasks")
             raise self._push_failed(n - queued)
+        return n
 
     def _dispatch_each(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple],
                        done: list[int]) -> None:
@@ -836,7 +843,7 @@ class ProcessBackend:
             self._running = False
             with self._free_cond:
                 self._free_cond.notify_all()  # submitters waiting for a slot give up
-            self._collector.join(timeout=5)
+            self._collector.join(timeout=COLLECTOR_JOIN_S)
             # outcomes published after the collector's last look
             batch = _OutcomeBatch(COLLECT_BATCH)
             while self._collect(batch, 0) > 0:
@@ -849,7 +856,8 @@ class ProcessBackend:
                     parked, task.parked = task.parked, False
                 if parked and parked is not True:
                     self.engine._unschedule(parked)
-                self._note_started(task)
+                if not parked:
+                    self._note_started(task)
                 abandon(task)
         finally:
             self._running = False

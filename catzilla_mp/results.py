@@ -29,6 +29,9 @@ log = logging.getLogger("catzilla_mp")
 _lock = threading.Lock()
 
 _FINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+#: How long wait() waits, once the outcome is known, for the task's callbacks
+#: (which run on the engine's callback threads) to have run.
+CALLBACK_WAIT_S = 5.0
 
 
 class TaskFuture(concurrent.futures.Future, Generic[T]):
@@ -162,9 +165,11 @@ class TaskResult(Generic[T]):
             # they have run, as when they ran on the collector. Not on those
             # threads themselves, though: a callback waiting for another
             # task's callbacks could wait for its own thread.
+            # Bounded: a callback that blocks delays its task's waiters by
+            # CALLBACK_WAIT_S at most.
             runner = getattr(self._engine, "_callback_runner", None)
             if runner is not None and not runner.in_pool():
-                cbs_done.wait(timeout)
+                cbs_done.wait(CALLBACK_WAIT_S)
         if self._ok:
             return self._value
         # Raising the same object again would append this caller's frames to
