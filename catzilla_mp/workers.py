@@ -372,7 +372,12 @@ def main(argv: list[str]) -> int:
     try:
         return worker.serve()
     finally:
-        worker.seg.detach()
+        # Nothing may use the mapping once it is gone (issue 10.10): the
+        # heartbeat thread stops first, and if executor threads are still
+        # running (serve() ended by an error) the process exit unmaps it.
+        lib.czmp_heartbeat_stop()
+        if threading.active_count() == 1:
+            worker.seg.detach()
 
 
 if __name__ == "__main__":
