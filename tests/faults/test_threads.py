@@ -310,6 +310,7 @@ def test_a_result_whose_unpickling_raises_system_exit_fails_that_task_only(make_
     assert [engine.add_task(sum, (i, 1)).wait(30) for i in range(5)] == [1, 2, 3, 4, 5]
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_an_engine_thread_that_dies_anyway_fails_every_waiter_with_engine_broken(
         make_engine, monkeypatch):
     """Issue 11.4 / 20.6: if an engine thread dies anyway (here the collector: a
