@@ -22,6 +22,11 @@ Actors:
     arguments are kept) or releases the slot and completes the TaskResult.
   * The supervisor thread (supervisor.py) owns the worker processes.
   * The delay thread (delays.py) re-queues delayed and backing-off tasks.
+  * The callback threads (callbacks.py) run user callbacks (add_callback,
+    Future.add_done_callback): never the threads above, so a callback that
+    blocks or waits on another task holds up no delivery.
+  * If one of the engine's threads dies anyway, _thread_died fails every
+    pending task with EngineBrokenError and later submissions raise it.
 
 Who frees what after a crash: see the header of native/slots.c. In short,
 the slot state word says who owns a task at every instant, a dead worker's

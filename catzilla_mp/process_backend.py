@@ -7,8 +7,11 @@ Slot ownership on the app side (besides the state word in shared memory):
   * a slot index is in ``_free`` xor owned by exactly one TaskResult
     (``_slot_task[i]``) from dispatch until _release();
   * a task waiting for a timer (delay or retry back-off) is "parked": its
-    slot is HELD, and ``task.parked`` is True. Cancel and the timer both
-    test-and-clear ``parked`` under ``_park_lock``, so exactly one wins.
+    slot is HELD, and ``task.parked`` is truthy (its Timer, so that a cancel
+    can drop the timer at once). Cancel and the timer both test-and-clear
+    ``parked`` under ``_park_lock``, so exactly one wins.
+  * every thread that uses the mapping is inside ``gate`` (MappingGate)
+    while it does; close() unmaps only when none is.
 """
 from __future__ import annotations
 
