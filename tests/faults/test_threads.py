@@ -22,7 +22,7 @@ import weakref
 import pytest
 
 import thread_jobs
-from faultkit import books_balance, wait_until
+from faultkit import books_balance, running_pid, wait_until, worker_pids
 from fault_jobs import runs
 from catzilla_mp import TaskStatus, process_backend, supervisor as supervisor_mod
 from catzilla_mp.errors import (EngineBrokenError, EngineClosedError, QueueFullError,
@@ -223,19 +223,32 @@ def test_a_hard_timeout_kill_never_hits_the_task_after_the_slow_one(make_engine,
     assert runs(path).get("B") == 1, runs(path)
 
 
-def test_cancel_with_force_never_kills_a_worker_that_replaced_the_owner(make_engine, tmp_path):
-    """Issue 20.4: kill_for_cancel re-checks the slot's state word under the process
-    table's lock; a stale word (the owner is gone) kills nobody."""
+def test_cancel_with_force_never_kills_a_worker_that_replaced_the_owner(make_engine,
+                                                                       monkeypatch, tmp_path):
+    """Issue 20.4: kill_for_cancel picked the process by worker index only. A pause is
+    patched in before it (Supervisor.kill_for_cancel): meanwhile the task's worker dies
+    and a replacement starts at the same index. The old code then killed the
+    replacement, which had nothing to do with the task."""
     engine = make_engine(workers=1)
     path, release = str(tmp_path / "runs"), tmp_path / "release"
-    t = engine.add_task(thread_jobs.deaf_until, path, "x", str(release))
+    t = engine.add_task(thread_jobs.deaf_until, path, "x", str(release), max_retries=0)
     wait_until(lambda: runs(path).get("x") == 1, 60, "the task running")
-    backend = engine._backend
-    st = backend.seg.slot_state(t.slot)
-    stale = st ^ (1 << 32)  # the same slot and owner, another generation
-    assert backend.supervisor.kill_for_cancel(0, t.slot, t, stale) is False
+    old_pid = running_pid(engine, t)
+    real = supervisor_mod.Supervisor.kill_for_cancel
+
+    def late(self, *args):
+        os.kill(old_pid, signal.SIGKILL)
+        wait_until(lambda: [p for p in worker_pids(engine) if p != old_pid], 60,
+                   "a replacement serving")
+        return real(self, *args)
+
+    monkeypatch.setattr(supervisor_mod.Supervisor, "kill_for_cancel", late)
+    t.cancel(force=True)
+    new_pids = [p for p in worker_pids(engine) if p != old_pid]
+    time.sleep(0.5)  # a kill would be reaped by now
+    assert engine.add_task(sum, (1, 2)).wait(30) == 3
+    assert new_pids and new_pids[0] in worker_pids(engine)
     release.touch()
-    assert t.wait(60) == "x"
 
 
 # -- 20.5: callbacks that wait -------------------------------------------------------
