@@ -22,6 +22,11 @@ Actors:
     arguments are kept) or releases the slot and completes the TaskResult.
   * The supervisor thread (supervisor.py) owns the worker processes.
   * The delay thread (delays.py) re-queues delayed and backing-off tasks.
+  * The callback threads (callbacks.py) run user callbacks (add_callback,
+    Future.add_done_callback): never the threads above, so a callback that
+    blocks or waits on another task holds up no delivery.
+  * If one of the engine's threads dies anyway, _thread_died fails every
+    pending task with EngineBrokenError and later submissions raise it.
 
 Who frees what after a crash: see the header of native/slots.c. In short,
 the slot state word says who owns a task at every instant, a dead worker's
@@ -352,8 +357,15 @@ class BackgroundTasks(Executor):
             self.worker_extras = self._worker_setup(bool(forward_logs))
         from .monitor import Monitor
         from .delays import DelayQueue
+        from .callbacks import CallbackRunner
         self.monitor = Monitor(self)
-        self._delays = DelayQueue()
+        # set once by the shutdown() that does the work; the others wait on it
+        self._shut_down = threading.Event()
+        self._shutting_down = False
+        # the exception that broke the engine (an engine thread died), or None
+        self._broken: Optional[BaseException] = None
+        self._callback_runner = CallbackRunner()
+        self._delays = DelayQueue(on_death=self._thread_died)
         try:
             self._backend = self._make_backend()
         except BaseException:
@@ -436,12 +448,24 @@ class BackgroundTasks(Executor):
         listeners = self.monitor._listeners
         self.monitor = Monitor(self)
         self.monitor._listeners = listeners
-        self._delays = DelayQueue()
+        self._delays = DelayQueue(on_death=self._thread_died)
+        # the parent's threads did not come along: nothing of theirs is ours
+        from .callbacks import CallbackRunner
+        self._callback_runner = CallbackRunner()
+        self._shut_down = threading.Event()
+        self._shutting_down = False
+        self._broken = None
+        forward_logs = self._logs is not None
+        if self._logs is not None:
+            self._logs.sock.close()  # the parent's receiver: its workers' logs are not ours
+            self._logs = None
         if self._atexit is not None:
             atexit.unregister(self._atexit)
             self._atexit = None
         if not start:
             return
+        if self.mode == "process":
+            self.worker_extras = self._worker_setup(forward_logs)
         self._backend = self._make_backend()
         self._atexit = _register_atexit(self)
         self._orphan_finalizer = _finalize_orphan(self)
@@ -501,7 +525,7 @@ class BackgroundTasks(Executor):
                      kwargs: dict) -> TaskResult:
         self._admit(task)
         try:
-            self._backend.dispatch(task, func, args, kwargs)
+            self._live_backend().dispatch(task, func, args, kwargs)
         except BaseException as exc:
             self._forget(task)
             self._submit_failed += 1
@@ -605,10 +629,12 @@ class BackgroundTasks(Executor):
         tasks = [first] + [self._sibling(first) for _ in range(len(calls) - 1)]
         if self._closed:
             raise EngineClosedError("the engine is shut down; it takes no new tasks")
+        if self._broken is not None:
+            self._raise_broken()
         self._tasks.update((t.task_id, t) for t in tasks)
         done = [0]
         try:
-            self._backend.dispatch_many(tasks, func, calls, done)
+            self._live_backend().dispatch_many(tasks, func, calls, done)
         except BaseException as exc:
             if isinstance(exc, QueueFullError):
                 self._queue_full += 1
@@ -721,7 +747,20 @@ class BackgroundTasks(Executor):
         # shutdown() starts is found by its scan of unfinished tasks.
         if self._closed:
             raise EngineClosedError("the engine is shut down; it takes no new tasks")
+        if self._broken is not None:
+            self._raise_broken()
         self._tasks[task.task_id] = task
+
+    def _raise_broken(self) -> None:
+        broken = self._broken
+        raise EngineBrokenError(f"{broken}; the task was not queued") from broken.__cause__
+
+    def _live_backend(self):
+        """The backend, or EngineClosedError: a submitter racing shutdown() finds it gone."""
+        backend = self._backend
+        if backend is None:
+            raise EngineClosedError("the engine is shut down; it takes no new tasks")
+        return backend
 
     def _forget(self, task: TaskResult) -> None:
         self._tasks.pop(task.task_id, None)
@@ -914,9 +953,22 @@ class BackgroundTasks(Executor):
         if self._forked:
             self._adopt_fork(start=False)  # the backend here is the parent's: leave it be
         with self._lock:
-            if self._closed and self._backend is None:
-                return
             self._closed = True
+            loser = self._shutting_down
+            self._shutting_down = True
+        if loser:
+            # Another shutdown() does the work: return when it is done, not
+            # before (issue 20.9) -- unless this is one of the engine's own
+            # callback threads, which that shutdown may be waiting for.
+            if not self._callback_runner.in_pool():
+                self._shut_down.wait()
+            return
+        try:
+            self._shutdown(wait_for_completion, timeout)
+        finally:
+            self._shut_down.set()
+
+    def _shutdown(self, wait_for_completion: bool, timeout: float) -> None:
         deadline = time.monotonic() + max(0.0, timeout)
         if not wait_for_completion:
             self._retries_allowed = False
@@ -928,14 +980,17 @@ class BackgroundTasks(Executor):
         # (or a retry) before it is due, and an idle worker would start it
         # early. The backend's close() abandons every task still unfinished.
         self._delays.drain()
-        backend, self._backend = self._backend, None
+        backend = self._backend
         self._orphan_finalizer.detach()
         if backend is not None:
             backend.close(self._abandon)
+        self._backend = None
         self._delays.stop()
         if self._logs is not None:
             self._logs.close()
             self._logs = None
+        # callbacks of the tasks settled above still run, for a bounded time
+        self._callback_runner.stop(max(0.0, deadline - time.monotonic()) + 1.0)
         if self._atexit is not None:
             atexit.unregister(self._atexit)
             self._atexit = None
@@ -972,8 +1027,13 @@ class BackgroundTasks(Executor):
             return task.opts.backoff_s(attempt, o.retry_backoff_base, o.retry_backoff_cap)
         return compat.exponential_backoff(attempt, o.retry_backoff_base, o.retry_backoff_cap)
 
-    def _schedule(self, delay_s: float, fn: Callable[[], None]) -> None:
-        self._delays.call_at(time.monotonic() + delay_s, fn)
+    def _schedule(self, delay_s: float, fn: Callable[[], None]):
+        """Call ``fn()`` on the delay thread in ``delay_s`` s; returns a handle for _unschedule."""
+        return self._delays.call_at(time.monotonic() + delay_s, fn)
+
+    def _unschedule(self, timer) -> None:
+        """Drop a timer from _schedule that is no longer needed (what it holds goes with it)."""
+        self._delays.cancel(timer)
 
     def _finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
         """Final outcome: account for it, then complete the TaskResult; once per task.
@@ -1078,10 +1138,30 @@ class BackgroundTasks(Executor):
         return task.cancelled()
 
     def _cancel_not_started(self) -> None:
-        with self._lock:
-            pending = [t for t in self._tasks.values() if not t.done()]
-        for t in pending:
+        # submitters add to _tasks without the lock: copy it in one step
+        for t in self._unfinished():
             self._cancel(t)
+
+    def _thread_died(self, name: str, exc: BaseException) -> None:
+        """An engine thread ended unexpectedly: the engine is broken (issue 11.4, 20.6).
+
+        Every task not yet final fails with EngineBrokenError (the cause
+        chained), and later submissions raise it: a waiter never hangs on a
+        thread that is gone. shutdown() still cleans up.
+        """
+        if self._shutting_down:
+            return
+        err = EngineBrokenError(f"the engine's thread {name!r} died ({exc!r}); "
+                                "pending tasks cannot complete, shut the engine down")
+        err.__cause__ = exc
+        log.critical("%s", err, exc_info=exc)
+        with self._lock:
+            if self._broken is None:
+                self._broken = err
+        for t in self._unfinished():
+            with self._lock:
+                t.parked = False
+            self._finish(t, False, err, TaskStatus.FAILED)
 
     def _help_collect(self, task: TaskResult, timeout: Optional[float]) -> None:
         """Let a waiting thread collect outcomes itself for a moment (see ProcessBackend)."""

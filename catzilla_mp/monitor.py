@@ -78,7 +78,7 @@ class Monitor:
         for listener in self._listeners:
             try:
                 listener(event, task, detail)
-            except Exception:  # noqa: BLE001 - observers must not break the engine
+            except BaseException:  # noqa: BLE001 - observers must not break the engine
                 log.exception("task listener %r failed on %s", listener, event)
 
     # -- counting (hot path) ------------------------------------------------
@@ -206,6 +206,11 @@ class Monitor:
                 rss += ps.memory_info().rss
             except psutil.Error:
                 self._worker_ps.pop(proc.pid, None)
+        # forget workers that are gone, or a long run grows these tables for ever
+        live = {proc.pid or id(rec) for proc, rec in records}
+        for table in (self._worker_ps, self._last_busy):
+            for pid in [p for p in list(table) if p not in live]:
+                table.pop(pid, None)
         s.active_workers = busy_now
         s.idle_workers = s.total_workers - busy_now
         s.avg_worker_utilization = sum(utils) / len(utils) if utils else 0.0

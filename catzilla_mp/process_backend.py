@@ -7,8 +7,11 @@ Slot ownership on the app side (besides the state word in shared memory):
   * a slot index is in ``_free`` xor owned by exactly one TaskResult
     (``_slot_task[i]``) from dispatch until _release();
   * a task waiting for a timer (delay or retry back-off) is "parked": its
-    slot is HELD, and ``task.parked`` is True. Cancel and the timer both
-    test-and-clear ``parked`` under ``_park_lock``, so exactly one wins.
+    slot is HELD, and ``task.parked`` is truthy (its Timer, so that a cancel
+    can drop the timer at once). Cancel and the timer both test-and-clear
+    ``parked`` under ``_park_lock``, so exactly one wins.
+  * every thread that uses the mapping is inside ``gate`` (MappingGate)
+    while it does; close() unmaps only when none is.
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ from . import _core, compat, serialization
 from ._core import holder_slot
 from ._native import ffi, lib
 from .compat_worker import MEMORY_EXIT_CODE
-from .errors import (MemoryLimitError, QueueFullError, SerializationError, TaskCancelledError, TaskTimeoutError,
-                     WorkerCrashedError)
+from .errors import (EngineClosedError, MemoryLimitError, QueueFullError, SerializationError,
+                     TaskCancelledError, TaskTimeoutError, WorkerCrashedError)
 from .payloads import Payloads, external_bytes, plan_arena, remove_externals
 from .records import TaskStatus
 from .results import TaskResult
@@ -59,6 +62,11 @@ HELP_COLLECT_BATCH = 64
 SUBMIT_BATCH = 256
 #: The timeout every worker applies when a task carries none of its own.
 DEFAULT_TIMEOUT_MS = 30000
+#: A push whose ring stays full (each C call already waits ~2 ms for a
+#: stalled consumer) is retried this long; then the task is given back and
+#: fails with QueueFullError: it is never reported as queued when it is not
+#: (issue 10.1, 20.12).
+PUSH_RETRY_S = 1.0
 
 _HANDLE_EXTERNAL = _core.HANDLE_EXTERNAL
 #: External payload segments are whole pages (for memory_usage_mb).
@@ -66,7 +74,69 @@ EXTERNAL_PAGE = 4096
 _INLINE_ARGS = _core.INLINE_ARGS
 _INLINE_HANDLE = _core.HANDLE_INLINE << 56
 _COMPLETED = TaskStatus.COMPLETED
+_RUNNABLE = (TaskStatus.PENDING, TaskStatus.RUNNING)
 _SLOT_HELD = _core.SLOT_HELD
+
+
+#: How long close() waits for the collector thread to end.
+COLLECTOR_JOIN_S = 5.0
+#: How long close() waits for threads still inside the mapping (a listener
+#: that blocks the collector, a waiter in help_collect) before it unlinks the
+#: segment and leaves the unmapping to the last of them.
+CLOSE_DRAIN_S = 2.0
+
+
+class MappingGate:
+    """Counts the threads using the mapping, so that it is unmapped only when none is.
+
+    Every way into the segment from an app thread (submit, cancel, collect,
+    observe, the supervisor's tick) enters the gate; close() shuts it and
+    unmaps once the last thread is out: a thread still inside (say the
+    collector, held up by a slow listener) unmaps on its way out instead of
+    touching freed memory (issue 20.1, 10.10). Entering never blocks.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._inside = 0
+        self._closed = False
+        self._on_empty: Optional[Callable[[], None]] = None
+
+    def enter(self) -> bool:
+        """True if the mapping may be used until the matching exit(); False once closed."""
+        with self._cond:
+            if self._closed:
+                return False
+            self._inside += 1
+            return True
+
+    def exit(self) -> None:
+        with self._cond:
+            self._inside -= 1
+            if self._inside:
+                return
+            self._cond.notify_all()
+            fn, self._on_empty = self._on_empty, None
+        if fn is not None:
+            fn()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self, timeout: float) -> bool:
+        """Refuse new entries; wait up to ``timeout`` s for those inside. True if none is."""
+        with self._cond:
+            self._closed = True
+            return self._cond.wait_for(lambda: self._inside == 0, timeout)
+
+    def when_empty(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` now if nobody is inside, else when the last one leaves."""
+        with self._cond:
+            if self._inside:
+                self._on_empty = fn
+                return
+        fn()
 
 
 class _OutcomeBatch:
@@ -139,6 +209,7 @@ class ProcessBackend:
             nfuncs=FUNCTION_TABLE_SIZE, classes=plan_arena(o.memory_pool_mb << 20),
             populate=False)
         self.raw = self.seg.raw
+        self.gate = MappingGate()
         # Page tables for the pool are built in the background: with
         # MAP_POPULATE a 500 MiB pool held the constructor up for ~0.3 s.
         self._prefault = threading.Thread(target=lib.czmp_segment_prefault, args=(self.raw,),
@@ -168,15 +239,26 @@ class ProcessBackend:
         # CLOCK_MONOTONIC (the C side's clock) -> wall clock, for TaskStats
         self._wall_offset = time.time() - time.monotonic()
         self._running = True
-        self._collector = threading.Thread(target=self._collect_loop, name="czmp-collector",
-                                           daemon=True)
+        self._collector = threading.Thread(target=self._guarded_collect_loop,
+                                           name="czmp-collector", daemon=True)
         self._collector.start()
         from .supervisor import Supervisor
         self.supervisor = Supervisor(self)
 
     # -- submit -----------------------------------------------------------
 
+    def _enter_or_raise(self) -> None:
+        if not self.gate.enter():
+            raise EngineClosedError("the engine is shut down; it takes no new tasks")
+
     def dispatch(self, task: TaskResult, fn: Callable, args: tuple, kwargs: dict) -> None:
+        self._enter_or_raise()
+        try:
+            self._dispatch(task, fn, args, kwargs)
+        finally:
+            self.gate.exit()
+
+    def _dispatch(self, task: TaskResult, fn: Callable, args: tuple, kwargs: dict) -> None:
         func_id, fn_bytes = self.functions.lookup(fn)
         timeout = None if task.timeout_ms == DEFAULT_TIMEOUT_MS else task.timeout_ms
         data = serialization.dumps_call(args, kwargs, timeout, fn_bytes, task.wextras)
@@ -185,14 +267,20 @@ class ProcessBackend:
             idx = self._take_slot()
             task.slot = idx
             self._slot_task[idx] = task
-            lib.czmp_tasks_submit_inline(self.raw, task.priority._value_, idx, func_id, task.seq,
-                                         data, len(data))
+            rc = lib.czmp_tasks_submit_inline(self.raw, task.priority._value_, idx, func_id,
+                                              task.seq, data, len(data))
+            if rc != 1:  # args are written when the push is what failed: retry the push
+                if rc < 0 or self._queue(task.priority._value_, [idx]) != 1:
+                    self._not_queued(task, idx)
+                    _core.check(rc, "submit task")
+                    raise self._push_failed(1)
             return
         idx = self._store(task, func_id, data)
         if task.delay_ms:
             self._park(task, idx, task.delay_ms / 1000.0)
-        else:
-            self._submit_one(task.priority.value, idx)
+        elif not self._submit_one(task.priority.value, idx):
+            self._not_queued(task, idx)
+            raise self._push_failed(1)
 
     def dispatch_many(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple],
                       done: list[int]) -> None:
@@ -202,6 +290,14 @@ class ProcessBackend:
         whose pickles fit a slot go SUBMIT_BATCH at a time through one C call
         (czmp_tasks_submit_inline_many); anything else one by one.
         """
+        self._enter_or_raise()
+        try:
+            self._dispatch_many(tasks, fn, calls, done)
+        finally:
+            self.gate.exit()
+
+    def _dispatch_many(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple],
+                       done: list[int]) -> None:
         func_id, fn_bytes = self.functions.lookup(fn)
         first = tasks[0]
         if (first.delay_ms or fn_bytes is not None or first.timeout_ms != DEFAULT_TIMEOUT_MS
@@ -216,29 +312,46 @@ class ProcessBackend:
             datas = [dumps(args, {}) for args in calls[start:start + k]]
             if max(map(len, datas)) > _INLINE_ARGS or any(type(d) is not bytes for d in datas):
                 return self._dispatch_each(tasks[start:], fn, calls[start:], done)
-            done[0] += self._submit_inline_batch(tasks[start:start + k], func_id, datas)
-            start += k
+            start += self._submit_inline_batch(tasks[start:start + k], func_id, datas, done)
 
-    def _submit_inline_batch(self, tasks: list[TaskResult], func_id: int, datas: list[bytes]) -> int:
-        idxs: list[int] = []
+    def _submit_inline_batch(self, tasks: list[TaskResult], func_id: int, datas: list[bytes],
+                             done: list[int]) -> int:
+        """Queue a prefix of a batch in one C call; returns its length (counted in done[0] too).
+
+        Only the first slot is waited for: the others are the ones free now.
+        A caller that held slots while it waited for more, as concurrent
+        map()/add_tasks() callers on a small queue did, could hold all of
+        them with nothing queued, each waiting for the others (issue 20.7).
+        """
+        idxs: list[int] = [self._take_slot()]
+        free = self._free
+        while len(idxs) < len(tasks):
+            try:
+                idxs.append(free.pop())
+            except IndexError:
+                break
+        tasks, datas = tasks[:len(idxs)], datas[:len(idxs)]
         slot_task = self._slot_task
-        try:
-            for task in tasks:
-                idx = self._take_slot()
-                task.slot = idx
-                slot_task[idx] = task
-                idxs.append(idx)
-        except BaseException:
-            for task, idx in zip(tasks, idxs):  # a full queue: give back what this batch took
-                task.slot = -1
-                self._return_slot(idx)
-            raise
+        for task, idx in zip(tasks, idxs):
+            task.slot = idx
+            slot_task[idx] = task
         offs = list(itertools.accumulate(map(len, datas), initial=0))[:-1]
         n = len(tasks)
-        lib.czmp_tasks_submit_inline_many(
-            self.raw, tasks[0].priority._value_, ffi.new("uint32_t[]", idxs), n, func_id,
+        prio = tasks[0].priority._value_
+        rc = lib.czmp_tasks_submit_inline_many(
+            self.raw, prio, ffi.new("uint32_t[]", idxs), n, func_id,
             ffi.new("uint64_t[]", [t.seq for t in tasks]), b"".join(datas),
             ffi.new("uint32_t[]", offs), ffi.new("uint32_t[]", list(map(len, datas))))
+        queued = max(rc, 0)
+        if 0 <= queued < n and rc >= 0:
+            # a prefix was queued and the rest written: push the rest again
+            queued += self._queue(prio, idxs[queued:])
+        done[0] += queued
+        if queued < n:
+            for task, idx in zip(tasks[queued:], idxs[queued:]):
+                self._not_queued(task, idx)
+            _core.check(rc, "submit tasks")
+            raise self._push_failed(n - queued)
         return n
 
     def _dispatch_each(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple],
@@ -258,10 +371,19 @@ class ProcessBackend:
             self._submit_pending(pending)
 
     def _submit_pending(self, pending: dict[int, list[int]]) -> None:
+        """Queue prepared slots; ones whose push cannot complete fail with QueueFullError."""
+        lost = 0
         for prio, idxs in pending.items():
             if idxs:
-                lib.czmp_tasks_submit(self.raw, prio, ffi.new("uint32_t[]", idxs), len(idxs))
+                n = self._queue(prio, idxs)
+                for idx in idxs[n:]:
+                    task = self._slot_task[idx]
+                    self._not_queued(task, idx)
+                    self.engine._finish(task, False, self._push_failed(1), TaskStatus.FAILED)
+                lost += len(idxs) - n
                 idxs.clear()
+        if lost:
+            raise self._push_failed(lost)
 
     def _prepare(self, task: TaskResult, fn: Callable, args: tuple, kwargs: dict) -> int:
         """Pickle the call into a free slot; the slot is the task's from here on."""
@@ -289,12 +411,46 @@ class ProcessBackend:
         self._slot_task[idx] = task
         return idx
 
-    def _submit_one(self, prio: int, idx: int) -> None:
+    def _submit_one(self, prio: int, idx: int) -> bool:
+        """Queue one prepared slot; False if its push could not complete (see _queue)."""
         buf = getattr(self._tls, "buf", None)
         if buf is None:
             buf = self._tls.buf = ffi.new("uint32_t[1]")
         buf[0] = idx
-        lib.czmp_tasks_submit(self.raw, prio, buf, 1)
+        rc = lib.czmp_tasks_submit(self.raw, prio, buf, 1)
+        if rc == 1:
+            return True
+        _core.check(rc, "submit task")
+        return self._queue(prio, [idx]) == 1
+
+    def _queue(self, prio: int, idxs: list[int]) -> int:
+        """Push written FREE/HELD slots on ring[prio], retrying a full ring for
+        up to PUSH_RETRY_S; returns how many were queued (a prefix)."""
+        done, pause, deadline = 0, 0.0005, time.monotonic() + PUSH_RETRY_S
+        while done < len(idxs):
+            rest = idxs[done:]
+            n = _core.check(lib.czmp_tasks_submit(self.raw, prio, ffi.new("uint32_t[]", rest),
+                                                  len(rest)), "submit tasks")
+            done += n
+            if done == len(idxs) or time.monotonic() > deadline:
+                break
+            if not n:
+                time.sleep(pause)  # a consumer stalled in its ring cell: give it time
+                pause = min(pause * 2, 0.02)
+        return done
+
+    def _not_queued(self, task: TaskResult, idx: int) -> None:
+        """Give back the slot of a task whose push failed (it is FREE or HELD, written)."""
+        st = lib.czmp_slot_state(self.raw, idx)
+        if _core.state_kind(st) == _core.SLOT_FREE:
+            # held first, so that the release frees the argument chunk it owns
+            lib.czmp_slot_cas(self.raw, idx, st, _core.state_make(_core.state_gen(st), 0,
+                                                                  _SLOT_HELD))
+        self._release(task, idx)
+
+    def _push_failed(self, n: int) -> QueueFullError:
+        return QueueFullError(f"{n} task(s) could not be queued: the ring stayed full for "
+                              f"{PUSH_RETRY_S:g} s (a worker stalled?); they were not queued")
 
     def _take_slot(self) -> int:
         try:
@@ -310,6 +466,10 @@ class ProcessBackend:
                     try:
                         return self._free.pop()
                     except IndexError:
+                        if not self._running:
+                            raise EngineClosedError("the engine shut down while the task "
+                                                    "waited for a free slot; it was not "
+                                                    "queued") from None
                         left = deadline - time.monotonic()
                         if left <= 0:
                             raise QueueFullError(
@@ -336,19 +496,39 @@ class ProcessBackend:
         st = lib.czmp_slot_state(self.raw, idx)
         if _core.state_kind(st) != _SLOT_HELD:
             lib.czmp_slot_cas(self.raw, idx, st, _core.state_make(_core.state_gen(st), 0, _SLOT_HELD))
+        # task.parked holds the timer (truthy): a cancel drops it at once, so
+        # the timer does not keep the task alive until it is due (issue 20.10)
         task.parked = True
-        self.engine._schedule(delay_s, lambda: self._unpark(task))
+        timer = self.engine._schedule(delay_s, lambda: self._unpark(task))
+        with self._park_lock:
+            if task.parked is True:
+                task.parked = timer
 
     def _unpark(self, task: TaskResult) -> None:
-        with self._park_lock:
-            if not task.parked:
-                return  # cancelled meanwhile
-            task.parked = False
-        task.status = TaskStatus.PENDING
-        self._submit_one(task.priority.value, task.slot)
+        if not self.gate.enter():
+            return  # closed meanwhile: close() abandons the task
+        try:
+            with self._park_lock:
+                if not task.parked:
+                    return  # cancelled meanwhile
+                task.parked = False
+            task.status = TaskStatus.PENDING
+            if not self._submit_one(task.priority.value, task.slot):
+                # the ring stayed full: try again soon rather than strand the task
+                self._park(task, task.slot, 0.05)
+        finally:
+            self.gate.exit()
 
     def cancel(self, task: TaskResult) -> bool:
         """Take back a task that has not started; True if it will never run."""
+        if not self.gate.enter():
+            return False
+        try:
+            return self._cancel(task)
+        finally:
+            self.gate.exit()
+
+    def _cancel(self, task: TaskResult) -> bool:
         idx = task.slot
         if idx < 0 or task.done():
             return False
@@ -356,6 +536,8 @@ class ProcessBackend:
             parked = task.parked
             task.parked = False
         if parked:
+            if parked is not True:
+                self.engine._unschedule(parked)
             self._release(task, idx)
             return True
         st = lib.czmp_slot_state(self.raw, idx)
@@ -368,6 +550,19 @@ class ProcessBackend:
         return True
 
     # -- collect ---------------------------------------------------------
+
+    def _guarded_collect_loop(self) -> None:
+        # The collector is inside the gate for its whole life: close() cannot
+        # unmap under it, even if a listener holds it up past the join.
+        if not self.gate.enter():
+            return
+        try:
+            self._collect_loop()
+        except BaseException as exc:  # noqa: BLE001 - the engine is broken: waiters must know
+            self.engine._thread_died(threading.current_thread().name, exc)
+            raise
+        finally:
+            self.gate.exit()
 
     def _collect_loop(self) -> None:
         batch = _OutcomeBatch(COLLECT_BATCH)
@@ -383,7 +578,7 @@ class ProcessBackend:
             for o in _OUTCOME.iter_unpack(batch.records[:n * _OUTCOME.size]):
                 try:
                     self._on_outcome(o, view)
-                except Exception:  # noqa: BLE001 - the collector must survive anything
+                except BaseException:  # noqa: BLE001 - the collector must survive anything
                     log.exception("collecting slot %d failed", o[4])
         return n
 
@@ -399,8 +594,14 @@ class ProcessBackend:
         a long task spends here before it blocks on the Event.
         """
         budget = HELP_COLLECT_S if timeout is None else min(timeout, HELP_COLLECT_S)
-        if budget <= 0 or not self._running:
+        if budget <= 0 or not self._running or not self.gate.enter():
             return
+        try:
+            self._help_collect(task, budget)
+        finally:
+            self.gate.exit()
+
+    def _help_collect(self, task: TaskResult, budget: float) -> None:
         tls = self._tls
         batch = getattr(tls, "batch", None)
         if batch is None:
@@ -410,7 +611,7 @@ class ProcessBackend:
         end = time.monotonic() + budget
         batch.busy = True
         try:
-            while task._ok is None:
+            while task._ok is None and self._running:
                 left = end - time.monotonic()
                 if left <= 0:
                     return
@@ -435,11 +636,11 @@ class ProcessBackend:
                 flags, data, extras = serialization.split_extras(flags, data)
                 compat.apply_extras(task, extras)
             ok, value = serialization.loads_outcome(flags, data)
-        except Exception as exc:  # noqa: BLE001
-            ok, value = False, SerializationError(f"cannot read the task's outcome: {exc}")
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from an unpickler fails this task only (issue 11.4)
+            ok, value = False, SerializationError(f"cannot read the task's outcome: {exc!r}")
         if handle >> 56 == _HANDLE_EXTERNAL:
             self.payloads.free_external(handle)
-        task.started_at = started / 1e9 + self._wall_offset
+        task.started_at = self._wall(started)
         task.exec_ms = (finished - started) / 1e6
         task.worker_id = worker
         task.result_bytes = n  # what keep_finished_bytes counts
@@ -532,13 +733,18 @@ class ProcessBackend:
 
     def terminate(self, task: TaskResult) -> bool:
         """Kill the worker running ``task``; True if a kill was sent (the reap cancels it)."""
-        idx = task.slot
-        if idx < 0 or task.done():
+        if not self.gate.enter():
             return False
-        st = lib.czmp_slot_state(self.raw, idx)
-        if _core.state_kind(st) != _core.SLOT_RUNNING or self._slot_task[idx] is not task:
-            return False
-        return self.supervisor.kill_for_cancel(_core.state_owner(st) - 1, idx, task)
+        try:
+            idx = task.slot
+            if idx < 0 or task.done():
+                return False
+            st = lib.czmp_slot_state(self.raw, idx)
+            if _core.state_kind(st) != _core.SLOT_RUNNING or self._slot_task[idx] is not task:
+                return False
+            return self.supervisor.kill_for_cancel(_core.state_owner(st) - 1, idx, task, st)
+        finally:
+            self.gate.exit()
 
     def _settle(self, task: TaskResult, idx: int, ok: bool, value: Any) -> None:
         engine = self.engine
@@ -573,20 +779,37 @@ class ProcessBackend:
         self._return_slot(idx)
 
     def _wall(self, mono_ns: int) -> Optional[float]:
-        return mono_ns / 1e9 + self._wall_offset if mono_ns else None
+        """CLOCK_MONOTONIC ns (the C side's clock) as wall-clock seconds.
+
+        The offset is taken now, not once at start: a wall-clock jump (NTP,
+        suspend) would otherwise skew every reported time (issue 20.12).
+        """
+        return mono_ns / 1e9 + (time.time() - time.monotonic()) if mono_ns else None
 
     # -- observation -------------------------------------------------------
 
     def observe(self, task: TaskResult) -> None:
         """Update a pending task's status from its slot (RUNNING is only visible there)."""
-        idx = task.slot
-        if idx < 0 or task.done():
+        if not self.gate.enter():
             return
-        st = lib.czmp_slot_state(self.raw, idx)
-        if _core.state_kind(st) == _core.SLOT_RUNNING and self._slot_task[idx] is task:
-            task.status = TaskStatus.RUNNING
-            task.started_at = self._wall(self.slots[idx].started_ns)
-            task.worker_id = self.slots[idx].worker
+        try:
+            idx = task.slot
+            if idx < 0 or task.done():
+                return
+            st = lib.czmp_slot_state(self.raw, idx)
+            if _core.state_kind(st) == _core.SLOT_RUNNING and self._slot_task[idx] is task:
+                started = self._wall(self.slots[idx].started_ns)
+                worker = self.slots[idx].worker
+                # The task may have ended since the check: the status is
+                # written under the lock _finish takes, and only while the
+                # task is not final (issue 20.11).
+                with self.engine._lock:
+                    if not task._final and task.status in _RUNNABLE:
+                        task.status = TaskStatus.RUNNING
+                        task.started_at = started
+                        task.worker_id = worker
+        finally:
+            self.gate.exit()
 
     def is_running(self, task: TaskResult) -> bool:
         """True if ``task``'s slot is RUNNING in a worker now (reads only; never writes the task)."""
@@ -596,6 +819,14 @@ class ProcessBackend:
         return _core.state_kind(lib.czmp_slot_state(self.raw, idx)) == _core.SLOT_RUNNING
 
     def live_progress(self, task: TaskResult) -> Optional[tuple[float, str]]:
+        if not self.gate.enter():
+            return None
+        try:
+            return self._live_progress(task)
+        finally:
+            self.gate.exit()
+
+    def _live_progress(self, task: TaskResult) -> Optional[tuple[float, str]]:
         idx = task.slot
         if idx < 0:
             return None
@@ -629,13 +860,37 @@ class ProcessBackend:
         return last[1] if last is not None and last[0] == seq else None
 
     def queue_depths(self) -> list[int]:
-        return self.seg.queue_depths()
+        if not self.gate.enter():
+            return [0] * _core.NPRIO
+        try:
+            return self.seg.queue_depths()
+        finally:
+            self.gate.exit()
 
     def worker_records(self):
-        return self.supervisor.snapshot()
+        """(process, a copy of its record) per live worker: copies stay valid after close()."""
+        if not self.gate.enter():
+            return []
+        try:
+            out = []
+            for w, rec in self.supervisor.snapshot():
+                copy = ffi.new("czmp_worker_t *")
+                ffi.memmove(copy, rec, ffi.sizeof("czmp_worker_t"))
+                out.append((w, copy))
+            return out
+        finally:
+            self.gate.exit()
 
     def in_flight_memory(self) -> tuple[int, int]:
         """(payload bytes, chunk bytes holding them) over slots in use."""
+        if not self.gate.enter():
+            return 0, 0
+        try:
+            return self._in_flight_memory()
+        finally:
+            self.gate.exit()
+
+    def _in_flight_memory(self) -> tuple[int, int]:
         payload = chunks = 0
         for idx, task in enumerate(self._slot_task):
             if task is None:
@@ -663,25 +918,54 @@ class ProcessBackend:
             self.seg.shutdown()
             self.supervisor.stop()
             self._running = False
-            self._collector.join(timeout=5)
+            with self._free_cond:
+                self._free_cond.notify_all()  # submitters waiting for a slot give up
+            self._collector.join(timeout=COLLECTOR_JOIN_S)
             # outcomes published after the collector's last look
             batch = _OutcomeBatch(COLLECT_BATCH)
             while self._collect(batch, 0) > 0:
                 pass
+            if not self.gate.close(CLOSE_DRAIN_S):
+                log.warning("engine threads still inside the segment at shutdown; "
+                            "it is unmapped when the last leaves")
             for task in self.engine._unfinished():
                 with self._park_lock:
-                    task.parked = False
+                    parked, task.parked = task.parked, False
+                if parked and parked is not True:
+                    self.engine._unschedule(parked)
+                if not parked:
+                    self._note_started(task)
                 abandon(task)
         finally:
             self._running = False
-            self._destroy_segment()
+            self.gate.close(0)
+            self._unlink_segment()
+            # nothing may touch the mapping once it is gone: a thread still
+            # inside the gate (held up in a listener, say) unmaps on its way out
+            self.gate.when_empty(self._unmap)
+
+    def _note_started(self, task: TaskResult) -> None:
+        """Before close() abandons ``task``: if it ran, say so (it is then not "cancelled")."""
+        idx = task.slot
+        if idx < 0 or task.started_at is not None:
+            return
+        kind = _core.state_kind(lib.czmp_slot_state(self.raw, idx))
+        # HELD and not parked: a collector took its outcome and had not settled it
+        if kind in (_core.SLOT_RUNNING, _core.SLOT_DONE, _SLOT_HELD):
+            task.started_at = self._wall(self.slots[idx].started_ns) or time.time()
 
     def _destroy_segment(self) -> None:
-        if self._prefault.is_alive():
-            self._prefault.join()  # it must not touch the mapping as it goes
+        self._unlink_segment()
+        self._unmap()
+
+    def _unlink_segment(self) -> None:
         name = self.seg.name
         self.seg.unlink()
         remove_externals(name)
+
+    def _unmap(self) -> None:
+        if self._prefault.is_alive():
+            self._prefault.join()  # it must not touch the mapping as it goes
         self.seg.detach()
 
 

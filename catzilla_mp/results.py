@@ -40,6 +40,9 @@ def _reset_lock_after_fork() -> None:
 os.register_at_fork(after_in_child=_reset_lock_after_fork)
 
 _FINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+#: How long wait() waits, once the outcome is known, for the task's callbacks
+#: (which run on the engine's callback threads) to have run.
+CALLBACK_WAIT_S = 5.0
 
 
 class TaskFuture(concurrent.futures.Future, Generic[T]):
@@ -51,6 +54,15 @@ class TaskFuture(concurrent.futures.Future, Generic[T]):
         self.task_id = task_id
         self._engine = engine
         self._task = task
+
+    def _invoke_callbacks(self) -> None:
+        # done-callbacks are user code: they run on the engine's callback
+        # threads, never on the engine thread that settles the future (issue 20.5)
+        runner = getattr(self._engine, "_callback_runner", None)
+        if runner is None or runner.in_pool():
+            super()._invoke_callbacks()
+        else:
+            runner.submit(super()._invoke_callbacks)
 
     def cancel(self) -> bool:
         """Cancel the task if it has not started (Executor semantics)."""
@@ -118,6 +130,7 @@ class TaskResult(Generic[T]):
         "slot", "ext_args", "progress_value", "meta", "parked", "name", "seq", "_final",
         "opts", "wextras", "memory_mb", "profile",
         "executor", "result_bytes", "__weakref__",
+        "_tb", "_cbs_done",
     )
 
     def __init__(self, task_id: str, engine: "BackgroundTasks",
@@ -129,6 +142,9 @@ class TaskResult(Generic[T]):
         self._status = TaskStatus.PENDING
         self._ok = None          # None until final; then True/False
         self._value: Any = None  # result, or the exception to raise
+        self._tb = None  # the exception's own traceback, restored on every raise
+        # set once the callbacks added before the end have run (None: there were none)
+        self._cbs_done: Optional[threading.Event] = None
         self._event: Optional[threading.Event] = None
         self._callbacks: Optional[list] = None
         self._fut: Optional[TaskFuture] = None
@@ -192,9 +208,23 @@ class TaskResult(Generic[T]):
             ev = self._waiter()
             if ev is not None and not ev.wait(timeout):
                 raise TimeoutError(f"task {self.task_id} did not finish within {timeout} s")
+        cbs_done = self._cbs_done
+        if cbs_done is not None and not cbs_done.is_set():
+            # The callbacks run on the callback threads: when wait() returns
+            # they have run, as when they ran on the collector. Not on those
+            # threads themselves, though: a callback waiting for another
+            # task's callbacks could wait for its own thread.
+            # Bounded: a callback that blocks delays its task's waiters by
+            # CALLBACK_WAIT_S at most.
+            runner = getattr(self._engine, "_callback_runner", None)
+            if runner is not None and not runner.in_pool():
+                cbs_done.wait(CALLBACK_WAIT_S)
         if self._ok:
             return self._value
-        raise self._value
+        # Raising the same object again would append this caller's frames to
+        # its traceback on every call (and keep them alive): start from the
+        # traceback it had when the task ended (issue 20.10).
+        raise self._value.with_traceback(self._tb)
 
     def result(self, timeout: Optional[float] = None) -> T:
         """Alias of wait(), as on a Future."""
@@ -207,8 +237,18 @@ class TaskResult(Generic[T]):
     def add_callback(self, callback: Callable[[Any], None]) -> None:
         """Call ``callback(result)`` when the task ends, or ``callback(exception)`` if it failed.
 
-        Runs in the engine's collector thread (or at once if already ended);
-        an exception in the callback is logged, never propagated.
+        Callbacks run on the engine's callback threads ("czmp-callbacks-N"),
+        never on the thread that delivers results: a callback may block, wait
+        on another task or submit more tasks without holding up any delivery.
+        The callbacks of one task run in the order they were added, on one
+        thread; callbacks of different tasks may run at the same time on
+        different threads. If the task has already ended, ``callback`` runs
+        at once on the calling thread; after ``shutdown()`` it runs on the
+        thread that settles the task. Anything the callback raises
+        (``SystemExit`` included) is logged, never propagated.
+
+        Args:
+            callback: called with the result, or with the exception.
         """
         with _lock:
             if self._ok is None:
@@ -304,18 +344,25 @@ class TaskResult(Generic[T]):
             if self._ok is not None:
                 return False
             self._value = value
+            if ok is False and isinstance(value, BaseException):
+                self._tb = value.__traceback__
             self.status = status
             self.completed_at = self.completed_at or time.time()
             self._ok = ok
             ev, cbs, fut = self._event, self._callbacks, self._fut
             self._callbacks = None
+            runner = getattr(self._engine, "_callback_runner", None) if cbs else None
+            if runner is not None:
+                self._cbs_done = threading.Event()
         if ev is not None:
             ev.set()
         if fut is not None:
             _settle(fut, ok, value, status)
         if cbs:
-            for cb in cbs:
-                _run_callback(cb, value)
+            if runner is None:
+                _run_callbacks(cbs, value)
+            else:
+                runner.submit(_run_callbacks, cbs, value, self._cbs_done)
         return True
 
 
@@ -340,5 +387,14 @@ def _settle(fut: concurrent.futures.Future, ok: bool, value: Any, status: TaskSt
 def _run_callback(cb: Callable, value: Any) -> None:
     try:
         cb(value)
-    except Exception:  # noqa: BLE001 - a user callback must not kill the collector
+    except BaseException:  # noqa: BLE001 - sys.exit() in a callback must not end an engine thread
         log.exception("task callback %r raised", cb)
+
+
+def _run_callbacks(cbs: list, value: Any, done: Optional[threading.Event] = None) -> None:
+    try:
+        for cb in cbs:
+            _run_callback(cb, value)
+    finally:
+        if done is not None:
+            done.set()

@@ -48,6 +48,16 @@ SLOW_TICK_S = 1.0
 SCALE_UP_PRESSURE = 2
 #: Seconds a stopping worker gets to exit before SIGKILL at shutdown.
 STOP_GRACE_S = 2.0
+#: A worker that exits before it serves (it cannot attach, its interpreter
+#: fails) is replaced after a back-off doubling from START_BACKOFF_S up to
+#: START_BACKOFF_CAP_S; after START_FAILURES_BROKEN such exits in a row with
+#: no worker serving, the engine is broken (EngineBrokenError, issue 11.4).
+START_BACKOFF_S = 0.1
+START_BACKOFF_CAP_S = 5.0
+START_FAILURES_BROKEN = 6
+#: How long a hard-timeout kill waits for the worker to stop (SIGSTOP) before
+#: it re-checks which task the worker runs.
+STOP_CHECK_S = 1.0
 
 
 @dataclass
@@ -85,16 +95,31 @@ class Supervisor:
         self._last_slow = 0.0
         self._lock = threading.Lock()
         self._env = _worker_env()
-        self._thread = threading.Thread(target=self._run, name="czmp-supervisor", daemon=True)
+        self.start_failures = 0        # workers in a row that exited before serving
+        self._next_spawn = 0.0         # monotonic time before which no worker is started
+        self._thread = threading.Thread(target=self._guarded_run, name="czmp-supervisor",
+                                        daemon=True)
         self._thread.start()
 
     # -- main loop ------------------------------------------------------------
+
+    def _guarded_run(self) -> None:
+        # inside the mapping gate for its whole life: close() unmaps after it
+        if not self.backend.gate.enter():
+            return
+        try:
+            self._run()
+        except BaseException as exc:  # noqa: BLE001 - the engine is broken: waiters must know
+            self.backend.engine._thread_died(self._thread.name, exc)
+            raise
+        finally:
+            self.backend.gate.exit()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self._tick()
-            except Exception:  # noqa: BLE001 - the supervisor must outlive any one bug
+            except BaseException:  # noqa: BLE001 - the supervisor must outlive any one bug (sys.exit in a listener too)
                 log.exception("supervisor pass failed")
             self._stop.wait(TICK_S)
         self._shutdown_workers()
@@ -109,7 +134,8 @@ class Supervisor:
             self._last_slow = now
             lib.czmp_rings_repair(self.seg.raw, self.cookies)
             self._recycle_by_memory()
-        while len(self._live()) < self.target and self.free_indices:
+        while (len(self._live()) < self.target and self.free_indices
+               and time.monotonic() >= self._next_spawn):
             self._spawn()
 
     def _live(self) -> list[WorkerProcess]:
@@ -158,6 +184,7 @@ class Supervisor:
         if code != 0:
             _kill_group(w)  # what its tasks started must not outlive it
             self.backend.free_dead_worker_externals(w.index)  # the reap forgets them
+        served = self.seg.worker(w.index).pid == w.pid
         running, done = self.seg.reap(w.index, self.cookies)
         with self._lock:
             del self.procs[w.index]
@@ -176,6 +203,8 @@ class Supervisor:
             log.info("worker %d (pid %d) exited", w.index, w.pid,
                      extra={"event": "worker_exited", "worker": w.index, "pid": w.pid,
                             "exit_code": code})
+        if not self._closing and not w.stopping:
+            self._count_start(w, code, served)
         for idx in done:
             self.backend.on_done(idx)
         if self._closing:
@@ -186,18 +215,45 @@ class Supervisor:
             self.backend.on_crash(idx, code, w.pid, w.killed_for_timeout,
                                   cancelled=w.cancels.get(idx), killed_by_app=bool(w.cancels))
 
+    def _count_start(self, w: WorkerProcess, code: int, served: bool) -> None:
+        """Back off from workers that cannot start; declare the engine broken if none can."""
+        if served or code == 0:
+            self.start_failures = 0
+            self._next_spawn = 0.0
+            return
+        self.start_failures += 1
+        delay = min(START_BACKOFF_CAP_S, START_BACKOFF_S * 2 ** (self.start_failures - 1))
+        self._next_spawn = time.monotonic() + delay
+        log.warning("worker %d (pid %d) %s before it served (%d in a row); next start in %.1f s",
+                    w.index, w.pid, _describe(code), self.start_failures, delay,
+                    extra={"event": "worker_start_failed", "worker": w.index, "pid": w.pid,
+                           "exit_code": code})
+        if self.start_failures == START_FAILURES_BROKEN:
+            from .errors import WorkerCrashedError
+
+            cause = WorkerCrashedError(
+                f"{self.start_failures} worker processes in a row {_describe(code)} before "
+                f"serving (segment {self.seg.name}); see the app's stderr for their error", code)
+            self.backend.engine._thread_died("worker start", cause)
+
     # -- cancelling a running task ------------------------------------------------
 
-    def kill_for_cancel(self, index: int, idx: int, task: object) -> bool:
+    def kill_for_cancel(self, index: int, idx: int, task: object, state: int) -> bool:
         """SIGKILL worker ``index`` so that ``task`` (in slot ``idx``) stops; False if it is gone.
 
-        The reap then fails ``task`` as cancelled; anything else the worker
-        was running is re-queued without using an attempt (it did nothing wrong).
+        ``state`` is the slot's state word the caller saw (RUNNING, owned by
+        ``index``): it is checked again under the lock that guards the
+        process table, so a worker that replaced the owner at the same index
+        is never the one killed (issue 20.4). The reap then fails ``task`` as
+        cancelled; anything else the worker was running is re-queued without
+        using an attempt (it did nothing wrong).
         """
         with self._lock:
             w = self.procs.get(index)
-            if w is None:
+            if w is None or lib.czmp_slot_state(self.seg.raw, idx) != state:
                 return False
+            if self.seg.worker(index).pid != w.pid:
+                return False  # not serving yet: it cannot be running the task
             w.cancels[idx] = task
         log.info("worker %d (pid %d): killing it to cancel the task it runs", index, w.pid,
                  extra={"event": "worker_killed_for_cancel", "worker": index, "pid": w.pid})
@@ -220,12 +276,30 @@ class Supervisor:
                                                 "worker": w.index, "pid": w.pid})
                 _signal(w, signal.SIGUSR1)
             elif now >= deadline + grace and not w.killed_for_timeout:
-                w.killed_for_timeout = True
-                log.warning("worker %d (pid %d): task past its timeout ignored the "
-                            "TaskTimeoutError; killing the worker", w.index, w.pid,
-                            extra={"event": "worker_killed_for_timeout", "worker": w.index,
-                                   "pid": w.pid})
-                _signal(w, signal.SIGKILL)
+                self._kill_for_timeout(w, deadline)
+
+    def _kill_for_timeout(self, w: WorkerProcess, deadline: int) -> None:
+        """SIGKILL a worker whose task ignored its soft timeout -- if it still runs that task.
+
+        Reading the deadline and killing are two steps: the task may finish
+        in between and the worker start its next one, which the kill would
+        then cut short and the reap re-run -- executed twice with
+        max_retries=0 (issue 20.4). So the worker is stopped first (SIGSTOP),
+        and killed only if its record still shows the same deadline;
+        otherwise it continues.
+        """
+        rec = self.seg.worker(w.index)
+        _signal(w, signal.SIGSTOP)
+        _wait_stopped(w.pid, STOP_CHECK_S)
+        if rec.deadline_ns != deadline:
+            _signal(w, signal.SIGCONT)
+            return
+        w.killed_for_timeout = True
+        log.warning("worker %d (pid %d): task past its timeout ignored the "
+                    "TaskTimeoutError; killing the worker", w.index, w.pid,
+                    extra={"event": "worker_killed_for_timeout", "worker": w.index,
+                           "pid": w.pid})
+        _signal(w, signal.SIGKILL)
 
     # -- scaling and recycling ----------------------------------------------------------
 
@@ -301,6 +375,27 @@ class Supervisor:
             _signal(w, signal.SIGKILL)
             w.popen.wait()
         self._reap()
+
+
+def _wait_stopped(pid: int, timeout: float) -> bool:
+    """Wait until every thread of ``pid`` is stopped (state T in /proc); False on timeout or exit."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            states = set()
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                    stat = f.read()
+                end = stat.rfind(b")")
+                states.add(stat[end + 2:end + 3])
+        except OSError:
+            return False
+        if states & {b"Z", b"X"}:
+            return False
+        if states <= {b"T", b"t"}:
+            return True
+        time.sleep(0.0005)
+    return False
 
 
 def _signal(w: WorkerProcess, sig: int) -> None:

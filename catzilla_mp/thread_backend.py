@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from . import compat, progress
-from .errors import QueueFullError, TaskTimeoutError
+from .errors import EngineClosedError, QueueFullError, TaskTimeoutError
 from .records import TaskStatus
 from .results import TaskResult
 
@@ -24,8 +24,19 @@ if TYPE_CHECKING:
     from .engine import BackgroundTasks
 
 
+class _ThreadTimeout(TaskTimeoutError):
+    """Raised into an executor thread whose task ran past its timeout (never reaches a caller)."""
+
+
 class _ThreadRecord:
-    """What monitor.py reads of a worker, for one executor thread."""
+    """What monitor.py reads of a worker, for one executor thread.
+
+    ``lock`` orders the timer against the thread (issue 20.2): the timer
+    claims a run (``claimed``) and raises into the thread only while
+    ``current`` is that run, and the thread clears ``current`` -- and any
+    raise not yet delivered -- under the same lock. So exactly one of them
+    settles the run, and the raise lands in that run or nowhere.
+    """
 
     def __init__(self) -> None:
         self.pid = 0
@@ -35,6 +46,8 @@ class _ThreadRecord:
         self.current: Optional[TaskResult] = None
         self.ident = 0
         self.init_error: Optional[BaseException] = None  # the engine's initializer raised here
+        self.lock = threading.Lock()
+        self.claimed = False   # the timer settled the current run
 
 
 class ThreadBackend:
@@ -73,9 +86,12 @@ class ThreadBackend:
     def _reserve(self) -> None:
         timeout = self.engine.queue_wait_s()  # 0 inside add_task_async
         with self._cond:
-            if not self._cond.wait_for(lambda: self._in_use < self._capacity, timeout):
+            if not self._cond.wait_for(lambda: self._in_use < self._capacity or not self._running,
+                                       timeout):
                 raise QueueFullError(f"all {self._capacity} task places stayed in use for "
                                      f"{timeout:g} s (queue_size); the task was not queued")
+            if not self._running:
+                raise EngineClosedError("the engine is shut down; it takes no new tasks")
             self._in_use += 1
 
     def _unreserve(self) -> None:
@@ -89,8 +105,12 @@ class ThreadBackend:
             self._cond.notify_all()
 
     def _park(self, task: TaskResult, delay_s: float) -> None:
+        # parked holds the timer (truthy), so cancel() can drop it (issue 20.10)
         task.parked = True
-        self.engine._schedule(delay_s, lambda: self._unpark(task))
+        timer = self.engine._schedule(delay_s, lambda: self._unpark(task))
+        with self._cond:
+            if task.parked is True:
+                task.parked = timer
 
     def _unpark(self, task: TaskResult) -> None:
         with self._cond:
@@ -102,7 +122,11 @@ class ThreadBackend:
 
     def cancel(self, task: TaskResult) -> bool:
         with self._cond:
+            if task.done():
+                return False
             if task.parked:
+                if task.parked is not True:
+                    self.engine._unschedule(task.parked)
                 task.parked = False
             else:
                 entry = next((e for e in self._heap if e[2] is task), None)
@@ -117,6 +141,13 @@ class ThreadBackend:
     # -- run ----------------------------------------------------------------------
 
     def _loop(self, rec: _ThreadRecord) -> None:
+        try:
+            self._serve(rec)
+        except BaseException as exc:  # noqa: BLE001 - the engine is broken: waiters must know
+            self.engine._thread_died(threading.current_thread().name, exc)
+            raise
+
+    def _serve(self, rec: _ThreadRecord) -> None:
         rec.ident = threading.get_ident()
         progress.set_thread_sink(lambda f, m: self._progress(rec, f, m))
         rec.init_error = compat.run_thread_initializer(self.engine.options)
@@ -129,8 +160,9 @@ class ThreadBackend:
                 _, _, task = heapq.heappop(self._heap)
             try:
                 self._run(rec, task)
-            except TaskTimeoutError:
-                pass  # a timeout raised into us after the task had already ended
+            except _ThreadTimeout:
+                # the one raise of this run landed outside the task: finish leaving it
+                self._end_run(rec)
 
     def _run(self, rec: _ThreadRecord, task: TaskResult) -> None:
         args, kwargs = task.payload
@@ -138,22 +170,27 @@ class ThreadBackend:
         task.started_at = time.time()
         task.worker_id = self._records.index(rec)
         task.progress_value = None
-        rec.current, rec.current_slot = task, 1
         attempt = task.attempt
+        with rec.lock:
+            rec.current, rec.current_slot, rec.claimed = task, 1, False
+        timer = None
         if task.timeout_ms:
-            self.engine._schedule(task.timeout_ms / 1000.0,
-                                  lambda: self._time_out(rec, task, attempt))
+            timer = self.engine._schedule(task.timeout_ms / 1000.0,
+                                          lambda: self._time_out(rec, task, attempt))
         t0 = time.perf_counter_ns()
         try:
             ok, value = True, compat.run_in_thread(task, args, kwargs, rec.init_error)
         except BaseException as exc:  # noqa: BLE001 - reported to the caller
             ok, value = False, exc
+        finally:
+            claimed = self._end_run(rec)
+        if timer is not None:
+            self.engine._unschedule(timer)  # it holds the task: drop it now, not in 30 s
         elapsed = time.perf_counter_ns() - t0
-        rec.current, rec.current_slot = None, 0
         rec.busy_ns += elapsed
         rec.tasks_done += 1
-        if task.done() or task.attempt != attempt:
-            return  # timed out meanwhile: the outcome was already given
+        if claimed:
+            return  # timed out: the timer gave the outcome already
         task.exec_ms = elapsed / 1e6
         if not ok and not isinstance(value, Exception):
             from .errors import TaskError
@@ -172,13 +209,25 @@ class ThreadBackend:
         task.fn = task.payload = None  # let the arguments go
         engine._finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
 
+    def _end_run(self, rec: _ThreadRecord) -> bool:
+        """Leave the current run; True if the timer claimed it. Idempotent."""
+        with rec.lock:
+            claimed = rec.claimed
+            if rec.current is not None and claimed:
+                _async_raise(rec.ident, None)  # drop the raise if not delivered yet
+            rec.current, rec.current_slot = None, 0
+        return claimed
+
     def _time_out(self, rec: _ThreadRecord, task: TaskResult, attempt: int) -> None:
-        if rec.current is not task or task.attempt != attempt or task.done():
-            return
+        with rec.lock:
+            if (rec.current is not task or rec.claimed or task.attempt != attempt
+                    or task.done()):
+                return
+            rec.claimed = True
+            # raised while the thread is still in this run (it leaves under this lock)
+            _async_raise(rec.ident, _ThreadTimeout)
         err = TaskTimeoutError(f"task {task.task_id} ran past its timeout of {task.timeout_ms} ms")
         self._settle(task, False, err)
-        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(rec.ident),
-                                                   ctypes.py_object(TaskTimeoutError))
 
     def _progress(self, rec: _ThreadRecord, fraction: float, message: str) -> None:
         if rec.current is not None:
@@ -223,3 +272,9 @@ class ThreadBackend:
         for task in self.engine._unfinished():
             task.parked = False
             abandon(task)
+
+
+def _async_raise(ident: int, exc_type) -> None:
+    """Raise ``exc_type`` in thread ``ident`` at its next instruction; None clears a pending one."""
+    exc = None if exc_type is None else ctypes.py_object(exc_type)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), exc)

@@ -87,9 +87,16 @@ def _fault(point: str) -> None:
 
 
 class _Running:
-    """What one executor thread is running now."""
+    """What one executor thread is running now.
 
-    __slots__ = ("slot", "deadline_ns", "thread_id", "fired", "in_task", "measured")
+    ``lock`` makes "is it in its task?" and "raise the timeout into it" one
+    step: a timeout is raised only while ``in_task`` (set and cleared under
+    the lock), and leaving the task clears a raise not yet delivered, so it
+    can land neither in the next task nor in the loop around them (issue
+    20.3, 10.11). At most one raise per task (``fired``).
+    """
+
+    __slots__ = ("slot", "deadline_ns", "thread_id", "fired", "in_task", "lock", "measured")
 
     def __init__(self, thread_id: int) -> None:
         self.slot = -1
@@ -98,6 +105,7 @@ class _Running:
         self.fired = False
         self.in_task = False
         self.measured: dict | None = None  # what compat_worker measured about the task
+        self.lock = threading.Lock()
 
 
 class Worker:
@@ -120,6 +128,9 @@ class Worker:
         self.lock = threading.Lock()
         self.runner = compat_worker.Runner()
         self.init_error: BaseException | None = None
+        # threads_per_worker > 1: SIGUSR1 wakes this, and the timeouts thread
+        # raises into the executor threads under their locks
+        self._timeouts_due = threading.Event()
 
     # -- life cycle -----------------------------------------------------
 
@@ -134,6 +145,9 @@ class Worker:
         self.init_error = compat_worker.run_initializer(self.cfg)
         threads = [threading.Thread(target=self._loop, name=f"czmp-exec-{i}", daemon=True)
                    for i in range(1, self.cfg.get("threads", 1))]
+        if threads:
+            threading.Thread(target=self._timeouts_loop, name="czmp-timeouts",
+                             daemon=True).start()
         for t in threads:
             t.start()
         self._loop()
@@ -237,30 +251,50 @@ class Worker:
                 fn = serialization.loads_function(fn_bytes)
             timeout = self.default_timeout_ms if timeout_ms is None else timeout_ms
             deadline = t0 + timeout * 1_000_000 if timeout > 0 else 0
-            me.slot, me.deadline_ns, me.fired = idx, deadline, False
-            if single:
-                self.rec.deadline_ns = deadline
-            else:
-                self._publish_deadline()
             if _fault_point:
                 _fault("running")
             try:
-                me.in_task = True
+                self._enter_task(me, idx, deadline, single)
                 value, me.measured = self.runner.call(fn, args, kwargs, extras, slot.task_id,
                                                       me.thread_id, t0, idx)
-                me.in_task = False
                 if _fault_point:
                     _fault("ran")
             finally:
-                me.in_task = False
-                me.slot, me.deadline_ns = -1, 0
-                if single:
-                    self.rec.deadline_ns = 0
-                else:
-                    self._publish_deadline()
+                self._leave_task(me, single)
         except BaseException as exc:  # the task's, or ours: both go back to the app
+            # a timeout that landed in _leave_task itself left it undone
+            self._leave_task(me, single)
             return serialization.dumps_exception(exc)
         return serialization.dumps_result(value)
+
+    def _enter_task(self, me: _Running, idx: int, deadline: int, single: bool) -> None:
+        with me.lock:
+            me.slot, me.deadline_ns, me.fired, me.in_task = idx, deadline, False, True
+        if single:
+            self.rec.deadline_ns = deadline
+        else:
+            with self.lock:
+                self._publish_deadline()
+
+    def _leave_task(self, me: _Running, single: bool) -> None:
+        """Out of the task: no timeout may be raised into this thread from here on."""
+        try:
+            self._leave_task_once(me, single)
+        except TaskTimeoutError:
+            # the one raise of this task landed right here: do it again
+            self._leave_task_once(me, single)
+
+    def _leave_task_once(self, me: _Running, single: bool) -> None:
+        with me.lock:
+            if me.in_task and me.fired and not single:
+                _async_raise(me.thread_id, None)  # drop it if not delivered yet
+            me.in_task = False
+            me.slot, me.deadline_ns = -1, 0
+        if single:
+            self.rec.deadline_ns = 0
+        else:
+            with self.lock:
+                self._publish_deadline()
 
     def _function(self, func_id: int) -> Callable:
         fn = self.functions.get(func_id)
@@ -273,19 +307,42 @@ class Worker:
     # -- timeouts ---------------------------------------------------------
 
     def _publish_deadline(self) -> None:
+        """The earliest deadline of our threads, for the supervisor; caller holds self.lock
+        (a read-then-write: two threads doing it at once could publish a stale one)."""
         deadlines = [r.deadline_ns for r in self.running if r.deadline_ns]
         self.rec.deadline_ns = min(deadlines) if deadlines else 0
 
     def on_timeout_signal(self, *_: object) -> None:
         """SIGUSR1: raise TaskTimeoutError in every task past its deadline."""
+        if self.cfg.get("threads", 1) > 1:
+            # the handler runs on the main thread, which may hold a lock we need
+            self._timeouts_due.set()
+            return
+        # one executor thread, the main one: the handler runs between two of
+        # its instructions, so the check and the raise cannot be separated
         now = lib.czmp_now_ns()
         for r in list(self.running):
             if not r.in_task or r.fired or not r.deadline_ns or now < r.deadline_ns:
                 continue
             r.fired = True
-            if r.thread_id == threading.main_thread().ident:
-                raise TaskTimeoutError("task exceeded its timeout")
-            _async_raise(r.thread_id, TaskTimeoutError)
+            raise TaskTimeoutError("task exceeded its timeout")
+
+    def _timeouts_loop(self) -> None:
+        while True:
+            self._timeouts_due.wait()
+            self._timeouts_due.clear()
+            self._fire_timeouts()
+
+    def _fire_timeouts(self) -> None:
+        now = lib.czmp_now_ns()
+        with self.lock:
+            running = list(self.running)
+        for r in running:
+            with r.lock:
+                if not r.in_task or r.fired or not r.deadline_ns or now < r.deadline_ns:
+                    continue
+                r.fired = True
+                _async_raise(r.thread_id, TaskTimeoutError)
 
     # -- progress -------------------------------------------------------
 
@@ -306,10 +363,12 @@ class Worker:
         rec.progress_seq += 1
 
 
-def _async_raise(thread_id: int, exc_type: type) -> None:
+def _async_raise(thread_id: int, exc_type) -> None:
+    """Raise ``exc_type`` in thread ``thread_id`` at its next instruction; None clears a pending one."""
     import ctypes
 
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
+    exc = None if exc_type is None else ctypes.py_object(exc_type)
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
 
 
 def main(argv: list[str]) -> int:
@@ -329,7 +388,12 @@ def main(argv: list[str]) -> int:
     try:
         return worker.serve()
     finally:
-        worker.seg.detach()
+        # Nothing may use the mapping once it is gone (issue 10.10): the
+        # heartbeat thread stops first, and if executor threads are still
+        # running (serve() ended by an error) the process exit unmaps it.
+        lib.czmp_heartbeat_stop()
+        if threading.active_count() == 1:
+            worker.seg.detach()
 
 
 if __name__ == "__main__":
