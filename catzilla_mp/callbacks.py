@@ -93,6 +93,9 @@ class CallbackRunner:
                         return  # stopped and nothing left
                     fn, args = self._jobs.popleft()
                 run_guarded(fn, *args)
+                # an idle thread must not keep the last job's task (and its
+                # result) alive: the caller may have dropped it (issue 11.13)
+                fn = args = None
         finally:
             with self._cond:
                 self._threads.discard(me)

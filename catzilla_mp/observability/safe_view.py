@@ -212,7 +212,11 @@ class SafeSegmentView:
         return self._ring_size(NPRIO)
 
     def _ring_size(self, i: int) -> int:
-        n = lib.czmp_ring_size(ffi.cast("czmp_ring_t *", self._rings[i]))
+        # the shared ring starts with tail at word 0 and head at word 8
+        # (czmp_ring_shm; czmp_ring_t is a per-process view since layout 5)
+        words = ffi.cast("uint64_t *", self._rings[i])
+        tail, head = words[0], words[8]
+        n = tail - head if tail > head else 0
         return min(n, self.header.ring_cap or n)  # a torn read must not show billions
 
     def slot_states(self) -> Optional[dict[str, int]]:
