@@ -365,7 +365,7 @@ class BackgroundTasks(Executor):
         # the exception that broke the engine (an engine thread died), or None
         self._broken: Optional[BaseException] = None
         self._callback_runner = CallbackRunner()
-        self._delays = DelayQueue(on_death=self._thread_died)
+        self._delays = DelayQueue(on_death=_weakly(self._thread_died))
         try:
             self._backend = self._make_backend()
         except BaseException:
@@ -448,7 +448,7 @@ class BackgroundTasks(Executor):
         listeners = self.monitor._listeners
         self.monitor = Monitor(self)
         self.monitor._listeners = listeners
-        self._delays = DelayQueue(on_death=self._thread_died)
+        self._delays = DelayQueue(on_death=_weakly(self._thread_died))
         # the parent's threads did not come along: nothing of theirs is ours
         from .callbacks import CallbackRunner
         self._callback_runner = CallbackRunner()
@@ -1311,6 +1311,19 @@ def _stop_backend(backend: Any, delays: Any) -> None:
     except Exception:  # noqa: BLE001 - a finalizer must not raise
         log.exception("stopping a dropped engine failed")
     delays.stop()
+
+
+def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+    """``method`` called through a weak reference to its object: a thread that
+    holds the result must not keep a dropped engine alive (issue 11.14)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args)
+
+    return call
 
 
 def _register_atexit(engine: BackgroundTasks):
