@@ -163,6 +163,8 @@ class ThreadBackend:
             except _ThreadTimeout:
                 # the one raise of this run landed outside the task: finish leaving it
                 self._end_run(rec)
+            # an idle thread must not keep its last task (and result) alive
+            task = None
 
     def _run(self, rec: _ThreadRecord, task: TaskResult) -> None:
         args, kwargs = task.payload

@@ -522,7 +522,9 @@ def test_shutdown_without_waiting_then_exit_leaves_nothing(spawn):
 def test_thread_mode_drops_each_task_timer_when_the_task_ends(make_engine):
     """Issue 20.10: thread mode kept a timeout timer per task (holding it and its result)
     for the whole timeout after the task ended."""
-    engine = make_engine(mode="thread", workers=2, keep_finished=10)
+    # result_ttl_s=0: the engine's own result-expiry timer is no task's, and
+    # would show in the count of timers below
+    engine = make_engine(mode="thread", workers=2, keep_finished=10, result_ttl_s=0)
     ref = weakref.ref(engine.add_task(_Big).wait(10))
     for t in [engine.add_task(sum, (i,)) for i in range(300)]:
         t.wait(10)
@@ -540,7 +542,7 @@ class _Big:
 @pytest.mark.parametrize("mode", ["process", "thread"])
 def test_a_cancelled_delayed_task_releases_its_timer_at_once(make_engine, mode):
     """Issue 20.10: a cancelled delayed task kept its timer (and itself) until due."""
-    engine = make_engine(mode=mode, workers=1)
+    engine = make_engine(mode=mode, workers=1, result_ttl_s=0)  # no result-expiry timer
     t = engine.add_task(sum, (1,), delay_ms=600_000)
     assert t.cancel() is True
     assert len(engine._delays) == 0
