@@ -267,6 +267,29 @@ class CoreMachine(RuleBasedStateMachine):
         self._drop(s.result)
         s.kind, s.owner, s.gen, s.args, s.result = SLOT_FREE, 0, s.gen + 1, 0, 0
 
+    @rule(data=st.data(), prio=st.integers(0, 3), rounds=st.integers(1, 80))
+    def churn(self, data, prio, rounds):
+        """App: submit and cancel one slot over and over (each round leaves a stale hint).
+
+        A burst of these fills a 64-cell ring with stale hints within one
+        supervisor tick, which is what makes submit purge the ring; with a
+        dead worker's claimed cell in it, that is issue 10.1.
+        """
+        free = self._slots(SLOT_FREE)
+        if not free:
+            return
+        i = data.draw(st.sampled_from(free))
+        s, raw = self.m.slots[i], self.seg.slot(i)
+        arr = ffi.new("uint32_t[]", [i])
+        for r in range(rounds):
+            raw.args_handle, raw.args_len = lib.CZMP_HANDLE_INLINE << 56, 8
+            got = lib.czmp_tasks_submit(self.raw, prio, arr, 1)
+            assert got == 1, (f"submit refused slot {i} at priority {prio} after {r} rounds of "
+                              f"submit and cancel (returned {got}; issue 10.1)")
+            s.kind, s.prio = SLOT_QUEUED, prio
+            assert lib.czmp_slot_release(self.raw, i, s.word()) == 0
+            s.kind, s.gen = SLOT_FREE, s.gen + 1
+
     @rule(data=st.data())
     def release_with_a_stale_word(self, data):
         """App: a release with an old generation or the wrong kind changes nothing."""
@@ -492,10 +515,15 @@ class CoreMachine(RuleBasedStateMachine):
     # -- the audit: nothing lost -----------------------------------------------------
 
     @precondition(lambda self: not self.m.dead)
-    @rule()
-    def audit(self):
-        """Repair twice, then every QUEUED slot is taken once and every hinted DONE slot collected."""
-        self._audit()
+    @rule(now=st.integers(0, 3))
+    def audit(self, now):
+        """Repair twice, then every QUEUED slot is taken once and every hinted DONE slot collected.
+
+        Drawn as often as any rule but run one time in four: each audit
+        repairs the rings, and trouble needs time between repairs to grow.
+        """
+        if now == 0:
+            self._audit()
 
     def _audit(self) -> None:
         lib.czmp_rings_repair(self.raw, self.cookies)

@@ -24,7 +24,10 @@ TASKS = os.environ.get("CZMP_TSAN_TASKS", "100000")
 def test_the_ring_and_wake_stress_runs_clean_under_thread_sanitizer():
     if shutil.which("gcc") is None:
         pytest.skip("no gcc: the ThreadSanitizer build needs gcc and libtsan2")
-    p = subprocess.run(["bash", SCRIPT, TASKS], capture_output=True, text=True, timeout=240)
+    # not under the ASan run's LD_PRELOAD: one process cannot host both runtimes
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "ASAN_OPTIONS")}
+    p = subprocess.run(["bash", SCRIPT, TASKS], capture_output=True, text=True, timeout=240,
+                       env=env)
     if p.returncode == 77:
         pytest.skip(p.stdout.strip() or "ThreadSanitizer unavailable (install libtsan2)")
     report = (p.stdout + p.stderr)[-8000:]
