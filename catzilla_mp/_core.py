@@ -109,6 +109,17 @@ class SizeClass:
 
 
 @dataclass(frozen=True)
+class Layout:
+    """A segment's geometry as validated by the C core (czmp_layout_t)."""
+    total_size: int
+    nslots: int
+    nworkers: int
+    nfuncs: int
+    nclasses: int
+    ring_cap: int
+
+
+@dataclass(frozen=True)
 class ClassStats:
     chunk_size: int
     nchunks: int
@@ -121,6 +132,10 @@ class Ring:
     def __init__(self, ptr) -> None:
         self._ptr = ptr
         self._buf = ffi.new("uint32_t[]", 4096)
+
+    def words(self):
+        """The ring's 64-bit words in shared memory (tail [0], head [8], cells from [24])."""
+        return ffi.cast("uint64_t *", lib.czmp_ring_shared(self._ptr))
 
     def push(self, value: int) -> bool:
         return lib.czmp_ring_push(self._ptr, value) == 0
@@ -159,6 +174,13 @@ class Segment:
         self._seg = handle
         self.created = created
         self.header = lib.czmp_segment_header(handle)
+        layout = ffi.new("czmp_layout_t *")
+        lib.czmp_segment_layout(handle, layout)
+        #: The geometry the C core took at create/attach (czmp_layout_t): size
+        #: arrays from it, never from ``header``, which any process of the
+        #: user can overwrite.
+        self.layout = Layout(layout.total_size, layout.nslots, layout.nworkers,
+                             layout.nfuncs, layout.nclasses, layout.ring_cap)
 
     # -- life cycle ------------------------------------------------------
 
@@ -254,7 +276,7 @@ class Segment:
     def class_stats(self) -> list[ClassStats]:
         out = ffi.new("czmp_class_stats_t *")
         stats = []
-        for c in range(self.header.nclasses):
+        for c in range(self.layout.nclasses):
             check(lib.czmp_arena_stats(self._seg, c, out), "arena stats")
             stats.append(ClassStats(out.chunk_size, out.nchunks, out.used))
         return stats
@@ -308,7 +330,7 @@ class Segment:
 
     def reap(self, worker: int, cookies) -> tuple[list[int], list[int]]:
         """After worker ``worker`` died: (its RUNNING slots, its DONE slots), both now HELD."""
-        n = self.header.nslots
+        n = self.layout.nslots
         running, done = ffi.new("uint32_t[]", n), ffi.new("uint32_t[]", n)
         nr, nd = ffi.new("uint32_t *"), ffi.new("uint32_t *")
         check(lib.czmp_worker_reap(self._seg, worker, running, nr, done, nd, cookies), "reap")

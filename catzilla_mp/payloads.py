@@ -120,12 +120,17 @@ class Payloads:
     def read(self, handle: int, length: int, inline_area):
         """A buffer with the payload; valid until the slot is released."""
         kind = handle >> 56
+        # `length` comes from the other process: never read past its area (issue 10.3)
         if kind == _core.HANDLE_INLINE:
+            if length > ffi.sizeof(inline_area):
+                raise ValueError(f"inline payload of {length} bytes exceeds its area")
             return ffi.buffer(inline_area, length)[:]
         if kind == _core.HANDLE_CHUNK:
             ptr = lib.czmp_arena_ptr(self._raw, handle)
             if ptr == ffi.NULL:
                 raise ValueError(f"invalid chunk handle {handle:#x}")
+            if length > lib.czmp_arena_chunk_size(self._raw, handle):
+                raise ValueError(f"payload of {length} bytes exceeds its chunk {handle:#x}")
             return ffi.buffer(ptr, length)
         if kind == _core.HANDLE_EXTERNAL:
             return self._read_external(handle & 0xFFFFFFFF, length)

@@ -110,9 +110,8 @@ class FunctionTable:
                 return 0, data
             entry = self._seg.func(self._next)
             handle, n = self._payloads.write(data, ffi.NULL, 0, _core.HOLDER_APP)
+            # published to workers by the QUEUED CAS of the first task naming it
             entry.handle, entry.len = handle, n
-            # x86 keeps stores in order; the worker reads `ready` before the rest
-            entry.ready = 1
             self._next += 1
             self._ids[fn] = self._next
             return self._next, None
@@ -407,12 +406,14 @@ class ProcessBackend:
             batch.busy = False
 
     def _on_outcome(self, o: tuple, view: memoryview) -> None:
-        state, handle, started, finished, idx, flags, n, worker, off, _ = o
+        state, handle, started, finished, idx, flags, n, worker, off, err = o
         task = self._slot_task[idx]
         if task is None:
             log.error("result for slot %d, which no task owns; dropped", idx)
             return
         try:
+            if err:  # czmp_outcome_t.error: result_len beyond its area (issue 10.3)
+                raise ValueError(f"its length ({n}) is beyond its area in slot {idx}")
             data = view[off:off + n] if off != _NO_DATA else \
                 self.payloads.read(handle, n, self.slots[idx].result_inline)
             if flags & _OUTCOME_PROGRESS:
@@ -436,9 +437,11 @@ class ProcessBackend:
         """A DONE slot handed over outside the result ring (its worker died): settle it."""
         slot = self.slots[idx]
         off = 0 if slot.result_handle >> 56 == _core.HANDLE_INLINE else _NO_DATA
-        data = ffi.buffer(slot.result_inline, slot.result_len)[:] if off == 0 else b""
+        n = slot.result_len
+        err = int(off == 0 and n > _core.INLINE_RESULT)  # a worker's length, bounded (issue 10.3)
+        data = ffi.buffer(slot.result_inline, n)[:] if off == 0 and not err else b""
         o = (lib.czmp_slot_state(self.raw, idx), slot.result_handle, slot.started_ns,
-             slot.finished_ns, idx, slot.result_flags, slot.result_len, slot.worker, off, 0)
+             slot.finished_ns, idx, slot.result_flags, n, slot.worker, off, err)
         self._on_outcome(o, memoryview(data))
 
     def on_crash(self, idx: int, exitcode: int, pid: int, timed_out: bool, *,

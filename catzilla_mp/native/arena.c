@@ -13,17 +13,18 @@
  * instruction leaves every chunk either free or tagged with its holder, so
  * crash recovery is one reclaim call and needs no ring repair. The cost is a
  * scan when a class is nearly full; the hint keeps the common case O(1).
+ *
+ * Bounds: class sizes, counts and addresses come from the process-local copy
+ * of the validated layout (struct czmp_class_local), never from the header,
+ * so a handle is decoded against numbers no other process can change. The
+ * shared hint is only ever used modulo that local count.
  */
 #include <errno.h>
 
 #include "internal.h"
 
-static inline czmp_class_info_t *class_of(czmp_segment_t *seg, uint32_t c) {
-    return &seg->hdr->classes[c];
-}
-
-static inline uint32_t *tags_of(czmp_segment_t *seg, czmp_class_info_t *ci) {
-    return czmp_at(seg, ci->tags_off);
+static inline struct czmp_class_local *class_of(czmp_segment_t *seg, uint32_t c) {
+    return &seg->classes[c];
 }
 
 /* Decode a chunk handle; returns 0 and the class/index, or -EINVAL. */
@@ -33,7 +34,7 @@ static int decode(czmp_segment_t *seg, uint64_t h, uint32_t *cls, uint32_t *idx)
     uint32_t c = (uint32_t)((h >> 48) & 0xff), i = (uint32_t)h;
     /* bits 32..47 are unused: a handle with any of them set is not one we
      * made (a corrupt or stale value), so it must not alias a real chunk */
-    if (((h >> 32) & 0xffff) != 0 || c >= seg->hdr->nclasses || i >= class_of(seg, c)->nchunks)
+    if (((h >> 32) & 0xffff) != 0 || c >= seg->nclasses || i >= class_of(seg, c)->nchunks)
         return -EINVAL;
     *cls = c;
     *idx = i;
@@ -41,10 +42,10 @@ static int decode(czmp_segment_t *seg, uint64_t h, uint32_t *cls, uint32_t *idx)
 }
 
 static int alloc_in(czmp_segment_t *seg, uint32_t c, uint32_t holder, uint64_t *handle) {
-    czmp_class_info_t *ci = class_of(seg, c);
-    uint32_t *tags = tags_of(seg, ci);
+    struct czmp_class_local *ci = class_of(seg, c);
+    uint32_t *tags = ci->tags;
     uint32_t n = ci->nchunks;
-    uint32_t start = (uint32_t)(czmp_load_relaxed(&ci->hint) % n);
+    uint32_t start = (uint32_t)(czmp_load_relaxed(ci->hint) % n);
     for (uint32_t k = 0; k < n; k++) {
         uint32_t i = start + k < n ? start + k : start + k - n;
         if (czmp_load_relaxed(&tags[i]) != CZMP_HOLDER_FREE)
@@ -53,7 +54,7 @@ static int alloc_in(czmp_segment_t *seg, uint32_t c, uint32_t holder, uint64_t *
         /* acq_rel: acquire pairs with the release in czmp_arena_free, so the
          * previous holder's writes are done before we write the chunk. */
         if (czmp_cas(&tags[i], &expect, holder)) {
-            czmp_store_relaxed(&ci->hint, (uint64_t)(i + 1));  /* a hint only */
+            czmp_store_relaxed(ci->hint, (uint64_t)(i + 1));  /* a hint only */
             *handle = czmp_handle_chunk(c, i);
             CZMP_FAULT(CZMP_FAULT_ARENA_HELD);
             return 0;
@@ -66,7 +67,7 @@ int czmp_arena_alloc(czmp_segment_t *seg, uint64_t size, uint32_t holder, uint64
     if (holder == CZMP_HOLDER_FREE)
         return -EINVAL;
     int rc = -EFBIG;
-    for (uint32_t c = 0; c < seg->hdr->nclasses; c++) {
+    for (uint32_t c = 0; c < seg->nclasses; c++) {
         if (class_of(seg, c)->chunk_size < size)
             continue;
         /* a full class spills into the next larger one */
@@ -81,8 +82,8 @@ void *czmp_arena_ptr(czmp_segment_t *seg, uint64_t handle) {
     uint32_t c, i;
     if (decode(seg, handle, &c, &i) != 0)
         return NULL;
-    czmp_class_info_t *ci = class_of(seg, c);
-    return czmp_at(seg, ci->data_off + (uint64_t)i * ci->chunk_size);
+    struct czmp_class_local *ci = class_of(seg, c);
+    return ci->data + (uint64_t)i * ci->chunk_size;
 }
 
 uint64_t czmp_arena_chunk_size(czmp_segment_t *seg, uint64_t handle) {
@@ -94,7 +95,7 @@ uint32_t czmp_arena_holder(czmp_segment_t *seg, uint64_t handle) {
     uint32_t c, i;
     if (decode(seg, handle, &c, &i) != 0)
         return 0;
-    return czmp_load_acquire(&tags_of(seg, class_of(seg, c))[i]);
+    return czmp_load_acquire(&class_of(seg, c)->tags[i]);
 }
 
 int czmp_arena_retag(czmp_segment_t *seg, uint64_t handle, uint32_t from, uint32_t to) {
@@ -104,7 +105,7 @@ int czmp_arena_retag(czmp_segment_t *seg, uint64_t handle, uint32_t from, uint32
     uint32_t expect = from;
     /* release (in acq_rel): the chunk's bytes are complete before the new
      * holder can see it is theirs */
-    return czmp_cas(&tags_of(seg, class_of(seg, c))[i], &expect, to) ? 0 : -EPERM;
+    return czmp_cas(&class_of(seg, c)->tags[i], &expect, to) ? 0 : -EPERM;
 }
 
 int czmp_arena_free(czmp_segment_t *seg, uint64_t handle, uint32_t holder) {
@@ -115,9 +116,9 @@ int czmp_arena_reclaim(czmp_segment_t *seg, uint32_t holder) {
     int freed = 0;
     if (holder == CZMP_HOLDER_FREE)
         return 0;
-    for (uint32_t c = 0; c < seg->hdr->nclasses; c++) {
-        czmp_class_info_t *ci = class_of(seg, c);
-        uint32_t *tags = tags_of(seg, ci);
+    for (uint32_t c = 0; c < seg->nclasses; c++) {
+        struct czmp_class_local *ci = class_of(seg, c);
+        uint32_t *tags = ci->tags;
         for (uint32_t i = 0; i < ci->nchunks; i++) {
             uint32_t expect = holder;
             if (czmp_load_relaxed(&tags[i]) == holder &&
@@ -129,10 +130,10 @@ int czmp_arena_reclaim(czmp_segment_t *seg, uint32_t holder) {
 }
 
 int czmp_arena_stats(czmp_segment_t *seg, int cls, czmp_class_stats_t *out) {
-    if (cls < 0 || (uint32_t)cls >= seg->hdr->nclasses)
+    if (cls < 0 || (uint32_t)cls >= seg->nclasses)
         return -EINVAL;
-    czmp_class_info_t *ci = class_of(seg, (uint32_t)cls);
-    uint32_t *tags = tags_of(seg, ci);
+    struct czmp_class_local *ci = class_of(seg, (uint32_t)cls);
+    uint32_t *tags = ci->tags;
     uint32_t used = 0;
     for (uint32_t i = 0; i < ci->nchunks; i++)
         used += czmp_load_relaxed(&tags[i]) != CZMP_HOLDER_FREE;
@@ -143,6 +144,6 @@ int czmp_arena_stats(czmp_segment_t *seg, int cls, czmp_class_stats_t *out) {
 }
 
 uint64_t czmp_arena_max_size(czmp_segment_t *seg) {
-    uint32_t n = seg->hdr->nclasses;
+    uint32_t n = seg->nclasses;
     return n ? class_of(seg, n - 1)->chunk_size : 0;
 }

@@ -60,12 +60,58 @@ GIL_RELEASING = (
     "czmp_arena_stats", "czmp_heartbeat_start", "czmp_process_start_time",
 )
 GIL_RELEASING_VOID = ("czmp_segment_detach", "czmp_heartbeat_stop")
+# The submits are split (issue 10.8): the common case -- room in the ring --
+# costs ~100 ns and keeps the GIL; when a ring has no room, the purge and the
+# wait for a stalled consumer (up to 2 ms, or longer while live hints are
+# pushed back) run with the GIL released, so the app's other threads, the
+# supervisor whose repair frees the cell among them, are never stalled.
+# Each glue function first calls the `nowait` mode (internal.h), which stops
+# where it would block, then the blocking call for the rest without the GIL.
+GIL_SPLIT = """
+#include "internal.h"
+static int czmp_glue_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n) {
+    int blocked = 0;
+    int done = czmp_tasks_submit_ex(seg, prio, idx, n, 1, &blocked);
+    if (done < 0 || !blocked)
+        return done;
+    int more = CZMP_NOGIL(czmp_tasks_submit(seg, prio, idx + done, n - done));
+    return more > 0 ? done + more : done;
+}
+static int czmp_glue_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx,
+                                         uint64_t func_id, uint64_t task_id,
+                                         const void *args, uint32_t len) {
+    int blocked = 0;
+    int done = czmp_tasks_submit_inline_ex(seg, prio, idx, func_id, task_id, args, len, 1,
+                                           &blocked);
+    if (done != 0 || !blocked)
+        return done;
+    /* the arguments are in the slot already: queue it, waiting if need be */
+    int more = CZMP_NOGIL(czmp_tasks_submit(seg, prio, &idx, 1));
+    return more > 0 ? more : 0;
+}
+static int czmp_glue_tasks_submit_inline_many(czmp_segment_t *seg, int prio,
+                                              const uint32_t *idx, int n, uint64_t func_id,
+                                              const uint64_t *task_ids, const void *data,
+                                              const uint32_t *off, const uint32_t *len) {
+    int blocked = 0, written = 0;
+    int done = czmp_tasks_submit_inline_many_ex(seg, prio, idx, n, func_id, task_ids, data, off,
+                                                len, &written, 1, &blocked);
+    if (done < 0 || !blocked)
+        return done;
+    int more = CZMP_NOGIL(czmp_tasks_submit(seg, prio, idx + done, written - done));
+    return more > 0 ? done + more : done;
+}
+#define czmp_tasks_submit(...) czmp_glue_tasks_submit(__VA_ARGS__)
+#define czmp_tasks_submit_inline(...) czmp_glue_tasks_submit_inline(__VA_ARGS__)
+#define czmp_tasks_submit_inline_many(...) czmp_glue_tasks_submit_inline_many(__VA_ARGS__)
+"""
 _GLUE = "\n".join([
     '#include "czmp.h"',
     "#define CZMP_NOGIL(call) ({ PyThreadState *_czmp_ts = PyEval_SaveThread(); "
     "__typeof__(call) _czmp_r = (call); PyEval_RestoreThread(_czmp_ts); _czmp_r; })",
     "#define CZMP_NOGIL_VOID(call) do { PyThreadState *_czmp_ts = PyEval_SaveThread(); "
     "(call); PyEval_RestoreThread(_czmp_ts); } while (0)",
+    GIL_SPLIT,
     *(f"#define {n}(...) CZMP_NOGIL({n}(__VA_ARGS__))" for n in GIL_RELEASING),
     *(f"#define {n}(...) CZMP_NOGIL_VOID({n}(__VA_ARGS__))" for n in GIL_RELEASING_VOID),
     "#undef Py_BEGIN_ALLOW_THREADS",

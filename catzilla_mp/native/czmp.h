@@ -44,14 +44,16 @@
 /* CDEF BEGIN */
 #define CZMP_MAGIC_LO 0x504d5a43          /* "CZMP" */
 #define CZMP_MAGIC_HI 0x31474553          /* "SEG1" */
-#define CZMP_LAYOUT_VERSION 4          /* 4: rings of 2 x nslots, wake lease fields */
+#define CZMP_LAYOUT_VERSION 5          /* 5: ring cells of 40-bit sequence + 24-bit value */
 
 #define CZMP_NPRIO 4                      /* CRITICAL=0 HIGH=1 NORMAL=2 LOW=3 */
 #define CZMP_MAX_CLASSES 16
 #define CZMP_SLOT_SIZE 512
 #define CZMP_INLINE_ARGS 200              /* bytes of arguments kept in the slot */
 #define CZMP_INLINE_RESULT 224            /* bytes of result kept in the slot */
-#define CZMP_RING_TOMBSTONE 4294967295    /* value of a repaired, never-published cell */
+#define CZMP_RING_TOMBSTONE 16777215      /* value of a repaired, never-published cell */
+#define CZMP_RING_VALUE_MAX 16777214      /* ring values are 0..this (24 bits, minus the tombstone) */
+#define CZMP_MAX_SLOTS 16777215           /* slot indices are ring values */
 #define CZMP_RESULT_FAILED 1              /* result_flags bit: the task failed; others are the caller's */
 
 /* Errors beyond errno (returned negated). */
@@ -61,6 +63,7 @@
 #define CZMP_EOWNER 1004                  /* created by another user */
 #define CZMP_ELAYOUT 1005                 /* offsets/sizes inconsistent */
 #define CZMP_ECONFIG 1006                 /* invalid creation parameters */
+#define CZMP_ERESULT 1007                 /* a result length beyond its area (czmp_outcome_t.error) */
 
 /* Slot states (low 8 bits of czmp_slot_t.state). */
 #define CZMP_SLOT_FREE 0                  /* on the app's free list */
@@ -81,7 +84,9 @@
 #define CZMP_HANDLE_CHUNK 2               /* class in bits 48..55, chunk index in 0..31 */
 #define CZMP_HANDLE_EXTERNAL 3            /* own segment; id in bits 0..31 */
 
-/* Fault points, armed only by tests: the process SIGKILLs itself there. */
+/* Fault points, armed only by tests (see "faults and pauses" at the end):
+ * named places in the core where a test makes this process die, stop, or
+ * park one thread, to script an interleaving with other processes. */
 #define CZMP_FAULT_NONE 0
 #define CZMP_FAULT_RING_PUSH_CLAIMED 1    /* after claiming a ring cell, before publishing */
 #define CZMP_FAULT_RING_POP_CLAIMED 2     /* after claiming a ring cell, before releasing */
@@ -89,6 +94,21 @@
 #define CZMP_FAULT_ARENA_HELD 4           /* right after a chunk was allocated */
 #define CZMP_FAULT_FINISH_DONE 5          /* slot DONE, hint not yet in the result ring */
 #define CZMP_FAULT_RESULT_WRITTEN 6       /* result bytes in the slot, slot still RUNNING */
+#define CZMP_FAULT_SPIN_FOUND 7           /* a consumer's poll found work; still counted a spinner */
+#define CZMP_FAULT_SPIN_DONE 8            /* a consumer stopped spinning, not yet counted a sleeper */
+#define CZMP_FAULT_SLEEP_CHECKED 9        /* counted a sleeper, re-checked, about to futex_wait */
+#define CZMP_FAULT_SLEEP_TIMED_OUT 10     /* futex_wait timed out; still counted a sleeper */
+#define CZMP_FAULT_PURGE_POPPED 11        /* app popped a full task ring, live hints not pushed back */
+#define CZMP_FAULT_SUBMIT_WAITING 12      /* a submit found its ring full and waits for room */
+#define CZMP_FAULT_NPOINTS 13
+
+/* What an armed fault point does (czmp_fault_arm_action). */
+#define CZMP_FAULT_KILL 0                 /* raise(SIGKILL) */
+#define CZMP_FAULT_STOP 1                 /* raise(SIGSTOP): the test sees the process stopped
+                                             (waitpid WUNTRACED), acts, then SIGCONTs or kills it */
+#define CZMP_FAULT_PARK 2                 /* the thread that reaches it blocks until
+                                             czmp_fault_release(point); for calls that run
+                                             without the GIL, in a thread of the test itself */
 
 /* Worker record states. */
 #define CZMP_WORKER_EMPTY 0
@@ -206,13 +226,23 @@ typedef struct czmp_worker {
 
 /* A pickled function, written once by the app, read by every worker. */
 typedef struct czmp_func {
-    uint64_t handle;              /* arena chunk holding the pickled bytes */
-    uint32_t len;
-    uint32_t ready;               /* app: store release 1 after handle/len */
+    uint64_t handle;              /* app, once, before the first task naming it is QUEUED */
+    uint32_t len;                 /* app, idem; a worker bounds it by the chunk (payloads.py) */
+    uint32_t pad;                 /* was `ready` (layout 4), never read: the slot's QUEUED CAS
+                                     (release) already orders handle/len before any take */
 } czmp_func_t;
 
 typedef struct czmp_segment czmp_segment_t;   /* process-local mapping handle */
-typedef struct czmp_ring czmp_ring_t;         /* in shared memory, opaque */
+typedef struct czmp_ring czmp_ring_t;         /* process-local view of a ring, opaque */
+
+/* The geometry a process took from its segment at create or attach: the
+ * only counts it trusts (a header field may have been overwritten since). */
+typedef struct czmp_layout {
+    uint64_t total_size;
+    uint32_t nslots, nworkers, nfuncs, nclasses;
+    uint32_t ring_cap;
+    uint32_t pad;
+} czmp_layout_t;
 
 typedef struct czmp_class_stats {
     uint64_t chunk_size;
@@ -226,13 +256,18 @@ typedef struct czmp_class_stats {
 uint64_t czmp_segment_size(const czmp_config_t *cfg);
 
 /* Create /dev/shm/<name> (O_CREAT|O_EXCL, 0600), size, map, initialise.
- * Returns 0 and *out, or -EEXIST, -CZMP_ECONFIG, -errno; nothing is left
- * behind on failure. */
+ * The creator keeps the file open with flock(LOCK_EX) until
+ * czmp_segment_detach: the proof, valid across PID namespaces, that the
+ * owner lives (segment_janitor.py). Returns 0 and *out, or -EEXIST,
+ * -CZMP_ECONFIG (also for sizes that overflow), -EAGAIN (a janitor kept
+ * removing the fresh name), -errno; nothing is left behind on failure. */
 int czmp_segment_create(const char *name, const czmp_config_t *cfg,
                         czmp_segment_t **out);
 
 /* Map an existing segment and validate magic, version, owner uid, sizes and
- * offsets. Returns 0 and *out, or -ENOENT, -CZMP_EMAGIC, -CZMP_EVERSION,
+ * offsets (on a private copy of the header, with overflow-checked sums),
+ * then take that copy as this process's geometry for good.
+ * Returns 0 and *out, or -ENOENT, -CZMP_EMAGIC, -CZMP_EVERSION,
  * -CZMP_ETRUNC, -CZMP_EOWNER, -CZMP_ELAYOUT, -errno. */
 int czmp_segment_attach(const char *name, czmp_segment_t **out);
 
@@ -243,14 +278,21 @@ int czmp_segment_attach(const char *name, czmp_segment_t **out);
  * MAP_POPULATE at creation. 0, or -errno (-EINVAL: kernel before 5.14). */
 int czmp_segment_prefault(czmp_segment_t *seg);
 
-/* Unmap and free the handle. Never fails. NULL is ignored. */
+/* Stop this process's heartbeat thread if it writes into this mapping
+ * (joining it), unmap, release the owner lock if we are the creator, and
+ * free the handle. Never fails. NULL is ignored. */
 void czmp_segment_detach(czmp_segment_t *seg);
 
 /* shm_unlink. Returns 0 or -errno (-ENOENT if already gone). */
 int czmp_segment_unlink(const char *name);
 
+/* The shared header: for the shutdown flag, wake statistics and display.
+ * Its counts and offsets may have been overwritten since attach; size
+ * nothing from them (use czmp_segment_layout). */
 czmp_header_t *czmp_segment_header(czmp_segment_t *seg);
 void *czmp_segment_base(czmp_segment_t *seg);
+/* This process's validated geometry. Cannot fail. */
+void czmp_segment_layout(czmp_segment_t *seg, czmp_layout_t *out);
 
 /* Start time of a process (clock ticks since boot, field 22 of
  * /proc/<pid>/stat), or 0 if no such process. Used with the pid to name
@@ -264,16 +306,22 @@ uint64_t czmp_now_ns(void);       /* CLOCK_MONOTONIC */
  * 0, or -ESRCH if the parent is already gone. */
 int czmp_process_die_with_parent(uint32_t parent_pid);
 
-/* ---- ring.c: bounded lock-free MPMC ring of uint32 values --------------- */
+/* ---- ring.c: bounded lock-free MPMC ring of 24-bit values -------------- */
 
+/* The process-local view of a ring (valid while the segment is mapped). */
 czmp_ring_t *czmp_segment_task_ring(czmp_segment_t *seg, int prio);  /* NULL if out of range */
 czmp_ring_t *czmp_segment_result_ring(czmp_segment_t *seg);
+/* Address of the ring's words in shared memory: tail at word 0, head at
+ * word 8, cells from word 24 (tests and read-only views only). */
+void *czmp_ring_shared(czmp_ring_t *r);
 
-/* Push one value (not CZMP_RING_TOMBSTONE). 0, or -EAGAIN when full. */
+/* Push one value (0..CZMP_RING_VALUE_MAX). 0, -EAGAIN when full (or when
+ * its words were overwritten into an impossible state), -EINVAL. */
 int czmp_ring_push(czmp_ring_t *r, uint32_t v);
 /* Pop one value. 0, or -EAGAIN when empty. Tombstones are skipped. */
 int czmp_ring_pop(czmp_ring_t *r, uint32_t *v);
-/* Push up to n values; returns how many were pushed (a prefix of vals). */
+/* Push up to n values; returns how many were pushed (a prefix of vals; it
+ * stops before a value above CZMP_RING_VALUE_MAX). */
 int czmp_ring_push_many(czmp_ring_t *r, const uint32_t *vals, int n);
 /* Pop up to n values; returns how many (0 when empty). */
 int czmp_ring_pop_many(czmp_ring_t *r, uint32_t *vals, int n);
@@ -292,6 +340,12 @@ uint32_t czmp_ring_capacity(czmp_ring_t *r);
  * time apart. cookie points to 2 uint64_t, zeroed before the first call.
  * Returns the number of values written to recovered (<= max). */
 int czmp_ring_repair(czmp_ring_t *r, uint64_t *cookie, uint32_t *recovered, int max);
+
+/* Tests only: make an EMPTY ring continue at position pos (all cells free
+ * for pos..pos+cap-1), to put a test at a sequence wrap without 2^32 real
+ * operations. Only while no other process pushes or pops. 0, or -EBUSY if
+ * the ring is not empty. */
+int czmp_ring_debug_seek(czmp_ring_t *r, uint64_t pos);
 
 /* ---- wake.c ------------------------------------------------------------- */
 
@@ -319,10 +373,23 @@ int czmp_slot_cas(czmp_segment_t *seg, uint32_t idx, uint64_t expect, uint64_t d
 /* App: make HELD or FREE slots QUEUED (stamping queued_ns) and push their
  * hints on ring[prio], then wake sleeping workers. Each slot must be in the
  * state its caller gave it (HELD or FREE) with no other process touching it.
- * Returns how many were queued (a prefix); the rest stay as they were
- * (rarely: rings hold 2 * nslots cells, stale hints are purged when one
- * fills, and a ring that only looks full -- a worker stalled inside a pop --
- * is waited on for up to 2 ms). -EINVAL on a bad priority or index. */
+ *
+ * Returns how many were queued: a PREFIX of idx. The caller MUST check it:
+ * slots idx[ret..n) were not queued and are still in the caller's hands,
+ * in the state it gave them (nothing is lost, but nothing will run them
+ * either; retry later, or fail those tasks). That happens rarely: rings
+ * hold 2 * nslots cells, a ring full of stale hints is purged (every live
+ * hint is pushed back, issue 10.1), and a ring that only looks full -- a
+ * worker stalled or dead between claiming and releasing a cell, until the
+ * next repair -- is waited on for up to 2 ms. Hints already queued, by this
+ * call or earlier ones, are never dropped. -EINVAL on a bad priority or a
+ * bad first index (nothing queued).
+ *
+ * GIL (cffi glue, build_native.py): the call first tries without waiting,
+ * with the GIL held; only if a ring has no room does it release the GIL for
+ * the purge and the wait, so other threads -- the supervisor whose repair
+ * frees the cell -- run meanwhile (issue 10.8). Same for the two
+ * czmp_tasks_submit_inline* calls below. */
 int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n);
 
 /* Worker `worker`: take up to max tasks, highest priority first, claiming
@@ -337,8 +404,9 @@ int czmp_tasks_take(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max
 /* App, the whole submit of a small task in one call: write func_id, task_id
  * and len bytes of arguments into slot idx's inline area (args_handle =
  * CZMP_HANDLE_INLINE << 56), then queue it as czmp_tasks_submit(seg, prio,
- * &idx, 1). Returns 1 if queued, 0 if the
- * slot was neither FREE nor HELD (nothing written), -EMSGSIZE if len >
+ * &idx, 1). Returns 1 if queued; 0 if the slot was neither FREE nor HELD
+ * (nothing written) or if its ring had no room (arguments written, slot
+ * back in the state it had: the caller still owns it); -EMSGSIZE if len >
  * CZMP_INLINE_ARGS, -EINVAL on a bad slot or priority. */
 int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64_t func_id,
                              uint64_t task_id, const void *args, uint32_t len);
@@ -346,7 +414,8 @@ int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64
 /* App: czmp_tasks_submit_inline for n slots of one priority and function in
  * one call. Slot idx[i] gets task_ids[i] and the len[i] bytes at data +
  * off[i]; then all are queued with one wake-up. Returns how many were queued
- * (a prefix: it stops at the first slot that is neither FREE nor HELD),
+ * (a prefix: it stops at the first slot that is neither FREE nor HELD, or
+ * as czmp_tasks_submit when a ring has no room; the caller owns the rest),
  * -EMSGSIZE if a len exceeds CZMP_INLINE_ARGS or -EINVAL (nothing queued). */
 int czmp_tasks_submit_inline_many(czmp_segment_t *seg, int prio, const uint32_t *idx, int n,
                                   uint64_t func_id, const uint64_t *task_ids,
@@ -366,12 +435,15 @@ int czmp_tasks_take_copy(czmp_segment_t *seg, uint32_t worker, uint32_t *idx, vo
  * longer RUNNING for this worker (the app took it back: timeout, cancel). */
 int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx);
 
-/* Worker, the whole publish of a small outcome in one call: copy len bytes
- * into the slot's inline result area (result_handle = INLINE), set
- * result_flags, credit the worker record (busy_ns += now - started_ns,
- * tasks_done or, with CZMP_RESULT_FAILED, tasks_failed; current_slot = 0), then finish
- * as czmp_tasks_finish. -EMSGSIZE if len > CZMP_INLINE_RESULT (nothing
- * written), -EINVAL, or czmp_tasks_finish's result. */
+/* Worker, the whole publish of a small outcome in one call: check the slot
+ * is RUNNING for this worker, copy len bytes into the slot's inline result
+ * area (result_handle = INLINE), set result_flags, credit the worker record
+ * (busy_ns += now - started_ns, tasks_done or, with CZMP_RESULT_FAILED,
+ * tasks_failed; current_slot = 0), then finish as czmp_tasks_finish.
+ * -ESTALE if the slot is not RUNNING for this worker (published already, or
+ * taken back by the app): NOTHING is written, not even the record.
+ * -EMSGSIZE if len > CZMP_INLINE_RESULT (nothing written), -EINVAL, or
+ * czmp_tasks_finish's result. */
 int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
                              uint32_t flags, const void *data, uint32_t len);
 
@@ -386,19 +458,27 @@ typedef struct czmp_outcome {
     uint32_t len;                 /* result_len */
     uint32_t worker;
     uint32_t data_off;            /* inline result copied to data + data_off; UINT32_MAX if not */
-    uint32_t pad;
+    uint32_t error;               /* 0, or CZMP_ERESULT: result_len exceeded its inline area or
+                                     chunk (a worker bug or a hostile write); len is then 0 and
+                                     the app must fail the task instead of reading its result */
 } czmp_outcome_t;                 /* 56 bytes */
 
 /* App: as czmp_results_collect (at most 256 per call), and for each slot
  * taken fill out[i] and copy an inline result into data (up to data_cap
  * bytes in all; results that do not fit are left in the slot, data_off =
- * UINT32_MAX). Returns the count, 0 on timeout, -EINVAL. */
+ * UINT32_MAX). A result_len beyond the inline area or the chunk its handle
+ * names sets out[i].error = CZMP_ERESULT and len = 0: fail that task, do not
+ * read its result. (An external handle's length is bounded by the size of
+ * its own segment, which the reader maps.) Returns the count, 0 on timeout,
+ * -EINVAL. */
 int czmp_results_collect_outcomes(czmp_segment_t *seg, czmp_outcome_t *out, int max,
                                   void *data, uint32_t data_cap, int64_t timeout_ns);
 
 /* App: take up to max finished slots, DONE -> HELD; stale and duplicate
  * hints are dropped. Spins briefly, then sleeps up to timeout_ns, or until
- * the segment is shut down. Returns the count (0 on timeout or shutdown). */
+ * the segment is shut down; leaving with results still queued, it wakes a
+ * sleeping collector (the baton, as czmp_tasks_take does). Returns the count
+ * (0 on timeout or shutdown). */
 int czmp_results_collect(czmp_segment_t *seg, uint32_t *out, int max, int64_t timeout_ns);
 
 /* App: HELD or QUEUED -> FREE with the generation bumped; frees the args
@@ -407,6 +487,7 @@ int czmp_results_collect(czmp_segment_t *seg, uint32_t *out, int max, int64_t ti
 int czmp_slot_release(czmp_segment_t *seg, uint32_t idx, uint64_t expect_state);
 
 /* App, after worker `worker` died: RUNNING(worker) slots become HELD
+ * (running[] and done[] need room for the layout's nslots entries each)
  * (written to running[], their result chunk freed); DONE(worker) slots
  * become HELD (written to done[]); chunks the worker held are freed; all
  * rings are repaired (pass the same cookie array of 2*(CZMP_NPRIO+1)
@@ -420,7 +501,9 @@ int czmp_worker_reap(czmp_segment_t *seg, uint32_t worker,
 int czmp_rings_repair(czmp_segment_t *seg, uint64_t *cookies);
 
 /* Start a native thread in this process that writes heartbeat_ns of worker
- * `worker` every period_ns until czmp_heartbeat_stop(). 0 or -errno. */
+ * `worker` every period_ns until czmp_heartbeat_stop() or the detach of
+ * seg, which joins it (no write can land in an unmapped segment). 0, -EBUSY
+ * if one runs already, -EINVAL, -errno. */
 int czmp_heartbeat_start(czmp_segment_t *seg, uint32_t worker, int64_t period_ns);
 void czmp_heartbeat_stop(void);
 
@@ -449,11 +532,38 @@ int czmp_arena_stats(czmp_segment_t *seg, int cls, czmp_class_stats_t *out);
 /* Largest payload the arena can hold. */
 uint64_t czmp_arena_max_size(czmp_segment_t *seg);
 
-/* ---- faults (tests only) ------------------------------------------------ */
+/* ---- faults and pauses (tests only) ------------------------------------ *
+ *
+ * The harness for deterministic interleavings. A CZMP_FAULT_* point is a
+ * named place in the core; a test arms it in one process, and the
+ * countdown-th time any thread of that process reaches it, the point fires
+ * once (then disarms itself) with its action:
+ *   CZMP_FAULT_KILL  the process SIGKILLs itself: a crash exactly there;
+ *   CZMP_FAULT_STOP  the process SIGSTOPs itself: the test (its parent) sees
+ *                    it with waitpid(WUNTRACED), runs other operations, then
+ *                    SIGCONTs it (resume) or SIGKILLs it (crash there);
+ *   CZMP_FAULT_PARK  the thread blocks on a process-local futex; another
+ *                    thread of the test waits for czmp_fault_parked(point),
+ *                    runs its operations, then czmp_fault_release(point).
+ *                    Only inside calls that release the GIL (build_native),
+ *                    or the test's other threads could not run. A park ends
+ *                    by itself after 60 s, so a test whose other side never
+ *                    came fails instead of hanging.
+ * Any number of points may be armed at once (a bit mask). Disarmed, a point
+ * costs one load of that mask and a compare with zero, predicted not taken.
+ * tests/native/test_interleavings.py scripts each defect of issue 10 with it.
+ */
 
-/* Arm fault point `point`: the countdown-th time this process reaches it,
- * it SIGKILLs itself. point 0 disarms. */
+/* Arm `point` with CZMP_FAULT_KILL (the original fault points); point 0
+ * disarms every point. Never fails. */
 void czmp_fault_arm(int point, uint64_t countdown);
+/* Arm `point` with `action`, firing on the countdown-th hit (0 acts as 1).
+ * 0, or -EINVAL for a bad point or action. */
+int czmp_fault_arm_action(int point, uint64_t countdown, int action);
+/* Threads parked at `point` now (0 for a bad point). */
+int czmp_fault_parked(int point);
+/* Disarm `point` and resume the threads parked there. Never fails. */
+void czmp_fault_release(int point);
 /* CDEF END */
 
 #endif /* CZMP_H */

@@ -1,11 +1,22 @@
 /* segment.c -- the one shared-memory segment of an engine: create, attach
- * (validating everything), detach, unlink; owner identity; fault points.
+ * (validating everything), detach, unlink; owner identity and liveness;
+ * fault points and pauses.
  *
  * The layout is computed from a czmp_config_t by one function (layout())
  * used both at creation and, from the header's own counts, at attach: an
- * attaching process recomputes every offset and refuses the segment unless
- * the header agrees byte for byte, so a corrupt or foreign header can never
- * steer a process to an address outside the mapping.
+ * attaching process copies the header, recomputes every offset from the
+ * copy with overflow-checked arithmetic and refuses the segment unless the
+ * copy agrees byte for byte. The validated copy then becomes the process's
+ * geometry (struct czmp_segment in internal.h): no later write into the
+ * shared header can move a bound, an offset or a divisor this process uses.
+ *
+ * Ownership and liveness: the creator keeps the segment's file descriptor
+ * open with flock(LOCK_EX) for as long as it has the segment mapped. The
+ * lock lives with the open file, not with a pid, so it proves the owner
+ * alive from any PID namespace that shares /dev/shm (containers with
+ * --ipc=host, pods); segment_janitor.py removes a segment only after taking
+ * that lock itself. A janitor can still win the race between our shm_open
+ * and our flock; the creator then finds its name gone and starts again.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -14,26 +25,96 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/futex.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
 
-int czmp_fault_point = CZMP_FAULT_NONE;
-static uint64_t fault_countdown;
+/* ---- faults and pauses (tests only; czmp.h documents the harness) ---- */
+
+uint64_t czmp_fault_armed;        /* bit p set: point p armed; tests write it, the core reads it */
+
+static struct {
+    uint64_t countdown;           /* hits left before the point fires */
+    int action;                   /* CZMP_FAULT_KILL / _STOP / _PARK */
+    uint32_t gen;                 /* futex word of parked threads; czmp_fault_release bumps it */
+    uint32_t parked;              /* threads parked at the point now */
+} faults[CZMP_FAULT_NPOINTS];
+
+int czmp_fault_arm_action(int point, uint64_t countdown, int action) {
+    if (point <= 0 || point >= CZMP_FAULT_NPOINTS || action < CZMP_FAULT_KILL ||
+        action > CZMP_FAULT_PARK)
+        return -EINVAL;
+    faults[point].action = action;
+    __atomic_store_n(&faults[point].countdown, countdown ? countdown : 1, __ATOMIC_RELAXED);
+    /* seq_cst: the countdown and action above are set before any thread can
+     * see the point armed (czmp_fault_hit reads the mask, then them) */
+    __atomic_fetch_or(&czmp_fault_armed, 1ULL << point, __ATOMIC_SEQ_CST);
+    return 0;
+}
 
 void czmp_fault_arm(int point, uint64_t countdown) {
-    fault_countdown = countdown ? countdown : 1;
-    czmp_fault_point = point;
+    if (point == CZMP_FAULT_NONE) {
+        __atomic_store_n(&czmp_fault_armed, 0, __ATOMIC_SEQ_CST);
+        return;
+    }
+    czmp_fault_arm_action(point, countdown, CZMP_FAULT_KILL);
+}
+
+/* A park nobody releases ends by itself: the test then fails, not hangs. */
+#define CZMP_FAULT_PARK_MAX_NS (60ULL * 1000000000ULL)
+
+static void fault_park(int point) {
+    uint32_t g = __atomic_load_n(&faults[point].gen, __ATOMIC_ACQUIRE);
+    __atomic_fetch_add(&faults[point].parked, 1, __ATOMIC_SEQ_CST);
+    uint64_t until = czmp_now_ns() + CZMP_FAULT_PARK_MAX_NS;
+    while (__atomic_load_n(&faults[point].gen, __ATOMIC_ACQUIRE) == g && czmp_now_ns() < until) {
+        struct timespec ts = {1, 0};
+        syscall(SYS_futex, &faults[point].gen, FUTEX_WAIT_PRIVATE, g, &ts, NULL, 0);
+    }
+    __atomic_fetch_sub(&faults[point].parked, 1, __ATOMIC_SEQ_CST);
 }
 
 void czmp_fault_hit(int point) {
-    (void)point;
-    if (--fault_countdown == 0)
+    uint64_t bit = 1ULL << point;
+    if (!(__atomic_load_n(&czmp_fault_armed, __ATOMIC_ACQUIRE) & bit))
+        return;
+    if (__atomic_sub_fetch(&faults[point].countdown, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    /* fire once: the point disarms itself, so other threads pass it */
+    __atomic_fetch_and(&czmp_fault_armed, ~bit, __ATOMIC_SEQ_CST);
+    int saved = errno;
+    switch (faults[point].action) {
+    case CZMP_FAULT_STOP:
+        raise(SIGSTOP);
+        break;
+    case CZMP_FAULT_PARK:
+        fault_park(point);
+        break;
+    default:
         raise(SIGKILL);
+    }
+    errno = saved;
+}
+
+int czmp_fault_parked(int point) {
+    if (point <= 0 || point >= CZMP_FAULT_NPOINTS)
+        return 0;
+    return (int)__atomic_load_n(&faults[point].parked, __ATOMIC_ACQUIRE);
+}
+
+void czmp_fault_release(int point) {
+    if (point <= 0 || point >= CZMP_FAULT_NPOINTS)
+        return;
+    __atomic_fetch_and(&czmp_fault_armed, ~(1ULL << point), __ATOMIC_SEQ_CST);
+    __atomic_fetch_add(&faults[point].gen, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &faults[point].gen, FUTEX_WAKE_PRIVATE, INT32_MAX, NULL, NULL, 0);
 }
 
 uint64_t czmp_now_ns(void) {
@@ -70,6 +151,10 @@ int czmp_process_die_with_parent(uint32_t parent_pid) {
     return (uint32_t)getppid() == parent_pid ? 0 : -ESRCH;
 }
 
+/* Largest segment we lay out: far above any machine's /dev/shm, far below
+ * where 64-bit offset sums could wrap. */
+#define CZMP_MAX_SEGMENT_BYTES (1ULL << 46)
+
 static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) & ~(a - 1); }
 
 /* Twice the slots: a slot has at most one live hint, so a ring can only
@@ -83,15 +168,25 @@ static uint32_t ring_cap_for(uint32_t nslots) {
     return cap;
 }
 
+/* off += n * size, refusing any wrap and any total beyond the cap. */
+static int grow(uint64_t *off, uint64_t n, uint64_t size) {
+    uint64_t bytes;
+    if (__builtin_mul_overflow(n, size, &bytes) || __builtin_add_overflow(*off, bytes, off))
+        return 0;
+    return *off <= CZMP_MAX_SEGMENT_BYTES;
+}
+
 /* Fill every offset of hdr from its counts and class sizes; returns the
- * total size, or 0 if the counts are invalid. */
+ * total size, or 0 if the counts are invalid or the sizes overflow
+ * (issue 10.4: chunk_size * nchunks used to wrap and pass). */
 static uint64_t layout(czmp_header_t *h) {
-    if (h->nslots == 0 || h->nslots > (1u << 24) || h->nworkers == 0 ||
+    if (h->nslots == 0 || h->nslots > CZMP_MAX_SLOTS || h->nworkers == 0 ||
         h->nworkers >= 65535 || h->nfuncs == 0 || h->nfuncs > (1u << 20) ||
         h->nclasses > CZMP_MAX_CLASSES)
         return 0;
     h->ring_cap = ring_cap_for(h->nslots);
     h->ring_bytes = align_up(czmp_ring_bytes(h->ring_cap), CZMP_CACHE_LINE);
+    /* the counts above are bounded, so nothing up to the arena can wrap */
     uint64_t off = CZMP_HEADER_BYTES;
     h->tasks_off = off;
     off += CZMP_NPRIO * h->ring_bytes;
@@ -112,11 +207,14 @@ static uint64_t layout(czmp_header_t *h) {
             return 0;
         prev = ci->chunk_size;
         ci->tags_off = off;
-        off = align_up(off + (uint64_t)ci->nchunks * sizeof(uint32_t), 4096);
-        ci->data_off = off;
-        off = align_up(off + ci->chunk_size * ci->nchunks, 4096);
+        if (!grow(&off, ci->nchunks, sizeof(uint32_t)))
+            return 0;
+        ci->data_off = off = align_up(off, 4096);
+        if (!grow(&off, ci->nchunks, ci->chunk_size))
+            return 0;
+        off = align_up(off, 4096);
     }
-    return off;
+    return off <= CZMP_MAX_SEGMENT_BYTES ? off : 0;
 }
 
 static void header_from_config(czmp_header_t *h, const czmp_config_t *cfg) {
@@ -137,27 +235,52 @@ uint64_t czmp_segment_size(const czmp_config_t *cfg) {
     return layout(&h);
 }
 
-static void init_ring(czmp_ring_t *r, uint32_t cap) {
-    r->head = r->tail = 0;
-    r->cap = cap;
-    r->mask = cap - 1;
-    for (uint32_t i = 0; i < cap; i++)
-        r->cells[i] = (uint64_t)i << 32;  /* seq i, value 0: free for position i */
-}
-
 czmp_ring_t *czmp_segment_task_ring(czmp_segment_t *seg, int prio) {
     if (prio < 0 || prio >= CZMP_NPRIO)
         return NULL;
-    return czmp_at(seg, seg->hdr->tasks_off + (uint64_t)prio * seg->hdr->ring_bytes);
+    return &seg->task_rings[prio];
 }
 
-czmp_ring_t *czmp_segment_result_ring(czmp_segment_t *seg) {
-    return czmp_at(seg, seg->hdr->results_off);
+czmp_ring_t *czmp_segment_result_ring(czmp_segment_t *seg) { return &seg->result_ring; }
+
+/* Take the geometry of a validated header (a private copy, never the shared
+ * one) into the process-local handle. */
+static void adopt(czmp_segment_t *seg, const czmp_header_t *h) {
+    seg->nslots = h->nslots;
+    seg->nworkers = h->nworkers;
+    seg->nfuncs = h->nfuncs;
+    seg->nclasses = h->nclasses;
+    seg->ring_cap = h->ring_cap;
+    seg->slots = czmp_at(seg, h->slots_off);
+    seg->workers = czmp_at(seg, h->workers_off);
+    seg->funcs = czmp_at(seg, h->funcs_off);
+    for (int p = 0; p < CZMP_NPRIO; p++)
+        czmp_ring_bind(&seg->task_rings[p], czmp_at(seg, h->tasks_off + (uint64_t)p * h->ring_bytes),
+                       h->ring_cap);
+    czmp_ring_bind(&seg->result_ring, czmp_at(seg, h->results_off), h->ring_cap);
+    for (uint32_t c = 0; c < h->nclasses; c++) {
+        struct czmp_class_local *cl = &seg->classes[c];
+        cl->chunk_size = h->classes[c].chunk_size;
+        cl->nchunks = h->classes[c].nchunks;
+        cl->tags = czmp_at(seg, h->classes[c].tags_off);
+        cl->data = czmp_at(seg, h->classes[c].data_off);
+        cl->hint = &seg->hdr->classes[c].hint;
+    }
+}
+
+void czmp_segment_layout(czmp_segment_t *seg, czmp_layout_t *out) {
+    out->total_size = seg->size;
+    out->nslots = seg->nslots;
+    out->nworkers = seg->nworkers;
+    out->nfuncs = seg->nfuncs;
+    out->nclasses = seg->nclasses;
+    out->ring_cap = seg->ring_cap;
+    out->pad = 0;
 }
 
 static void init_segment(czmp_segment_t *seg, const czmp_header_t *tmpl) {
     czmp_header_t *h = seg->hdr;
-    /* the mapping is fresh from ftruncate: all zero already */
+    /* the mapping is fresh from fallocate: all zero already */
     memcpy(h, tmpl, sizeof *h);
     h->magic_lo = CZMP_MAGIC_LO;
     h->magic_hi = CZMP_MAGIC_HI;
@@ -170,9 +293,10 @@ static void init_segment(czmp_segment_t *seg, const czmp_header_t *tmpl) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     h->created_ns = (uint64_t)ts.tv_sec * 1000000000ULL + (uint64_t)ts.tv_nsec;
+    adopt(seg, tmpl);
     for (int p = 0; p < CZMP_NPRIO; p++)
-        init_ring(czmp_segment_task_ring(seg, p), h->ring_cap);
-    init_ring(czmp_segment_result_ring(seg), h->ring_cap);
+        czmp_ring_init(seg->task_rings[p].shm, tmpl->ring_cap);
+    czmp_ring_init(seg->result_ring.shm, tmpl->ring_cap);
     /* release: attachers check ready with an acquire load before trusting
      * anything else in the header */
     czmp_store_release(&h->ready, 1);
@@ -191,8 +315,46 @@ static int map_fd(int fd, uint64_t size, int populate, czmp_segment_t **out) {
     seg->base = base;
     seg->size = size;
     seg->hdr = base;
+    seg->lock_fd = -1;
     *out = seg;
     return 0;
+}
+
+/* 1 if /dev/shm/<name> is still the file open on fd. */
+static int name_is_fd(const char *name, int fd) {
+    char path[512];
+    struct stat a, b;
+    if (snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name) >=
+        (int)sizeof path)
+        return 1;  /* cannot check a name this long: trust it, as before */
+    if (fstat(fd, &a) != 0 || stat(path, &b) != 0)
+        return 0;
+    return a.st_dev == b.st_dev && a.st_ino == b.st_ino;
+}
+
+/* Create the file and take its owner lock. 0 and *fd_out, or -errno. */
+static int create_locked(const char *name, int *fd_out) {
+    for (int attempt = 0; attempt < 8; attempt++) {
+        int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return -errno;
+        /* blocking: a janitor that opened the name before our lock holds it
+         * only while it unlinks */
+        if (flock(fd, LOCK_EX) != 0) {
+            int rc = -errno;
+            close(fd);
+            shm_unlink(name);
+            return rc;
+        }
+        /* a janitor (of another PID namespace: ours would have seen us in
+         * /proc) took the lock before us and removed the name: start again */
+        if (name_is_fd(name, fd)) {
+            *fd_out = fd;
+            return 0;
+        }
+        close(fd);
+    }
+    return -EAGAIN;
 }
 
 int czmp_segment_create(const char *name, const czmp_config_t *cfg, czmp_segment_t **out) {
@@ -201,10 +363,10 @@ int czmp_segment_create(const char *name, const czmp_config_t *cfg, czmp_segment
     uint64_t size = layout(&tmpl);
     if (size == 0)
         return -CZMP_ECONFIG;
-    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -errno;
-    int rc = 0;
+    int fd = -1;
+    int rc = create_locked(name, &fd);
+    if (rc != 0)
+        return rc;
     /* fallocate, unlike ftruncate, makes tmpfs reserve the pages now: a full
      * /dev/shm fails here with ENOSPC instead of SIGBUS on first touch. Only
      * a file system that cannot fallocate at all falls back to ftruncate;
@@ -216,17 +378,18 @@ int czmp_segment_create(const char *name, const czmp_config_t *cfg, czmp_segment
         rc = -frc;
     if (rc == 0)
         rc = map_fd(fd, size, cfg->populate, out);
-    close(fd);
     if (rc != 0) {
         shm_unlink(name);
+        close(fd);
         return rc;
     }
+    (*out)->lock_fd = fd;  /* the owner lock, held until czmp_segment_detach */
     init_segment(*out, &tmpl);
     return 0;
 }
 
-/* Check a mapped header against its own recomputed layout. */
-static int validate(const czmp_header_t *h, uint64_t file_size) {
+/* Check a private copy of a header against its own recomputed layout. */
+static int validate(const czmp_header_t *h, uint32_t ready, uint64_t file_size) {
     if (file_size < CZMP_HEADER_BYTES)
         return -CZMP_ETRUNC;
     if (h->magic_lo != CZMP_MAGIC_LO || h->magic_hi != CZMP_MAGIC_HI)
@@ -250,7 +413,7 @@ static int validate(const czmp_header_t *h, uint64_t file_size) {
         if (re.classes[c].tags_off != h->classes[c].tags_off ||
             re.classes[c].data_off != h->classes[c].data_off)
             return -CZMP_ELAYOUT;
-    if (czmp_load_acquire(&h->ready) != 1)
+    if (ready != 1)
         return -CZMP_ELAYOUT;
     return 0;
 }
@@ -270,12 +433,20 @@ int czmp_segment_attach(const char *name, czmp_segment_t **out) {
     close(fd);
     if (rc != 0)
         return rc;
-    rc = validate((*out)->hdr, (uint64_t)st.st_size);
+    /* acquire: pairs with the creator's release of ready in init_segment;
+     * then validate and adopt a private copy, so that nothing written into
+     * the shared header after this point changes what we checked */
+    uint32_t ready = czmp_load_acquire(&(*out)->hdr->ready);
+    czmp_header_t copy;
+    memcpy(&copy, (*out)->hdr, sizeof copy);
+    rc = validate(&copy, ready, (uint64_t)st.st_size);
     if (rc != 0) {
         czmp_segment_detach(*out);
         *out = NULL;
+        return rc;
     }
-    return rc;
+    adopt(*out, &copy);
+    return 0;
 }
 
 #ifndef MADV_POPULATE_WRITE
@@ -289,7 +460,12 @@ int czmp_segment_prefault(czmp_segment_t *seg) {
 void czmp_segment_detach(czmp_segment_t *seg) {
     if (!seg)
         return;
+    /* the heartbeat thread writes into this mapping: join it first
+     * (issue 10.10; a worker whose serve() raised never stopped it) */
+    czmp_heartbeat_stop_for(seg);
     munmap(seg->base, seg->size);
+    if (seg->lock_fd >= 0)
+        close(seg->lock_fd);  /* releases the owner lock */
     free(seg);
 }
 

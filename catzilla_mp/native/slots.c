@@ -18,11 +18,20 @@
  *                 DONE; a dead worker's WORKER+w chunks are reclaimed by reap,
  *                 a RUNNING slot's result chunk is dropped by reap.
  *   ring cells    repaired by czmp_rings_repair (see ring.c).
+ *
+ * A QUEUED slot's hint is its only way to a worker, so no path may drop one
+ * (issue 10.1): a submit that cannot push undoes its own QUEUED CAS and
+ * reports the slot as not queued; a purge that popped live hints pushes every
+ * one back, however long it has to wait for room (see push_back_all).
+ *
+ * Everything here indexes shared memory through the process-local geometry
+ * of struct czmp_segment (internal.h): slot, worker and function indices
+ * are checked against local counts; values read from slots (handles,
+ * lengths, priorities) are bounded before use.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
-#include <sched.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,21 +52,15 @@
 #define CZMP_SPIN_LEASE_NS 1000000
 
 czmp_slot_t *czmp_slot(czmp_segment_t *seg, uint32_t idx) {
-    if (idx >= seg->hdr->nslots)
-        return NULL;
-    return (czmp_slot_t *)czmp_at(seg, seg->hdr->slots_off) + idx;
+    return idx < seg->nslots ? seg->slots + idx : NULL;
 }
 
 czmp_worker_t *czmp_worker(czmp_segment_t *seg, uint32_t idx) {
-    if (idx >= seg->hdr->nworkers)
-        return NULL;
-    return (czmp_worker_t *)czmp_at(seg, seg->hdr->workers_off) + idx;
+    return idx < seg->nworkers ? seg->workers + idx : NULL;
 }
 
 czmp_func_t *czmp_func(czmp_segment_t *seg, uint32_t idx) {
-    if (idx >= seg->hdr->nfuncs)
-        return NULL;
-    return (czmp_func_t *)czmp_at(seg, seg->hdr->funcs_off) + idx;
+    return idx < seg->nfuncs ? seg->funcs + idx : NULL;
 }
 
 uint64_t czmp_slot_state(czmp_segment_t *seg, uint32_t idx) {
@@ -74,42 +77,6 @@ int czmp_slot_cas(czmp_segment_t *seg, uint32_t idx, uint64_t expect, uint64_t d
 
 static inline uint32_t slot_holder(uint32_t idx) { return (uint32_t)CZMP_HOLDER_SLOT_BASE + idx; }
 static inline uint32_t worker_holder(uint32_t w) { return (uint32_t)CZMP_HOLDER_WORKER_BASE + w; }
-
-/* The app found ring[prio] full. Rings hold >= nslots cells, so a full ring
- * holds stale hints: a cancelled task's hint stays in its ring until a
- * worker drops it, and cancel/resubmit rounds with no worker popping can
- * fill the ring with them. Pop everything, keep the first hint of each slot
- * that is still QUEUED for this priority, push those back (order kept) and
- * wake workers for them. Returns the number of hints dropped. The app is
- * just one more consumer and producer here, so workers may run meanwhile:
- * a hint they miss while it is out of the ring is pushed back and notified. */
-static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio) {
-    uint32_t cap = czmp_ring_capacity(r), nslots = seg->hdr->nslots;
-    uint32_t *vals = malloc((size_t)cap * sizeof *vals);
-    uint8_t *seen = calloc(nslots, 1);
-    int dropped = 0;
-    if (vals && seen) {
-        int got = czmp_ring_pop_many(r, vals, (int)cap), kept = 0;
-        for (int i = 0; i < got; i++) {
-            czmp_slot_t *s = czmp_slot(seg, vals[i]);
-            if (s && !seen[vals[i]] && s->priority == (uint32_t)prio &&
-                czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
-                seen[vals[i]] = 1;
-                vals[kept++] = vals[i];
-            }
-        }
-        /* kept <= nslots <= cap minus what others pushed meanwhile; only the
-         * app pushes task hints, from the caller's thread or the supervisor,
-         * so a failure here is a hint of a slot already hinted elsewhere */
-        czmp_ring_push_many(r, vals, kept);
-        if (kept)
-            czmp_wake_notify(&seg->hdr->task_wake, kept);
-        dropped = got - kept;
-    }
-    free(vals);
-    free(seen);
-    return dropped;
-}
 
 /* Push v on r, waiting while the ring looks full; give up after max_wait_ns
  * (< 0: never). A Vyukov ring can look full with fewer than cap values in
@@ -141,23 +108,115 @@ static int push_patiently(czmp_ring_t *r, uint32_t v, int64_t max_wait_ns) {
     }
 }
 
-/* How long the app waits on a task ring that looks full before purging it
- * and, failing that, refusing the task: long enough for a preempted worker
- * to be scheduled again, short enough not to stall add_task visibly. */
+/* How often a purge that cannot push its hints back repairs the ring itself:
+ * a cell held that long is held by a stalled or dead consumer, and the
+ * repairer that would free it (the supervisor) may be the very thread that
+ * is waiting here. */
+#define CZMP_PURGE_REPAIR_NS 5000000
+
+/* Push every hint of vals[0..n) back on ring[prio]. They are the only hints
+ * of QUEUED slots, so this waits for room however long it takes (issue 10.1:
+ * a purge used to re-push what fit and drop the rest). Room is missing only
+ * while a consumer holds a cell between claim and release: a live one
+ * releases it within its time slice, a dead or stopped one is released by a
+ * ring repair, which we run ourselves every CZMP_PURGE_REPAIR_NS (repair is
+ * safe against live processes). Hints our repair recovers for QUEUED slots
+ * of this priority that are not in vals yet join it (seen[] marks those in
+ * it; vals has room for nslots). Runs without the GIL (callers: the
+ * blocking half of submit, repair, reap). */
+static void push_back_all(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t *vals,
+                          int n, uint8_t *seen) {
+    int done = czmp_ring_push_many(r, vals, n);
+    uint64_t cookie[2] = {0, 0}, last = 0;
+    uint32_t rec[64];
+    while (done < n) {
+        if (czmp_ring_push(r, vals[done]) == 0) {
+            done++;
+            continue;
+        }
+        uint64_t now = czmp_now_ns();
+        if (now - last >= CZMP_PURGE_REPAIR_NS) {
+            last = now;
+            int got = czmp_ring_repair(r, cookie, rec, 64);
+            for (int i = 0; i < got; i++) {
+                czmp_slot_t *s = czmp_slot(seg, rec[i]);
+                if (s && !seen[rec[i]] && s->priority == (uint32_t)prio &&
+                    czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
+                    seen[rec[i]] = 1;
+                    vals[n++] = rec[i];
+                }
+            }
+        }
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* The app found ring[prio] full of values (tail - head == cap). Rings hold
+ * 2 * nslots cells, so a full ring holds stale hints: a cancelled task's hint
+ * stays in its ring until a worker drops it, and cancel/resubmit rounds with
+ * no worker popping can fill the ring with them. Pop everything, keep the
+ * first hint of each slot that is still QUEUED for this priority, push those
+ * back (order kept, see push_back_all) and wake workers for them. Returns the
+ * number of hints dropped, 0 if it could not allocate (nothing popped).
+ * The app is just one more consumer and producer here, so workers may run
+ * meanwhile: a hint they miss while it is out of the ring is pushed back
+ * and notified. A ring that only LOOKS full (a consumer stalled between its
+ * claim and its release) is not purged: popping cannot make room at that
+ * cell, and every hint popped would then have nowhere to go. */
+static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio) {
+    uint32_t cap = czmp_ring_capacity(r), nslots = seg->nslots;
+    uint32_t *vals = malloc((size_t)cap * sizeof *vals);
+    uint8_t *seen = calloc(nslots, 1);
+    int dropped = 0;
+    if (vals && seen) {
+        int got = czmp_ring_pop_many(r, vals, (int)cap), kept = 0;
+        for (int i = 0; i < got; i++) {
+            czmp_slot_t *s = czmp_slot(seg, vals[i]);
+            if (s && !seen[vals[i]] && s->priority == (uint32_t)prio &&
+                czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
+                seen[vals[i]] = 1;
+                vals[kept++] = vals[i];
+            }
+        }
+        CZMP_FAULT(CZMP_FAULT_PURGE_POPPED);
+        push_back_all(seg, r, prio, vals, kept, seen);
+        if (kept)
+            czmp_wake_notify(&seg->hdr->task_wake, kept);
+        dropped = got - kept;
+    }
+    free(vals);
+    free(seen);
+    return dropped;
+}
+
+/* How long the app waits on a task ring that looks full before refusing the
+ * task: long enough for a preempted worker to be scheduled again, short
+ * enough not to stall add_task visibly (and the GIL is released meanwhile). */
 #define CZMP_SUBMIT_WAIT_NS 2000000
 
-/* Push a task hint on ring[prio], purging stale hints once if it is full. */
-static int push_hint(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t idx) {
+/* Push a task hint on ring[prio]. nowait: only try, and set *blocked if the
+ * ring has no room. Otherwise purge a ring full of values, then wait up to
+ * CZMP_SUBMIT_WAIT_NS for a cell to be released. 0 or -EAGAIN (the hint is
+ * not in the ring; nothing else changed). */
+static int push_hint(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t idx, int nowait,
+                     int *blocked) {
     if (czmp_ring_push(r, idx) == 0)
         return 0;
+    if (nowait) {
+        *blocked = 1;
+        return -EAGAIN;
+    }
+    CZMP_FAULT(CZMP_FAULT_SUBMIT_WAITING);
     /* purge first: a ring full of stale hints is the common cause, and
      * purging costs microseconds where waiting would cost the whole 2 ms */
-    if (purge_stale_hints(seg, r, prio) > 0 && czmp_ring_push(r, idx) == 0)
+    if (czmp_ring_is_full(r) && purge_stale_hints(seg, r, prio) > 0 && czmp_ring_push(r, idx) == 0)
         return 0;
     return push_patiently(r, idx, CZMP_SUBMIT_WAIT_NS);
 }
 
-int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n) {
+int czmp_tasks_submit_ex(czmp_segment_t *seg, int prio, const uint32_t *idx, int n,
+                         int nowait, int *blocked) {
     czmp_ring_t *r = czmp_segment_task_ring(seg, prio);
     if (!r)
         return -EINVAL;
@@ -177,17 +236,26 @@ int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n)
          * whose CAS in take_now() acquires this word */
         if (!czmp_cas(&s->state, &st, czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_QUEUED)))
             break;
-        if (push_hint(seg, r, prio, idx[done]) != 0) {
-            /* cannot happen once stale hints are purged (rings hold >=
-             * nslots cells); undo to stay exact */
+        if (push_hint(seg, r, prio, idx[done], nowait, blocked) != 0) {
+            /* no room (nowait, or a consumer stalled mid-pop for 2 ms):
+             * undo, so the caller still owns the slot and knows it. If the
+             * undo fails a worker took the slot through a stale hint of it
+             * (hints are not generations): it is queued after all, and
+             * counted so, or the caller would reuse a running slot. */
             uint64_t q = czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_QUEUED);
-            czmp_cas(&s->state, &q, st);
+            if (!czmp_cas(&s->state, &q, st))
+                done++;
             break;
         }
     }
     if (done)
         czmp_wake_notify_lazy(&seg->hdr->task_wake);
     return done;
+}
+
+int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n) {
+    int blocked = 0;
+    return czmp_tasks_submit_ex(seg, prio, idx, n, 0, &blocked);
 }
 
 /* Claim slot hints from one ring without sleeping. */
@@ -199,7 +267,7 @@ static int take_from(czmp_segment_t *seg, czmp_ring_t *r, uint32_t worker,
         /* a worker dying here leaves the cell unreleased and the slot QUEUED:
          * the ring repair hands the hint back */
         CZMP_FAULT(CZMP_FAULT_RING_POP_CLAIMED);
-        uint32_t idx = (uint32_t)w;
+        uint32_t idx = czmp_ring_word_value(w);
         czmp_slot_t *s = czmp_slot(seg, idx);  /* NULL for a tombstone */
         if (s) {
             uint64_t st = czmp_load_acquire(&s->state);
@@ -246,7 +314,11 @@ static int spin(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t arg,
     int n = 0;
     for (uint32_t i = 0;; i++) {
         n = try(seg, arg, out, max);
-        if (n > 0 || (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown)))
+        if (n > 0) {
+            CZMP_FAULT(CZMP_FAULT_SPIN_FOUND);
+            break;
+        }
+        if (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown))
             break;
         if (i < CZMP_SPIN_PAUSE_ROUNDS) {
             czmp_cpu_relax();
@@ -263,10 +335,35 @@ static int spin(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t arg,
     /* Clear the lease before we stop counting as a spinner: a producer that
      * then still sees spinners != 0 (other spinners, or a dead one's count)
      * makes the wake, so we cannot fall asleep unseen. Live spinners renew it
-     * on their next poll. Ordered before our re-check by wait_for's fence. */
+     * on their next poll. Ordered before our re-check by wait_for's fence,
+     * and before the baton's re-check by the fence in baton(). */
     czmp_store_relaxed(&wk->spin_lease_ns, 0);
     czmp_fetch_sub(&wk->spinners, 1);
     return n;
+}
+
+/* A wake marked in flight (wk->waking) was aimed at a counted sleeper; if
+ * that sleeper left without spinning (its futex_wait timed out, or its
+ * re-check found the work), nobody clears the mark and every later lazy
+ * wake is skipped while others sleep (issue 10.6). So a sleeper clears it
+ * on its way into futex_wait and on its way out after a timeout: at worst
+ * one extra FUTEX_WAKE. */
+static inline void clear_waking(czmp_wake_t *wk) {
+    if (czmp_load_relaxed(&wk->waking))
+        czmp_store_release(&wk->waking, 0);
+}
+
+/* The consumer's half of the lazy wake: producers wake nobody while a
+ * consumer spins, so a consumer that leaves with work still queued wakes a
+ * sleeper for it. seq_cst fence: our "spinners--" (in spin) is ordered
+ * before the re-check of `left`; pairs with the fence in
+ * czmp_wake_notify_lazy (producer: push, fence, read spinners). Without it
+ * C11 lets the re-check read an old empty ring while the producer reads
+ * our old spinner count, and both skip the wake. */
+static inline void baton(czmp_wake_t *wk, int (*left)(czmp_segment_t *), czmp_segment_t *seg) {
+    czmp_fence_seq_cst();
+    if (left(seg))
+        czmp_wake_notify_lazy(wk);
 }
 
 static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t arg,
@@ -278,6 +375,7 @@ static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t a
         int n = spin(seg, wk, try, arg, out, max, stop_on_shutdown);
         if (n > 0 || (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown)))
             return n;
+        CZMP_FAULT(CZMP_FAULT_SPIN_DONE);
         czmp_fetch_add(&wk->sleepers, 1);
         /* seq_cst fence: the sleepers increment above is ordered before the
          * re-check below; pairs with the fence in czmp_wake_notify (waker:
@@ -296,10 +394,16 @@ static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t a
             uint64_t now = czmp_now_ns();
             left = now >= deadline ? 0 : (int64_t)(deadline - now);
         }
+        CZMP_FAULT(CZMP_FAULT_SLEEP_CHECKED);
+        clear_waking(wk);
         int rc = left == 0 ? -ETIMEDOUT : czmp_wake_wait(wk, seq, left);
-        czmp_fetch_sub(&wk->sleepers, 1);
         if (rc == -ETIMEDOUT)
+            CZMP_FAULT(CZMP_FAULT_SLEEP_TIMED_OUT);
+        czmp_fetch_sub(&wk->sleepers, 1);
+        if (rc == -ETIMEDOUT) {
+            clear_waking(wk);
             return try(seg, arg, out, max);
+        }
     }
 }
 
@@ -312,18 +416,19 @@ static int tasks_queued(czmp_segment_t *seg) {
 
 int czmp_tasks_take(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max,
                     int64_t timeout_ns) {
-    if (worker >= seg->hdr->nworkers || max <= 0)
+    if (worker >= seg->nworkers || max <= 0)
         return -EINVAL;
     int n = wait_for(seg, &seg->hdr->task_wake, take_now, worker, out, max, timeout_ns, 1);
     /* Producers wake nobody while a consumer spins (czmp_wake_notify_lazy);
      * that consumer, now busy, passes the baton if work is left. */
-    if (n > 0 && tasks_queued(seg))
-        czmp_wake_notify_lazy(&seg->hdr->task_wake);
+    if (n > 0)
+        baton(&seg->hdr->task_wake, tasks_queued, seg);
     return n;
 }
 
-int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64_t func_id,
-                             uint64_t task_id, const void *args, uint32_t len) {
+int czmp_tasks_submit_inline_ex(czmp_segment_t *seg, int prio, uint32_t idx, uint64_t func_id,
+                                uint64_t task_id, const void *args, uint32_t len,
+                                int nowait, int *blocked) {
     czmp_slot_t *s = czmp_slot(seg, idx);
     if (!s || prio < 0 || prio >= CZMP_NPRIO)
         return -EINVAL;
@@ -340,7 +445,13 @@ int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64
     s->args_len = len;
     if (len)
         memcpy(s->args_inline, args, len);
-    return czmp_tasks_submit(seg, prio, &idx, 1);
+    return czmp_tasks_submit_ex(seg, prio, &idx, 1, nowait, blocked);
+}
+
+int czmp_tasks_submit_inline(czmp_segment_t *seg, int prio, uint32_t idx, uint64_t func_id,
+                             uint64_t task_id, const void *args, uint32_t len) {
+    int blocked = 0;
+    return czmp_tasks_submit_inline_ex(seg, prio, idx, func_id, task_id, args, len, 0, &blocked);
 }
 
 int czmp_tasks_take_copy(czmp_segment_t *seg, uint32_t worker, uint32_t *idx, void *buf,
@@ -371,7 +482,7 @@ int czmp_tasks_take_copy(czmp_segment_t *seg, uint32_t worker, uint32_t *idx, vo
 
 int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx) {
     czmp_slot_t *s = czmp_slot(seg, idx);
-    if (!s || worker >= seg->hdr->nworkers)
+    if (!s || worker >= seg->nworkers)
         return -EINVAL;
     uint64_t st = czmp_load_acquire(&s->state);
     if (czmp_state_kind(st) != CZMP_SLOT_RUNNING || czmp_state_owner(st) != worker + 1)
@@ -403,7 +514,7 @@ static int collect_now(czmp_segment_t *seg, uint32_t unused, uint32_t *out, int 
     int got = 0;
     uint64_t pos, w;
     while (got < max && czmp_ring_claim_one(r, &pos, &w)) {
-        uint32_t idx = (uint32_t)w;
+        uint32_t idx = czmp_ring_word_value(w);
         czmp_slot_t *s = czmp_slot(seg, idx);
         if (s) {
             uint64_t st = czmp_load_acquire(&s->state);
@@ -416,10 +527,20 @@ static int collect_now(czmp_segment_t *seg, uint32_t unused, uint32_t *out, int 
     return got;
 }
 
+static int results_queued(czmp_segment_t *seg) {
+    return czmp_ring_size(czmp_segment_result_ring(seg)) != 0;
+}
+
 int czmp_results_collect(czmp_segment_t *seg, uint32_t *out, int max, int64_t timeout_ns) {
     if (max <= 0)
         return -EINVAL;
-    return wait_for(seg, &seg->hdr->result_wake, collect_now, 0, out, max, timeout_ns, 1);
+    int n = wait_for(seg, &seg->hdr->result_wake, collect_now, 0, out, max, timeout_ns, 1);
+    /* the baton, as in czmp_tasks_take (issue 10.7): a help_collect thread
+     * counts as a spinner, so a worker's finish meanwhile woke nobody; if
+     * results are left when we go, the sleeping collector must hear of it */
+    if (n > 0)
+        baton(&seg->hdr->result_wake, results_queued, seg);
+    return n;
 }
 
 /* Free a chunk handle the slot owns, whoever of slot or worker holds it. */
@@ -459,8 +580,8 @@ static int repair_ring(czmp_segment_t *seg, czmp_ring_t *r, uint64_t *cookie, in
         for (int i = 0; requeue && i < n; i++) {
             czmp_slot_t *s = czmp_slot(seg, got[i]);
             if (s && czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
-                int prio = (int)(s->priority & 3);
-                push_hint(seg, czmp_segment_task_ring(seg, prio), prio, got[i]);
+                int prio = (int)(s->priority & 3), blocked = 0;
+                push_hint(seg, czmp_segment_task_ring(seg, prio), prio, got[i], 0, &blocked);
                 czmp_wake_notify(&seg->hdr->task_wake, 1);
             }
         }
@@ -481,9 +602,9 @@ int czmp_rings_repair(czmp_segment_t *seg, uint64_t *cookies) {
 int czmp_worker_reap(czmp_segment_t *seg, uint32_t worker, uint32_t *running,
                      uint32_t *nrunning, uint32_t *done, uint32_t *ndone, uint64_t *cookies) {
     *nrunning = *ndone = 0;
-    if (worker >= seg->hdr->nworkers)
+    if (worker >= seg->nworkers)
         return -EINVAL;
-    for (uint32_t i = 0; i < seg->hdr->nslots; i++) {
+    for (uint32_t i = 0; i < seg->nslots; i++) {
         czmp_slot_t *s = czmp_slot(seg, i);
         uint64_t st = czmp_load_acquire(&s->state);
         if (czmp_state_owner(st) != worker + 1)
@@ -514,6 +635,7 @@ int czmp_worker_reap(czmp_segment_t *seg, uint32_t worker, uint32_t *running,
 static struct {
     pthread_t thread;
     int running;
+    czmp_segment_t *seg;          /* whose mapping rec points into */
     int stop;
     czmp_worker_t *rec;
     int64_t period_ns;
@@ -541,6 +663,7 @@ int czmp_heartbeat_start(czmp_segment_t *seg, uint32_t worker, int64_t period_ns
     if (hb.running)
         return -EBUSY;
     hb.rec = rec;
+    hb.seg = seg;
     hb.period_ns = period_ns;
     hb.stop = 0;
     hb.parent = getppid();
@@ -558,6 +681,12 @@ void czmp_heartbeat_stop(void) {
     czmp_store_release(&hb.stop, 1);
     pthread_join(hb.thread, NULL);
     hb.running = 0;
+    hb.seg = NULL;
+}
+
+void czmp_heartbeat_stop_for(czmp_segment_t *seg) {
+    if (hb.running && hb.seg == seg)
+        czmp_heartbeat_stop();
 }
 
 int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
@@ -568,6 +697,12 @@ int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
         return -EINVAL;
     if (len > CZMP_INLINE_RESULT)
         return -EMSGSIZE;
+    /* ownership first, then any write (issue 10.11): a slot that is no
+     * longer RUNNING for us (finished already, or taken back by the app)
+     * may be read or reused by others right now */
+    uint64_t st = czmp_load_acquire(&s->state);
+    if (czmp_state_kind(st) != CZMP_SLOT_RUNNING || czmp_state_owner(st) != worker + 1)
+        return -ESTALE;
     /* plain writes: the slot is RUNNING for us; the DONE CAS in
      * czmp_tasks_finish releases them to the collector */
     if (len)
@@ -607,9 +742,19 @@ int czmp_results_collect_outcomes(czmp_segment_t *seg, czmp_outcome_t *out, int 
         o->len = s->result_len;
         o->worker = s->worker;
         o->data_off = UINT32_MAX;
-        o->pad = 0;
-        if (czmp_handle_kind(o->handle) == CZMP_HANDLE_INLINE && o->len <= CZMP_INLINE_RESULT &&
-            used + o->len <= data_cap) {
+        o->error = 0;
+        /* the length comes from the worker: bound it by the area it names,
+         * so the app never builds a buffer past it (issue 10.3) */
+        uint32_t kind = czmp_handle_kind(o->handle);
+        uint64_t area = kind == CZMP_HANDLE_INLINE ? CZMP_INLINE_RESULT
+                      : kind == CZMP_HANDLE_CHUNK ? czmp_arena_chunk_size(seg, o->handle)
+                      : kind == CZMP_HANDLE_EXTERNAL ? UINT32_MAX : 0;
+        if (o->len > area) {
+            o->error = CZMP_ERESULT;
+            o->len = 0;
+            continue;
+        }
+        if (kind == CZMP_HANDLE_INLINE && used + o->len <= data_cap) {
             memcpy((char *)data + used, s->result_inline, o->len);
             o->data_off = used;
             used += o->len;
@@ -618,9 +763,11 @@ int czmp_results_collect_outcomes(czmp_segment_t *seg, czmp_outcome_t *out, int 
     return n;
 }
 
-int czmp_tasks_submit_inline_many(czmp_segment_t *seg, int prio, const uint32_t *idx, int n,
-                                  uint64_t func_id, const uint64_t *task_ids,
-                                  const void *data, const uint32_t *off, const uint32_t *len) {
+int czmp_tasks_submit_inline_many_ex(czmp_segment_t *seg, int prio, const uint32_t *idx, int n,
+                                     uint64_t func_id, const uint64_t *task_ids,
+                                     const void *data, const uint32_t *off, const uint32_t *len,
+                                     int *written_out, int nowait, int *blocked) {
+    *written_out = 0;
     if (prio < 0 || prio >= CZMP_NPRIO || n < 0)
         return -EINVAL;
     for (int i = 0; i < n; i++) {
@@ -644,5 +791,14 @@ int czmp_tasks_submit_inline_many(czmp_segment_t *seg, int prio, const uint32_t 
         if (len[written])
             memcpy(s->args_inline, (const char *)data + off[written], len[written]);
     }
-    return written ? czmp_tasks_submit(seg, prio, idx, written) : 0;
+    *written_out = written;
+    return written ? czmp_tasks_submit_ex(seg, prio, idx, written, nowait, blocked) : 0;
+}
+
+int czmp_tasks_submit_inline_many(czmp_segment_t *seg, int prio, const uint32_t *idx, int n,
+                                  uint64_t func_id, const uint64_t *task_ids,
+                                  const void *data, const uint32_t *off, const uint32_t *len) {
+    int written = 0, blocked = 0;
+    return czmp_tasks_submit_inline_many_ex(seg, prio, idx, n, func_id, task_ids, data, off, len,
+                                            &written, 0, &blocked);
 }

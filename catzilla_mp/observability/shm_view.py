@@ -162,11 +162,16 @@ class SegmentView:
 
     def queue_depths(self) -> dict[str, int]:
         h = self.header
-        return {PRIORITIES[p]: lib.czmp_ring_size(
-            ffi.cast("czmp_ring_t *", self._base + h.tasks_off + p * h.ring_bytes)) for p in range(NPRIO)}
+        return {PRIORITIES[p]: self._ring_size(h.tasks_off + p * h.ring_bytes) for p in range(NPRIO)}
 
     def results_pending(self) -> int:
-        return lib.czmp_ring_size(ffi.cast("czmp_ring_t *", self._base + self.header.results_off))
+        return self._ring_size(self.header.results_off)
+
+    def _ring_size(self, off: int) -> int:
+        """tail - head of the ring at ``off`` (czmp_ring_shm: tail at word 0, head at word 8)."""
+        words = ffi.cast("uint64_t *", self._base + off)
+        tail, head = words[0], words[8]
+        return tail - head if tail > head else 0
 
     def slot_states(self) -> Optional[dict[str, int]]:
         """How many slots are in each state, or None for a table too big to scan per frame."""

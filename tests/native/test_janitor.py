@@ -12,6 +12,7 @@ from catzilla_mp._native import lib
 from catzilla_mp.segment_janitor import (
     SegmentName,
     new_segment_name,
+    owner_lock_held,
     parse_segment_name,
     side_segment_name,
     sweep_dead_segments,
@@ -145,3 +146,51 @@ def test_sweep_removes_what_a_sigkilled_creator_left(spawn, scratch):
     assert p.wait() == -9
     assert os.path.exists(os.path.join(SHM, name))
     assert sweep_dead_segments() == [name]
+
+
+OWNER_ELSEWHERE = """
+import sys
+from catzilla_mp._core import Segment, SizeClass
+seg = Segment.create(sys.argv[1], nslots=8, nworkers=1, nfuncs=1, classes=[SizeClass(256, 4)],
+                     populate=False)
+print("ready", flush=True)
+sys.stdin.readline()      # live until the test says so; then die without cleaning up
+import os, signal
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_issue_10_9_a_live_owner_in_another_pid_namespace_keeps_its_segment(spawn, scratch):
+    """An engine in another container: its pid means nothing in our /proc, yet it lives.
+
+    Simulated by a live process that creates a segment under a name whose
+    pid and start time are of a process that is gone here (as a pid of
+    another namespace would be). The janitor must keep the segment and its
+    side segments while the creator holds the owner lock, and remove them
+    once it died.
+    """
+    pid, start = dead_pid_and_start()
+    name = str(SegmentName(os.getuid(), pid, start, "f00d"))
+    side = side_segment_name(name, "x3")
+    scratch += [name, side]
+    p = spawn(OWNER_ELSEWHERE, "/" + name, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    touch(side)
+    assert sweep_dead_segments() == []
+    assert os.path.exists(os.path.join(SHM, name)) and os.path.exists(os.path.join(SHM, side))
+    Segment.attach(name).detach()        # still usable by its workers
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    assert p.wait() == -9
+    assert sweep_dead_segments() == [name, side]
+
+
+def test_the_creator_holds_the_owner_lock_while_workers_attach(make_segment):
+    """The lock is the creator's: an attach neither takes it nor disturbs it."""
+    seg = make_segment()
+    other = Segment.attach(seg.name)
+    try:
+        assert owner_lock_held(os.path.join(SHM, seg.name))
+    finally:
+        other.detach()
+    assert owner_lock_held(os.path.join(SHM, seg.name))

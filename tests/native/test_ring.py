@@ -12,12 +12,14 @@ import pytest
 from catzilla_mp._native import ffi, lib
 
 TOMBSTONE = lib.CZMP_RING_TOMBSTONE
-# struct czmp_ring (internal.h): tail, pad[7], head, pad[7], cap|mask, pad[7], cells[]
+# struct czmp_ring_shm (internal.h): tail, pad[7], head, pad[7], cap|mask, pad[7], cells[]
 TAIL, HEAD, CELLS = 0, 8, 24
+# cell word (ring.c): sequence (40 bits) << 24 | value (24 bits)
+VALUE_BITS = 24
 
 
 def words(ring):
-    return ffi.cast("uint64_t *", ring._ptr)
+    return ring.words()
 
 
 def fake_dead_producer(ring) -> int:
@@ -33,7 +35,7 @@ def fake_dead_consumer(ring) -> int:
     w = words(ring)
     pos = w[HEAD]
     w[HEAD] = pos + 1
-    return w[CELLS + (pos & (ring.capacity - 1))] & 0xFFFFFFFF
+    return w[CELLS + (pos & (ring.capacity - 1))] & 0xFFFFFF
 
 
 def drain(ring) -> list[int]:
@@ -50,10 +52,11 @@ def ring(seg):
 
 def test_single_push_pop_is_fifo(ring):
     assert ring.pop() is None
-    for v in (5, 0, 7, 2**32 - 2):
+    for v in (5, 0, 7, lib.CZMP_RING_VALUE_MAX):
         assert ring.push(v)
     assert len(ring) == 4
-    assert drain(ring) == [5, 0, 7, 2**32 - 2]
+    assert drain(ring) == [5, 0, 7, lib.CZMP_RING_VALUE_MAX]
+    assert lib.czmp_ring_push(ring._ptr, lib.CZMP_RING_VALUE_MAX + 1) == -22  # 24-bit values
     assert len(ring) == 0
 
 
@@ -131,7 +134,7 @@ def test_repair_leaves_a_claim_younger_than_the_previous_call_alone(ring):
     ring.repair(cookie)             # call 2: the claim may be a live, slow producer
     assert drain(ring) == []
     cell = words(ring)[CELLS + (pos & (ring.capacity - 1))]
-    assert cell >> 32 == pos        # still claimed, unpublished
+    assert cell >> VALUE_BITS == pos  # still claimed, unpublished
     ring.repair(cookie)             # call 3: now it is old enough
     assert drain(ring) == [9]
 
@@ -145,7 +148,7 @@ def test_a_slow_producer_loses_to_repair_and_would_see_its_cas_fail(ring):
     ring.repair(cookie)
     # the producer's publish is CAS(cell, claimed -> (pos+1, v)): it must fail now
     assert cell_ptr[0] != claimed
-    assert cell_ptr[0] == ((pos + 1) << 32) | TOMBSTONE
+    assert cell_ptr[0] == ((pos + 1) << VALUE_BITS) | TOMBSTONE
 
 
 def test_repair_hands_back_a_dead_consumers_value_and_frees_its_cell(ring):

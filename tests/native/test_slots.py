@@ -262,7 +262,7 @@ def test_finish_waits_out_a_stalled_collector_instead_of_dropping_the_result(seg
     from catzilla_mp._native import ffi
     ring = seg.result_ring()
     cap = ring.capacity
-    words = ffi.cast("uint64_t *", ring._ptr)
+    words = ring.words()
     ring.push(10_000)                                 # a stale hint...
     words[8] += 1                                     # ...claimed by a collector that stalls
     for _ in range(cap - 1):                          # a lap of results goes by
