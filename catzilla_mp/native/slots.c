@@ -259,7 +259,7 @@ int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n)
 }
 
 /* Claim slot hints from one ring without sleeping. */
-static int take_from(czmp_segment_t *seg, czmp_ring_t *r, uint32_t worker,
+static int take_from(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t worker,
                      uint32_t *out, int max) {
     int got = 0;
     uint64_t pos, w;
@@ -271,6 +271,13 @@ static int take_from(czmp_segment_t *seg, czmp_ring_t *r, uint32_t worker,
         czmp_slot_t *s = czmp_slot(seg, idx);  /* NULL for a tombstone */
         if (s) {
             uint64_t st = czmp_load_acquire(&s->state);
+            /* a hint left in this ring by the slot's previous task (cancelled,
+             * then the slot requeued at another priority) must not run the new
+             * task ahead of its turn: every QUEUED slot has its own hint in
+             * ring[s->priority], so dropping this one loses nothing */
+            if (czmp_state_kind(st) == CZMP_SLOT_QUEUED &&
+                czmp_load_relaxed(&s->priority) != (uint32_t)prio)
+                st = 0;
             while (czmp_state_kind(st) == CZMP_SLOT_QUEUED) {
                 uint64_t run = czmp_state_make(czmp_state_gen(st), worker + 1, CZMP_SLOT_RUNNING);
                 /* acq_rel: acquires the app's payload; pairs with the CAS in
@@ -293,7 +300,7 @@ static int take_from(czmp_segment_t *seg, czmp_ring_t *r, uint32_t worker,
 static int take_now(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max) {
     int got = 0;
     for (int p = 0; p < CZMP_NPRIO && got < max; p++)
-        got += take_from(seg, czmp_segment_task_ring(seg, p), worker, out + got, max - got);
+        got += take_from(seg, czmp_segment_task_ring(seg, p), p, worker, out + got, max - got);
     return got;
 }
 
