@@ -140,7 +140,7 @@ static void push_back_all(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_
             int got = czmp_ring_repair(r, cookie, rec, 64);
             for (int i = 0; i < got; i++) {
                 czmp_slot_t *s = czmp_slot(seg, rec[i]);
-                if (s && !seen[rec[i]] && s->priority == (uint32_t)prio &&
+                if (s && !seen[rec[i]] && czmp_load_relaxed(&s->priority) == (uint32_t)prio &&
                     czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
                     seen[rec[i]] = 1;
                     vals[n++] = rec[i];
@@ -173,7 +173,7 @@ static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio) {
         int got = czmp_ring_pop_many(r, vals, (int)cap), kept = 0;
         for (int i = 0; i < got; i++) {
             czmp_slot_t *s = czmp_slot(seg, vals[i]);
-            if (s && !seen[vals[i]] && s->priority == (uint32_t)prio &&
+            if (s && !seen[vals[i]] && czmp_load_relaxed(&s->priority) == (uint32_t)prio &&
                 czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
                 seen[vals[i]] = 1;
                 vals[kept++] = vals[i];
@@ -230,7 +230,9 @@ int czmp_tasks_submit_ex(czmp_segment_t *seg, int prio, const uint32_t *idx, int
         uint32_t kind = czmp_state_kind(st);
         if (kind != CZMP_SLOT_FREE && kind != CZMP_SLOT_HELD)
             break;
-        s->priority = (uint32_t)prio;
+        /* relaxed atomic: workers holding a stale hint read it (take_from)
+         * with no ordering to this write; only the value matters */
+        czmp_store_relaxed(&s->priority, (uint32_t)prio);
         s->queued_ns = now;
         /* release (CAS): payload and fields above are visible to the worker
          * whose CAS in take_now() acquires this word */
@@ -587,7 +589,7 @@ static int repair_ring(czmp_segment_t *seg, czmp_ring_t *r, uint64_t *cookie, in
         for (int i = 0; requeue && i < n; i++) {
             czmp_slot_t *s = czmp_slot(seg, got[i]);
             if (s && czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
-                int prio = (int)(s->priority & 3), blocked = 0;
+                int prio = (int)(czmp_load_relaxed(&s->priority) & 3), blocked = 0;
                 push_hint(seg, czmp_segment_task_ring(seg, prio), prio, got[i], 0, &blocked);
                 czmp_wake_notify(&seg->hdr->task_wake, 1);
             }

@@ -194,14 +194,11 @@ static void *watchdog(void *arg) {
                             czmp_state_kind(st), czmp_state_owner(st), czmp_state_gen(st),
                             czmp_slot(seg, i)->priority);
             }
-            for (int p = 0; p < CZMP_NPRIO; p++) {
-                czmp_ring_t *r = czmp_segment_task_ring(seg, p);
-                fprintf(stderr, "  task ring %d: head %llu tail %llu\n", p,
-                        (unsigned long long)r->head, (unsigned long long)r->tail);
-            }
-            czmp_ring_t *r = czmp_segment_result_ring(seg);
-            fprintf(stderr, "  result ring: head %llu tail %llu\n",
-                    (unsigned long long)r->head, (unsigned long long)r->tail);
+            for (int p = 0; p < CZMP_NPRIO; p++)
+                fprintf(stderr, "  task ring %d: %llu cells in use\n", p,
+                        (unsigned long long)czmp_ring_size(czmp_segment_task_ring(seg, p)));
+            fprintf(stderr, "  result ring: %llu cells in use\n",
+                    (unsigned long long)czmp_ring_size(czmp_segment_result_ring(seg)));
             _exit(2);
         }
     }
