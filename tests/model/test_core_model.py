@@ -1,8 +1,9 @@
 """The C core against its model: rings, slots and arena under random operations and kills.
 
 The state machine is in core_model.py (its docstring lists the rules and
-invariants). CI runs ``CZMP_MODEL_EXAMPLES`` examples (default 40) of up to
-40 steps each; ``python -m bench.model --examples N`` runs it longer.
+invariants). CI runs ``CZMP_MODEL_EXAMPLES`` examples (default 200) of up
+to ``CZMP_MODEL_STEPS`` (50) steps each, about 15 s here;
+``python -m bench.model --examples N`` runs it longer.
 """
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from hypothesis import HealthCheck, Phase, settings
 from core_model import CoreMachine
 
 #: Examples per CI run: each is a fresh segment and up to STEPS operations.
-EXAMPLES = int(os.environ.get("CZMP_MODEL_EXAMPLES", "40"))
-STEPS = int(os.environ.get("CZMP_MODEL_STEPS", "40"))
+EXAMPLES = int(os.environ.get("CZMP_MODEL_EXAMPLES", "200"))
+STEPS = int(os.environ.get("CZMP_MODEL_STEPS", "50"))
 #: CZMP_MODEL_SHRINK=0 reports the first failing run as found (long runs:
 #: shrinking one that fails late can take minutes).
 PHASES = (tuple(Phase) if os.environ.get("CZMP_MODEL_SHRINK", "1") != "0"
