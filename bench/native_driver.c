@@ -74,11 +74,11 @@ static int bench_mpmc(const char *name, int np, int nc, uint64_t items, int batc
             for (uint64_t i = 0; i < per;) {
                 int k = 1;
                 if (batch == 1) {
-                    k = czmp_ring_push(r, (uint32_t)i) == 0;
+                    k = czmp_ring_push(r, (uint32_t)i & 0xffffff) == 0;
                 } else {
                     k = (int)(per - i < (uint64_t)batch ? per - i : (uint64_t)batch);
                     for (int j = 0; j < k; j++)
-                        vals[j] = (uint32_t)(i + j);
+                        vals[j] = (uint32_t)(i + j) & 0xffffff;  /* ring values are 24 bits */
                     k = czmp_ring_push_many(r, vals, k);
                 }
                 i += (uint64_t)k;

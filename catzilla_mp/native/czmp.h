@@ -127,8 +127,12 @@ typedef struct czmp_wake {
     uint64_t waits;       /* statistic: futex_wait syscalls made */
     uint32_t spinners;    /* consumers polling before they sleep: while one spins,
                              a producer need not wake anybody (it will be seen) */
-    uint32_t waking;      /* 1 from a lazy wake until the woken consumer spins: a
-                             burst of pushes then makes one syscall, not one each */
+    uint32_t waking;      /* lazy wakers: CAS 0 -> 1 before their FUTEX_WAKE; cleared
+                             (store release) by a consumer that starts spinning, by a
+                             sleeper about to futex_wait or leaving on a timeout, and
+                             by the reap of a dead worker: a burst of pushes then makes
+                             one syscall, not one each, and a mark whose target never
+                             came cannot mute later wakes (issue 10.6) */
     uint64_t spin_lease_ns; /* spinners: CLOCK_MONOTONIC time until which `spinners`
                              is trusted, renewed while polling, 0 when one stops; a
                              SIGKILLed spinner's count thus stops muting wakes */
@@ -447,6 +451,17 @@ int czmp_tasks_finish(czmp_segment_t *seg, uint32_t worker, uint32_t idx);
 int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
                              uint32_t flags, const void *data, uint32_t len);
 
+/* Worker, the publish of an outcome already stored elsewhere (a chunk it
+ * holds, or an external segment): check the slot is RUNNING for this worker,
+ * then set result_handle, result_len, result_flags, credit the record as
+ * czmp_tasks_finish_inline does, and finish as czmp_tasks_finish. -ESTALE
+ * (nothing written; the caller still owns and frees its chunk or external
+ * segment), -EINVAL, or czmp_tasks_finish's result. Use it instead of
+ * writing the slot's result fields and then calling czmp_tasks_finish,
+ * which writes into a slot that may no longer be ours (issue 10.11). */
+int czmp_tasks_finish_handle(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
+                             uint32_t flags, uint64_t handle, uint32_t len);
+
 /* What the app needs of one finished slot, gathered by one C call. */
 typedef struct czmp_outcome {
     uint64_t state;               /* the slot's state word, now HELD: pass to czmp_slot_release */
@@ -487,7 +502,10 @@ int czmp_results_collect(czmp_segment_t *seg, uint32_t *out, int max, int64_t ti
 int czmp_slot_release(czmp_segment_t *seg, uint32_t idx, uint64_t expect_state);
 
 /* App, after worker `worker` died: RUNNING(worker) slots become HELD
- * (running[] and done[] need room for the layout's nslots entries each)
+ * (running[] and done[] need room for the layout's nslots entries each;
+ * a RUNNING slot's result chunk is freed, but an EXTERNAL result_handle is
+ * left in the slot: the app unlinks that segment, whose name only it knows,
+ * before it releases or requeues the slot)
  * (written to running[], their result chunk freed); DONE(worker) slots
  * become HELD (written to done[]); chunks the worker held are freed; all
  * rings are repaired (pass the same cookie array of 2*(CZMP_NPRIO+1)

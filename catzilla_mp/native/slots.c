@@ -163,13 +163,16 @@ static void push_back_all(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_
  * meanwhile: a hint they miss while it is out of the ring is pushed back
  * and notified. A ring that only LOOKS full (a consumer stalled between its
  * claim and its release) is not purged: popping cannot make room at that
- * cell, and every hint popped would then have nowhere to go. */
-static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio) {
+ * cell, and every hint popped would then have nowhere to go. Hints of slot
+ * `pushing` are dropped too: the caller is about to push that one. */
+static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t pushing) {
     uint32_t cap = czmp_ring_capacity(r), nslots = seg->nslots;
     uint32_t *vals = malloc((size_t)cap * sizeof *vals);
     uint8_t *seen = calloc(nslots, 1);
     int dropped = 0;
     if (vals && seen) {
+        if (pushing < nslots)
+            seen[pushing] = 1;
         int got = czmp_ring_pop_many(r, vals, (int)cap), kept = 0;
         for (int i = 0; i < got; i++) {
             czmp_slot_t *s = czmp_slot(seg, vals[i]);
@@ -210,7 +213,7 @@ static int push_hint(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t idx
     CZMP_FAULT(CZMP_FAULT_SUBMIT_WAITING);
     /* purge first: a ring full of stale hints is the common cause, and
      * purging costs microseconds where waiting would cost the whole 2 ms */
-    if (czmp_ring_is_full(r) && purge_stale_hints(seg, r, prio) > 0 && czmp_ring_push(r, idx) == 0)
+    if (czmp_ring_is_full(r) && purge_stale_hints(seg, r, prio, idx) > 0 && czmp_ring_push(r, idx) == 0)
         return 0;
     return push_patiently(r, idx, CZMP_SUBMIT_WAIT_NS);
 }
@@ -620,7 +623,10 @@ int czmp_worker_reap(czmp_segment_t *seg, uint32_t worker, uint32_t *running,
             continue;
         uint64_t held = czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_HELD);
         if (czmp_state_kind(st) == CZMP_SLOT_RUNNING && czmp_cas(&s->state, &st, held)) {
-            drop_chunk(seg, i, &s->result_handle, worker);
+            /* an external result segment is named by the app's payload code,
+             * not by us: leave its handle for the app to unlink */
+            if (czmp_handle_kind(s->result_handle) != CZMP_HANDLE_EXTERNAL)
+                drop_chunk(seg, i, &s->result_handle, worker);
             s->result_len = 0;
             running[(*nrunning)++] = i;
         } else if (czmp_state_kind(st) == CZMP_SLOT_DONE && czmp_cas(&s->state, &st, held)) {
@@ -698,6 +704,35 @@ void czmp_heartbeat_stop_for(czmp_segment_t *seg) {
         czmp_heartbeat_stop();
 }
 
+/* Credit worker w's record for finishing slot s (the record is written by
+ * its own worker only; relaxed is enough for statistics). */
+static void credit(czmp_worker_t *w, czmp_slot_t *s, uint32_t flags) {
+    uint64_t now = czmp_now_ns();
+    czmp_store_relaxed(&w->busy_ns, w->busy_ns + (now > s->started_ns ? now - s->started_ns : 0));
+    if (flags & CZMP_RESULT_FAILED)
+        czmp_store_relaxed(&w->tasks_failed, w->tasks_failed + 1);
+    else
+        czmp_store_relaxed(&w->tasks_done, w->tasks_done + 1);
+    czmp_store_relaxed(&w->current_slot, 0);
+}
+
+int czmp_tasks_finish_handle(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
+                             uint32_t flags, uint64_t handle, uint32_t len) {
+    czmp_slot_t *s = czmp_slot(seg, idx);
+    czmp_worker_t *w = czmp_worker(seg, worker);
+    if (!s || !w)
+        return -EINVAL;
+    /* ownership first, then any write: see czmp_tasks_finish_inline */
+    uint64_t st = czmp_load_acquire(&s->state);
+    if (czmp_state_kind(st) != CZMP_SLOT_RUNNING || czmp_state_owner(st) != worker + 1)
+        return -ESTALE;
+    s->result_handle = handle;
+    s->result_len = len;
+    s->result_flags = flags;
+    credit(w, s, flags);
+    return czmp_tasks_finish(seg, worker, idx);
+}
+
 int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
                              uint32_t flags, const void *data, uint32_t len) {
     czmp_slot_t *s = czmp_slot(seg, idx);
@@ -720,15 +755,7 @@ int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
     s->result_len = len;
     s->result_flags = flags;
     CZMP_FAULT(CZMP_FAULT_RESULT_WRITTEN);
-    /* the worker record is written by its own worker only; relaxed is
-     * enough for statistics */
-    uint64_t now = czmp_now_ns();
-    czmp_store_relaxed(&w->busy_ns, w->busy_ns + (now > s->started_ns ? now - s->started_ns : 0));
-    if (flags & CZMP_RESULT_FAILED)
-        czmp_store_relaxed(&w->tasks_failed, w->tasks_failed + 1);
-    else
-        czmp_store_relaxed(&w->tasks_done, w->tasks_done + 1);
-    czmp_store_relaxed(&w->current_slot, 0);
+    credit(w, s, flags);
     return czmp_tasks_finish(seg, worker, idx);
 }
 

@@ -9,6 +9,16 @@
  * (the kernel compares the word with the seq the sleeper read). The callers
  * in slots.c implement the sleeper side; czmp_wake_wait is its last step.
  *
+ * The lazy wake (czmp_wake_notify_lazy) adds two mutes, each with the party
+ * that lifts it:
+ *   spinners  a consumer polling will see the push: no syscall. It passes
+ *             the baton when it leaves with work still queued (slots.c,
+ *             baton(): fence after spinners--, then re-check).
+ *   waking    a wake is in flight: no second syscall until the woken
+ *             consumer spins (and clears it). A sleeper clears it too on its
+ *             way into futex_wait and out after a timeout, so a wake whose
+ *             counted target left without spinning cannot mute later ones.
+ *
  * The futexes are not FUTEX_PRIVATE: the word is shared between processes.
  */
 #include <errno.h>
