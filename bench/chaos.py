@@ -23,6 +23,11 @@ JSON object:
     tasks_per_s     tasks / wall_s
     kills_per_s     kills / wall_s
 
+``--wrap`` is the ring-wrapping mode: a queue of 16 slots (task rings of 64
+cells) and no-op tasks at full speed, so every ring wraps hundreds of times
+while workers die mid-take; ``ring_laps`` then says how many times the rings
+went round (pushes / ring capacity, approximately).
+
 A kill only targets a worker that is serving (its record carries its pid):
 killing processes still starting up would measure interpreter start-up, not
 recovery. ``--quick`` (20,000 tasks) runs in well under 60 s. Exit status 1
@@ -65,6 +70,15 @@ def expected(i: int):
     return bytes([i % 251]) * BIG_RESULT if i % 10 == 0 else i * 7 + 3
 
 
+def noop_task(i: int, work_us: int = 0):
+    """The --wrap mode's task: no work and a small result, so the rings, not the tasks, set the pace."""
+    return i * 7 + 3
+
+
+#: The --wrap mode's queue: 16 slots, so each task ring has 64 cells.
+WRAP_QUEUE_SIZE = 16
+
+
 class Killer(threading.Thread):
     """SIGKILLs a random serving worker of ``engine`` every ``lo``-``hi`` ms until stopped."""
 
@@ -95,21 +109,30 @@ class Killer(threading.Thread):
 
 
 def run(tasks: int = 20_000, kill_every_ms: tuple[float, float] = (20, 50), workers: int = 2,
-        seed: int = 1, deadline_s: float = 300.0, work_us: int = 0) -> dict:
-    """One chaos run; returns the figures described in the module docstring."""
+        seed: int = 1, deadline_s: float = 300.0, work_us: int = 0, wrap: bool = False) -> dict:
+    """One chaos run; returns the figures described in the module docstring.
+
+    ``wrap``: the ring-wrapping mode (WRAP_QUEUE_SIZE slots, no-op tasks).
+    """
     from catzilla_mp import BackgroundTasks
 
     engine = BackgroundTasks(
         workers=workers, max_workers=workers, enable_auto_scaling=False, memory_pool_mb=32,
-        queue_size=min(tasks, 4096), retry_backoff_base=0.001, retry_backoff_cap=0.01,
-        queue_full_timeout=deadline_s, timeout_grace_ms=1000)
+        queue_size=WRAP_QUEUE_SIZE if wrap else min(tasks, 4096), retry_backoff_base=0.001,
+        retry_backoff_cap=0.01, queue_full_timeout=deadline_s, timeout_grace_ms=1000)
     try:
-        return _run(engine, tasks, kill_every_ms, seed, deadline_s, work_us)
+        figures = _run(engine, tasks, kill_every_ms, seed, deadline_s, work_us,
+                       noop_task if wrap else chaos_task)
+        if wrap:
+            cap = engine._backend.seg.task_ring(0).capacity
+            figures["ring_laps"] = round((figures["tasks"] + figures["retries"]) / cap)
+        return figures
     finally:
         engine.shutdown(wait_for_completion=False, timeout=10)
 
 
-def _run(engine, n: int, kill_every_ms, seed: int, deadline_s: float, work_us: int) -> dict:
+def _run(engine, n: int, kill_every_ms, seed: int, deadline_s: float, work_us: int,
+         task=chaos_task) -> dict:
     delivered = [0] * n
     lock = threading.Lock()
 
@@ -119,14 +142,14 @@ def _run(engine, n: int, kill_every_ms, seed: int, deadline_s: float, work_us: i
                 delivered[i] += 1
         return count
 
-    engine.add_task(chaos_task, 1).wait(60)  # workers up before the clock starts
+    engine.add_task(task, 1).wait(60)  # workers up before the clock starts
     killer = Killer(engine, *kill_every_ms, seed=seed)
     t0 = time.monotonic()
     killer.start()
     results = []
     batch = 512
     for start in range(0, n, batch):
-        chunk = engine.add_tasks(chaos_task, [(i, work_us) for i in range(start, min(n, start + batch))],
+        chunk = engine.add_tasks(task, [(i, work_us) for i in range(start, min(n, start + batch))],
                                  max_retries=MAX_RETRIES)
         for k, r in enumerate(chunk):
             r.add_callback(counter(start + k))
@@ -135,7 +158,8 @@ def _run(engine, n: int, kill_every_ms, seed: int, deadline_s: float, work_us: i
     end = t0 + deadline_s
     for i, r in enumerate(results):
         try:
-            if r.wait(max(0.0, end - time.monotonic())) != expected(i):
+            if r.wait(max(0.0, end - time.monotonic())) != (expected(i) if task is chaos_task
+                                                             else noop_task(i)):
                 wrong += 1
         except TimeoutError:
             lost += 1
@@ -189,6 +213,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--work-us", type=int, default=0,
                     help="busy work per task, so a run lasts long enough for many kills")
+    ap.add_argument("--wrap", action="store_true",
+                    help="a 16-slot queue and no-op tasks: the rings wrap hundreds of times")
     ap.add_argument("--quick", action="store_true", help="20,000 tasks: well under 60 s")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = ap.parse_args(argv)
@@ -196,8 +222,8 @@ def main(argv=None) -> int:
     interval = (float(lo), float(hi or lo))
     tasks = 20_000 if args.quick else args.tasks
     figures = run(tasks=tasks, kill_every_ms=interval, workers=args.workers, seed=args.seed,
-                  work_us=args.work_us)
-    figures.update(workers=args.workers, kill_every_ms=args.kill_every_ms)
+                  work_us=args.work_us, wrap=args.wrap)
+    figures.update(workers=args.workers, kill_every_ms=args.kill_every_ms, wrap=args.wrap)
     if args.json:
         print(json.dumps(figures))
     else:

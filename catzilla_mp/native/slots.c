@@ -140,7 +140,7 @@ static void push_back_all(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_
             int got = czmp_ring_repair(r, cookie, rec, 64);
             for (int i = 0; i < got; i++) {
                 czmp_slot_t *s = czmp_slot(seg, rec[i]);
-                if (s && !seen[rec[i]] && s->priority == (uint32_t)prio &&
+                if (s && !seen[rec[i]] && czmp_load_relaxed(&s->priority) == (uint32_t)prio &&
                     czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
                     seen[rec[i]] = 1;
                     vals[n++] = rec[i];
@@ -176,7 +176,7 @@ static int purge_stale_hints(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint
         int got = czmp_ring_pop_many(r, vals, (int)cap), kept = 0;
         for (int i = 0; i < got; i++) {
             czmp_slot_t *s = czmp_slot(seg, vals[i]);
-            if (s && !seen[vals[i]] && s->priority == (uint32_t)prio &&
+            if (s && !seen[vals[i]] && czmp_load_relaxed(&s->priority) == (uint32_t)prio &&
                 czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
                 seen[vals[i]] = 1;
                 vals[kept++] = vals[i];
@@ -233,7 +233,9 @@ int czmp_tasks_submit_ex(czmp_segment_t *seg, int prio, const uint32_t *idx, int
         uint32_t kind = czmp_state_kind(st);
         if (kind != CZMP_SLOT_FREE && kind != CZMP_SLOT_HELD)
             break;
-        s->priority = (uint32_t)prio;
+        /* relaxed atomic: workers holding a stale hint read it (take_from)
+         * with no ordering to this write; only the value matters */
+        czmp_store_relaxed(&s->priority, (uint32_t)prio);
         s->queued_ns = now;
         /* release (CAS): payload and fields above are visible to the worker
          * whose CAS in take_now() acquires this word */
@@ -262,7 +264,7 @@ int czmp_tasks_submit(czmp_segment_t *seg, int prio, const uint32_t *idx, int n)
 }
 
 /* Claim slot hints from one ring without sleeping. */
-static int take_from(czmp_segment_t *seg, czmp_ring_t *r, uint32_t worker,
+static int take_from(czmp_segment_t *seg, czmp_ring_t *r, int prio, uint32_t worker,
                      uint32_t *out, int max) {
     int got = 0;
     uint64_t pos, w;
@@ -274,6 +276,13 @@ static int take_from(czmp_segment_t *seg, czmp_ring_t *r, uint32_t worker,
         czmp_slot_t *s = czmp_slot(seg, idx);  /* NULL for a tombstone */
         if (s) {
             uint64_t st = czmp_load_acquire(&s->state);
+            /* a hint left in this ring by the slot's previous task (cancelled,
+             * then the slot requeued at another priority) must not run the new
+             * task ahead of its turn: every QUEUED slot has its own hint in
+             * ring[s->priority], so dropping this one loses nothing */
+            if (czmp_state_kind(st) == CZMP_SLOT_QUEUED &&
+                czmp_load_relaxed(&s->priority) != (uint32_t)prio)
+                st = 0;
             while (czmp_state_kind(st) == CZMP_SLOT_QUEUED) {
                 uint64_t run = czmp_state_make(czmp_state_gen(st), worker + 1, CZMP_SLOT_RUNNING);
                 /* acq_rel: acquires the app's payload; pairs with the CAS in
@@ -296,7 +305,7 @@ static int take_from(czmp_segment_t *seg, czmp_ring_t *r, uint32_t worker,
 static int take_now(czmp_segment_t *seg, uint32_t worker, uint32_t *out, int max) {
     int got = 0;
     for (int p = 0; p < CZMP_NPRIO && got < max; p++)
-        got += take_from(seg, czmp_segment_task_ring(seg, p), worker, out + got, max - got);
+        got += take_from(seg, czmp_segment_task_ring(seg, p), p, worker, out + got, max - got);
     return got;
 }
 
@@ -583,7 +592,7 @@ static int repair_ring(czmp_segment_t *seg, czmp_ring_t *r, uint64_t *cookie, in
         for (int i = 0; requeue && i < n; i++) {
             czmp_slot_t *s = czmp_slot(seg, got[i]);
             if (s && czmp_state_kind(czmp_load_acquire(&s->state)) == CZMP_SLOT_QUEUED) {
-                int prio = (int)(s->priority & 3), blocked = 0;
+                int prio = (int)(czmp_load_relaxed(&s->priority) & 3), blocked = 0;
                 push_hint(seg, czmp_segment_task_ring(seg, prio), prio, got[i], 0, &blocked);
                 czmp_wake_notify(&seg->hdr->task_wake, 1);
             }

@@ -26,3 +26,17 @@ def test_twenty_thousand_tasks_survive_a_kill_every_20_to_50_ms():
     assert figures["leaked_chunks"] == 0 and figures["leaked_slots"] == 0, figures
     assert figures["queued_after"] == 0, figures
     assert figures["crashes"] >= figures["kills"], figures
+
+
+@pytest.mark.timeout_guard(300)
+def test_tiny_rings_wrapping_hundreds_of_times_lose_nothing_while_workers_die_mid_take():
+    # issue 10 (chaos addition): 16 slots, so 64-cell task rings, and no-op
+    # tasks at full speed: the rings go round hundreds of times and most
+    # kills land while a worker is inside take
+    figures = chaos.run(tasks=20_000, kill_every_ms=(20, 50), workers=2, seed=7, wrap=True)
+    assert figures["kills"] >= 3, figures
+    assert figures["ring_laps"] >= 100, figures
+    assert figures["lost"] == 0 and figures["wrong"] == 0, figures
+    assert figures["duplicated"] == 0 and figures["undelivered_callbacks"] == 0, figures
+    assert figures["leaked_chunks"] == 0 and figures["leaked_slots"] == 0, figures
+    assert figures["queued_after"] == 0, figures
