@@ -30,7 +30,8 @@ _EXPORTS = {
         "QueueFullError", "RemoteTraceback", "SegmentCorruptError", "SegmentError",
         "SegmentExistsError", "SegmentOwnerError", "SegmentVersionError", "SerializationError",
         "TaskCancelledError", "TaskError", "TaskTimeoutError", "UnknownTaskError",
-        "WorkerCrashedError", "MemoryLimitError", "WorkerInitializerError")},
+        "WorkerCrashedError", "MemoryLimitError", "WorkerInitializerError",
+        "SharedMemoryFullError")},
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
@@ -59,6 +60,7 @@ __all__ = [  # noqa: F822 - provided by __getattr__
     "TaskConfig", "TaskError", "TaskFuture", "TaskPriority", "TaskResult", "TaskStats",
     "TaskStatus", "TaskTimeoutError", "UnknownTaskError", "WorkerCrashedError", "add_task",
     "create_task_system", "get_global_task_system", "report_progress", "task",
+    "Catzilla", "enable", "RouteConflictError", "SharedMemoryFullError",
 ]
 
 

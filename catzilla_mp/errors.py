@@ -8,6 +8,8 @@
     │   └── SegmentCorruptError      not ours, truncated or inconsistent
     ├── QueueFullError               no room for the task within the wait allowed
     ├── PayloadTooLargeError         arguments or result beyond max_payload_bytes
+    ├── SharedMemoryFullError        /dev/shm full, or max_external_bytes reached
+    ├── RouteConflictError           the web routes clash with the app's (at startup)
     ├── SerializationError           arguments, result or exception cannot be pickled
     ├── EngineClosedError            you shut the engine down; no new work
     ├── EngineBrokenError            the engine broke (its supervisor died)
