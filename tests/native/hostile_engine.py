@@ -1,9 +1,9 @@
 """Child process of test_hostile_segment.py: a real engine whose segment is vandalised while it runs.
 
-    python hostile_engine.py REGION SEED ROUNDS
+    python hostile_engine.py REGION SEED SECONDS
 
 Starts a BackgroundTasks engine (2 workers, 32 slots), runs tasks, then for
-ROUNDS rounds writes random bytes into REGION of its live segment (a thread
+SECONDS seconds writes random bytes into REGION of its live segment (a thread
 of this process does the writing, as a stray process of the same uid could)
 while tasks keep being submitted and waited for. Every outcome is allowed
 except dying: a task may fail, time out, the engine may refuse work or
@@ -80,7 +80,7 @@ class Vandal(threading.Thread):
 
 
 def main() -> int:
-    region, seed, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    region, seed, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     rng = random.Random(seed)
     exits: list[int] = []
     from catzilla_mp import supervisor as sup_mod
@@ -102,10 +102,12 @@ def main() -> int:
         ranges = regions(seg.header)[region]
         vandal = Vandal(lib.czmp_segment_base(seg.raw), ranges, rng)
         vandal.start()
-        deadline = time.monotonic() + 30
-        for r in range(rounds):
-            if time.monotonic() > deadline:
-                break
+        # rounds of 8 tasks for as long as asked (not a count of rounds: on a
+        # healthy engine a round takes a millisecond, and the vandal needs time)
+        deadline = time.monotonic() + seconds
+        r = 0
+        while time.monotonic() < deadline:
+            r += 1
             futs = []
             for i in range(8):
                 try:

@@ -12,7 +12,8 @@ abort), hang, or (under ASan, see .ci/run) read outside the mapping.
 
 Running the engine in a child turns a crash into a failed assertion
 instead of a dead pytest. ``CZMP_HOSTILE_SEEDS`` (default 1) seeds per
-region; ``CZMP_HOSTILE_ROUNDS`` (default 8) rounds of 8 tasks per case.
+region; ``CZMP_HOSTILE_SECONDS`` (default 2) of vandalism per case, with rounds of
+8 tasks submitted and waited for meanwhile.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from catzilla_mp.segment_janitor import parse_segment_name
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 SEEDS = int(os.environ.get("CZMP_HOSTILE_SEEDS", "1"))
-ROUNDS = int(os.environ.get("CZMP_HOSTILE_ROUNDS", "8"))
+SECONDS = float(os.environ.get("CZMP_HOSTILE_SECONDS", "2"))
 #: Far beyond a case whose every round times out (~40 s): past it the app hung.
 CASE_TIMEOUT_S = 90
 #: Deaths that are crashes, not refusals (negative: killed by that signal).
@@ -48,7 +49,7 @@ def run_case(region: str, seed: int) -> tuple[int, str, str]:
     pythonpath = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONFAULTHANDLER="1", PYTHONPATH=pythonpath)
     p = subprocess.Popen([sys.executable, os.path.join(HERE, "hostile_engine.py"), region,
-                          str(seed), str(ROUNDS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          str(seed), str(SECONDS)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env=env, start_new_session=True)
     try:
         out, err = p.communicate(timeout=CASE_TIMEOUT_S)
@@ -92,4 +93,4 @@ def test_random_bytes_in_a_live_segment_never_crash_or_hang_the_engine(region, s
     crashed = [c for c in report["worker_exits"] if c < 0 and -c in CRASH_SIGNALS]
     assert not crashed, (f"workers died of signals {[-c for c in crashed]} with the {region} "
                          f"vandalised: {report}\n{err[-3000:]}")
-    assert report["counts"]["writes"] > 0, report
+    assert report["counts"]["writes"] > 100, report  # the vandal really worked
