@@ -166,6 +166,10 @@ MAX_NICENESS = 19
 MAX_CHUNKSIZE = 1 << 20
 
 
+#: Catzilla's default min_workers: below an explicit max_workers it yields to it.
+CATZILLA_MIN_WORKERS = 2
+
+
 class EngineOptions:
     """Every option of an engine, validated once. Raises ValueError/TypeError on bad values.
 
@@ -192,7 +196,12 @@ class EngineOptions:
         initial = workers if workers is not None else \
             min(MAX_WORKERS, cpus if mode == "process" else cpus * 2)
         if max_workers is not None and min_workers > max_workers:
-            raise ValueError(f"min_workers ({min_workers}) is above max_workers ({max_workers})")
+            if min_workers != CATZILLA_MIN_WORKERS:
+                raise ValueError(f"min_workers ({min_workers}) is above max_workers ({max_workers})")
+            # Catzilla's default min_workers=2 yields to an explicit max_workers=1
+            min_workers = max_workers
+        if workers is None and max_workers is not None:
+            initial = min(initial, max_workers)  # the CPU count must not exceed the cap
         if workers is not None and max_workers is not None and workers > max_workers:
             raise ValueError(f"workers ({workers}) is above max_workers ({max_workers})")
         # Catzilla's min_workers=2 default must not grow a workers=1 engine:

@@ -11,7 +11,7 @@ import compat_jobs as jobs
 cz = pytest.importorskip("catzilla.background_tasks")
 
 import catzilla_mp  # noqa: E402
-from catzilla_mp import BackgroundTaskApp, TaskPriority, UnknownTaskError  # noqa: E402
+from catzilla_mp import BackgroundTaskApp, BackgroundTasks, TaskPriority, UnknownTaskError  # noqa: E402
 from catzilla_mp.app import create_task_system  # noqa: E402
 
 
@@ -238,3 +238,18 @@ def test_issue_13_1_3_4_5_on_catzilla_mp_catzilla_the_framework_app_class():
         assert double.submit(4).wait(30) == 8
     finally:
         app.disable_background_tasks(wait_for_completion=False, timeout=5)
+
+
+def test_max_workers_1_alone_gives_one_worker_as_catzillas_defaults_allow():
+    """Catzilla's enable_background_tasks(max_workers=1) keeps its default
+    min_workers=2; that must give a one-worker engine, not a ValueError, and
+    the CPU count must not start more workers than the cap."""
+    engine = BackgroundTasks(max_workers=1, memory_pool_mb=8)
+    try:
+        o = engine.options
+        assert (o.workers, o.min_workers, o.max_workers) == (1, 1, 1)
+        assert engine.add_task(pow, 2, 5).wait(60) == 32
+    finally:
+        engine.shutdown()
+    with pytest.raises(ValueError, match="min_workers \\(3\\) is above max_workers \\(1\\)"):
+        BackgroundTasks(min_workers=3, max_workers=1, memory_pool_mb=8)
