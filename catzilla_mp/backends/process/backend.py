@@ -24,19 +24,20 @@ import time
 import types
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import _core, compat, serialization
-from ._core import holder_slot
-from ._native import ffi, lib
-from .compat_worker import MEMORY_EXIT_CODE
-from .errors import (EngineClosedError, MemoryLimitError, QueueFullError, SerializationError,
+from ... import _core, compat, serialization
+from ..._core import holder_slot
+from ..._native import ffi, lib
+from ...compat_worker import MEMORY_EXIT_CODE
+from ...errors import (EngineClosedError, MemoryLimitError, QueueFullError, SerializationError,
                      TaskCancelledError, TaskTimeoutError, WorkerCrashedError)
 from .payloads import Payloads, external_bytes, plan_arena, remove_externals
-from .records import TaskStatus
-from .results import TaskResult
-from .segment_janitor import new_segment_name, sweep_dead_segments
+from .supervisor import Supervisor, describe_exit
+from ...records import TaskStatus
+from ...results import TaskResult
+from ...segment_janitor import new_segment_name, sweep_dead_segments
 
 if TYPE_CHECKING:
-    from .engine import BackgroundTasks
+    from ...lifecycle.host import TaskHost
 
 log = logging.getLogger("catzilla_mp")
 
@@ -200,9 +201,9 @@ def _shareable(fn: Callable) -> bool:
 
 
 class ProcessBackend:
-    def __init__(self, engine: "BackgroundTasks") -> None:
-        self.engine = engine
-        o = engine.options
+    def __init__(self, host: "TaskHost") -> None:
+        self.host = host
+        o = host.options
         sweep_dead_segments()
         self.seg = _core.Segment.create(
             new_segment_name(), nslots=o.queue_size, nworkers=o.max_workers,
@@ -242,7 +243,6 @@ class ProcessBackend:
         self._collector = threading.Thread(target=self._guarded_collect_loop,
                                            name="czmp-collector", daemon=True)
         self._collector.start()
-        from .supervisor import Supervisor
         self.supervisor = Supervisor(self)
 
     # -- submit -----------------------------------------------------------
@@ -379,7 +379,7 @@ class ProcessBackend:
                 for idx in idxs[n:]:
                     task = self._slot_task[idx]
                     self._not_queued(task, idx)
-                    self.engine._finish(task, False, self._push_failed(1), TaskStatus.FAILED)
+                    self.host.finish(task, False, self._push_failed(1), TaskStatus.FAILED)
                 lost += len(idxs) - n
                 idxs.clear()
         if lost:
@@ -457,7 +457,7 @@ class ProcessBackend:
             return self._free.pop()
         except IndexError:
             pass
-        timeout = self.engine.queue_wait_s()  # 0 inside add_task_async
+        timeout = self.host.queue_wait_s()  # 0 inside add_task_async
         deadline = time.monotonic() + timeout
         with self._free_cond:
             self._free_waiters += 1
@@ -499,7 +499,7 @@ class ProcessBackend:
         # task.parked holds the timer (truthy): a cancel drops it at once, so
         # the timer does not keep the task alive until it is due (issue 20.10)
         task.parked = True
-        timer = self.engine._schedule(delay_s, lambda: self._unpark(task))
+        timer = self.host.schedule(delay_s, lambda: self._unpark(task))
         with self._park_lock:
             if task.parked is True:
                 task.parked = timer
@@ -537,7 +537,7 @@ class ProcessBackend:
             task.parked = False
         if parked:
             if parked is not True:
-                self.engine._unschedule(parked)
+                self.host.unschedule(parked)
             self._release(task, idx)
             return True
         st = lib.czmp_slot_state(self.raw, idx)
@@ -559,7 +559,7 @@ class ProcessBackend:
         try:
             self._collect_loop()
         except BaseException as exc:  # noqa: BLE001 - the engine is broken: waiters must know
-            self.engine._thread_died(threading.current_thread().name, exc)
+            self.host.thread_died(threading.current_thread().name, exc)
             raise
         finally:
             self.gate.exit()
@@ -647,7 +647,7 @@ class ProcessBackend:
         if ok:
             lib.czmp_slot_release(self.raw, idx, state)
             self._unslot(task, idx)
-            self.engine._finish(task, True, value, _COMPLETED)
+            self.host.finish(task, True, value, _COMPLETED)
         else:
             self._settle(task, idx, False, value)
 
@@ -679,7 +679,7 @@ class ProcessBackend:
         task.worker_id = slot.worker
         if cancelled is task:
             self._release(task, idx)
-            self.engine._finish(task, False, TaskCancelledError(
+            self.host.finish(task, False, TaskCancelledError(
                 f"task {task.task_id} was cancelled while running; its worker (pid {pid}) "
                 "was killed"), TaskStatus.CANCELLED)
             return
@@ -747,14 +747,14 @@ class ProcessBackend:
             self.gate.exit()
 
     def _settle(self, task: TaskResult, idx: int, ok: bool, value: Any) -> None:
-        engine = self.engine
-        if not ok and engine._attempt_failed(task, value):
+        host = self.host
+        if not ok and host.attempt_failed(task, value):
             self._drop_result(idx)
             self.slots[idx].attempt = task.attempt
-            self._park(task, idx, engine._backoff_s(task.attempt, task))
+            self._park(task, idx, host.backoff_s(task.attempt, task))
             return
         self._release(task, idx)
-        engine._finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
+        host.finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
 
     def _drop_result(self, idx: int) -> None:
         slot = self.slots[idx]
@@ -803,7 +803,7 @@ class ProcessBackend:
                 # The task may have ended since the check: the status is
                 # written under the lock _finish takes, and only while the
                 # task is not final (issue 20.11).
-                with self.engine._lock:
+                with self.host.lock:
                     if not task._final and task.status in _RUNNABLE:
                         task.status = TaskStatus.RUNNING
                         task.started_at = started
@@ -928,11 +928,11 @@ class ProcessBackend:
             if not self.gate.close(CLOSE_DRAIN_S):
                 log.warning("engine threads still inside the segment at shutdown; "
                             "it is unmapped when the last leaves")
-            for task in self.engine._unfinished():
+            for task in self.host.unfinished():
                 with self._park_lock:
                     parked, task.parked = task.parked, False
                 if parked and parked is not True:
-                    self.engine._unschedule(parked)
+                    self.host.unschedule(parked)
                 if not parked:
                     self._note_started(task)
                 abandon(task)
@@ -967,17 +967,3 @@ class ProcessBackend:
         if self._prefault.is_alive():
             self._prefault.join()  # it must not touch the mapping as it goes
         self.seg.detach()
-
-
-def describe_exit(code: int) -> str:
-    if code is None:
-        return "unknown exit"
-    if code < 0:
-        import signal
-
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}"
-    return f"exited with code {code}"
