@@ -1,7 +1,7 @@
 """The worker side of the per-task options: memory, profiling, context, logs, initializer.
 
-Imported by workers.py only (light: no engine, no psutil). What it does per
-task, and when:
+Imported by the worker loop (backends/process/worker.py; light: no engine,
+no psutil) and by compat.py. What it does per task, and when:
 
   * memory: the kernel's peak-RSS mark (VmHWM) is reset when a task starts
     and the RSS noted, and the peak over that start read when it ends

@@ -1,7 +1,9 @@
 """Process mode: tasks go through the shared-memory segment to worker processes.
 
 This module is the app-side half of the hot path (submit and collect); the
-worker side is workers.py and the process management is supervisor.py.
+worker side is worker.py (started as catzilla_mp.workers) and the process
+management is supervisor.py; the lifecycle above is reached through the
+TaskHost given to the constructor (lifecycle/host.py).
 
 Slot ownership on the app side (besides the state word in shared memory):
   * a slot index is in ``_free`` xor owned by exactly one TaskResult
@@ -801,7 +803,7 @@ class ProcessBackend:
                 started = self._wall(self.slots[idx].started_ns)
                 worker = self.slots[idx].worker
                 # The task may have ended since the check: the status is
-                # written under the lock _finish takes, and only while the
+                # written under the lock host.finish takes, and only while the
                 # task is not final (issue 20.11).
                 with self.host.lock:
                     if not task._final and task.status in _RUNNABLE:

@@ -2,7 +2,7 @@
 
 Every tick it
   * reaps workers that exited (any cause) and hands their slots back: DONE
-    ones are collected, RUNNING ones retried or failed (process_backend);
+    ones are collected, RUNNING ones retried or failed (backend.py);
   * starts workers until the target count is reached (replacements too);
   * enforces timeouts from each worker record's ``deadline_ns``: SIGUSR1 at
     the deadline (the worker raises TaskTimeoutError inside the task), SIGKILL
