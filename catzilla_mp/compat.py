@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import collections
 import contextvars
-import importlib
 import json
 import logging
 import os
@@ -54,14 +53,23 @@ import weakref
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
 
-from . import serialization
+from . import compat_worker, serialization
+from .compat_worker import PROPAGATED, find_context_var  # noqa: F401 - compat's API
 from .errors import SerializationError
 
 if TYPE_CHECKING:  # typing.ParamSpec is 3.10+; type checkers only
     from typing import ParamSpec, Protocol
 
-    from .engine import BackgroundTasks
     from .results import TaskResult
+
+    class BackgroundTasks(Protocol):
+        """The engine as these helpers use it (engine.BackgroundTasks, a layer above)."""
+
+        max_workers: int
+
+        def add_task(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> TaskResult: ...
+
+        def task_id_for_log(self, seq: int, slot: Optional[int]) -> Optional[str]: ...
 
     P = ParamSpec("P")
     R = TypeVar("R")
@@ -224,8 +232,9 @@ def apply_extras(task: "TaskResult", extras: dict) -> None:
 
 # -- context propagation -------------------------------------------------------------
 
-#: name -> (ContextVar, module that registered it)
-PROPAGATED: dict[str, tuple[contextvars.ContextVar, str]] = {}
+# PROPAGATED (name -> (ContextVar, module that registered it)) and
+# find_context_var live in compat_worker: the worker side reads them, and it
+# sits below this module.
 
 
 def propagate_context(var: contextvars.ContextVar, module: Optional[str] = None) -> contextvars.ContextVar:
@@ -281,18 +290,6 @@ def add_context(task: "TaskResult") -> None:
     ctx = capture_context()
     if ctx is not None:
         task.wextras = dict(task.wextras or {}, ctx=ctx)
-
-
-def find_context_var(name: str, module: str) -> Optional[contextvars.ContextVar]:
-    """Worker side: the registered variable ``name``, importing ``module`` if needed."""
-    known = PROPAGATED.get(name)
-    if known is None and module != "__main__":
-        try:
-            importlib.import_module(module)
-        except Exception:  # noqa: BLE001 - reported below as "not found"
-            pass
-        known = PROPAGATED.get(name)
-    return known[0] if known is not None else None
 
 
 # -- streaming map -------------------------------------------------------------------
@@ -494,8 +491,6 @@ def run_in_thread(task: "TaskResult", args: tuple, kwargs: dict,
     extras = task.wextras
     if extras is None:
         return task.fn(*args, **kwargs)
-    from . import compat_worker
-
     measured: dict[str, Any] = {}
     fn = task.fn
     call: Callable[[], Any] = lambda: fn(*args, **kwargs)  # noqa: E731

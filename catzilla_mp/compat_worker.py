@@ -1,7 +1,7 @@
 """The worker side of the per-task options: memory, profiling, context, logs, initializer.
 
-Imported by workers.py only (light: no engine, no psutil). What it does per
-task, and when:
+Imported by the worker loop (backends/process/worker.py; light: no engine,
+no psutil) and by compat.py. What it does per task, and when:
 
   * memory: the kernel's peak-RSS mark (VmHWM) is reset when a task starts
     and the RSS noted, and the peak over that start read when it ends
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import importlib
 import json
 import logging
 import os
@@ -366,9 +367,24 @@ def top_functions(prof: Any, n: int = PROFILE_TOP) -> list[dict[str, Any]]:
     return out
 
 
-def in_context(call: Callable[[], Any], ctx: dict) -> Callable[[], Any]:
-    from .compat import find_context_var
+#: name -> (ContextVar, module that registered it): compat.propagate_context
+#: registers here (the app side), find_context_var reads (the worker side).
+PROPAGATED: dict[str, tuple[contextvars.ContextVar, str]] = {}
 
+
+def find_context_var(name: str, module: str) -> Optional[contextvars.ContextVar]:
+    """Worker side: the registered variable ``name``, importing ``module`` if needed."""
+    known = PROPAGATED.get(name)
+    if known is None and module != "__main__":
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - reported below as "not found"
+            pass
+        known = PROPAGATED.get(name)
+    return known[0] if known is not None else None
+
+
+def in_context(call: Callable[[], Any], ctx: dict) -> Callable[[], Any]:
     def run() -> Any:
         for name, (module, value) in ctx.items():
             var = find_context_var(name, module)

@@ -1,40 +1,65 @@
-"""BackgroundTasks: the engine behind the Catzilla background-task API.
+"""BackgroundTasks: the public API of catzilla_mp, over the task lifecycle and a backend.
 
-Data flow in process mode (the default):
+Layers (imports point down only; tests/test_architecture.py checks it,
+docs/architecture.md has the whole picture):
+
+    api        engine.py (this), app.py          BackgroundTasks, @task, Catzilla's API
+                   │ is a
+    lifecycle  lifecycle/core.py                 TaskLifecycle: admission, retry and back-off,
+                   │   host.py, delays.py,       delays, timeouts, finishing, retention,
+                   │   callbacks.py, monitor.py  events; the TaskHost backends call
+                   │ makes one (mode=), gives it the TaskHost
+    backends   backends/base.py                  Backend: dispatch, cancel, terminate, observe,
+                   │                             live_progress, queue_depths, close, ...
+                   ├─ backends/thread.py         threads of this process (mode="thread")
+                   └─ backends/process/          worker processes (mode="process", the default):
+                          backend.py, supervisor.py, payloads.py, worker.py (catzilla_mp.workers)
+    values     results, compat, compat_worker, serialization
+    native     _core (cffi wrapper of native/*.c), segment_janitor
+    base       errors, records, progress
+
+Data flow in process mode:
 
     app threads                        |  shared memory (one segment)     |  worker processes
                                        |                                  |
     add_task(fn, *args) ──pickle──►  slot[i] payload (inline/chunk)     |
-         │                             |  ring[priority] ◄─ hint i ───────┼── take: QUEUED→RUNNING(w)
-         ▼                             |                                  |        unpickle, run fn,
+         │   (engine: validate,        |  ring[priority] ◄─ hint i ───────┼── take: QUEUED→RUNNING(w)
+         │    lifecycle: admit)        |                                  |        unpickle, run fn,
+         ▼                             |                                  |        (backends/process/worker.py)
     TaskResult ◄── collector thread ◄──┼─ result ring ◄── hint i ─────────┼── finish: RUNNING→DONE(w)
-         ▲         (unpickle, retry?)  |                                  |
-         └──── supervisor thread: spawns/reaps/scales workers, enforces timeouts, repairs rings
-               delay thread:      delayed starts and retry back-offs
+         ▲         (backends/process/backend.py: unpickle; host.attempt_failed? retry : host.finish)
+         └──── supervisor thread (backends/process/supervisor.py): spawns/reaps/scales workers,
+               enforces timeouts, repairs rings
+               delay thread (lifecycle/delays.py): delayed starts and retry back-offs
 
 Actors:
-  * Submitters (any app thread) take a free slot, write the pickled call into
-    it and push its index on the ring of its priority. A full table waits up
-    to ``queue_full_timeout`` seconds, then raises QueueFullError: a task is
+  * Submitters (any app thread): the engine validates and numbers the task,
+    the lifecycle admits it (EngineClosedError, EngineBrokenError), the
+    backend takes a free slot, writes the pickled call into it and pushes
+    its index on the ring of its priority. A full table waits up to
+    ``queue_full_timeout`` seconds, then raises QueueFullError: a task is
     never dropped silently.
-  * The collector thread sleeps in C (GIL released) until results arrive,
-    unpickles each outcome, and either schedules a retry (the slot and its
-    arguments are kept) or releases the slot and completes the TaskResult.
-  * The supervisor thread (supervisor.py) owns the worker processes.
-  * The delay thread (delays.py) re-queues delayed and backing-off tasks.
-  * The callback threads (callbacks.py) run user callbacks (add_callback,
-    Future.add_done_callback): never the threads above, so a callback that
-    blocks or waits on another task holds up no delivery.
-  * If one of the engine's threads dies anyway, _thread_died fails every
+  * The collector thread (process backend) sleeps in C (GIL released) until
+    results arrive, unpickles each outcome and asks its host: a retry
+    (host.attempt_failed, host.backoff_s; the slot and its arguments are
+    kept, the task is parked with host.schedule) or the end (the slot is
+    released, host.finish completes the TaskResult).
+  * The supervisor thread owns the worker processes.
+  * The delay thread re-queues delayed and backing-off tasks.
+  * The callback threads (lifecycle/callbacks.py) run user callbacks
+    (add_callback, Future.add_done_callback): never the threads above, so a
+    callback that blocks or waits on another task holds up no delivery.
+  * If one of the engine's threads dies anyway, host.thread_died fails every
     pending task with EngineBrokenError and later submissions raise it.
 
-Who frees what after a crash: see the header of native/slots.c. In short,
-the slot state word says who owns a task at every instant, a dead worker's
-RUNNING slots are re-run (as a new attempt) or failed with
-WorkerCrashedError, and its chunks are reclaimed by holder tag.
+Who frees what after a crash: see the header of native/slots.c and
+docs/architecture.md. In short, the slot state word says who owns a task at
+every instant, a dead worker's RUNNING slots are re-run (as a new attempt)
+or failed with WorkerCrashedError, and its chunks are reclaimed by holder
+tag; the backend frees a task's resources, the lifecycle decides its fate.
 
-Thread mode (``mode="thread"``) runs the same API on threads of the app
-process (thread_backend.py), for I/O-bound work.
+Thread mode (``mode="thread"``) runs the same API and the same lifecycle on
+threads of the app process (backends/thread.py), for I/O-bound work.
 """
 from __future__ import annotations
 
@@ -45,12 +70,10 @@ import hashlib
 import itertools
 import logging
 import os
-import sys
 import threading
 import time
 import types
 import weakref
-import collections
 from concurrent.futures import Executor
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar, Union, overload
@@ -59,16 +82,12 @@ from . import compat
 from .errors import (
     EngineBrokenError,
     EngineClosedError,
-    MemoryLimitError,
-    PayloadTooLargeError,
     QueueFullError,
-    SerializationError,
-    TaskTimeoutError,
     UnknownTaskError,
-    WorkerInitializerError,
 )
 from .records import EngineStats, TaskConfig, TaskPriority, TaskStatus
-from .results import TaskFuture, TaskResult, cancelled_error
+from .lifecycle import TaskLifecycle
+from .results import TaskFuture, TaskResult
 
 if TYPE_CHECKING:
     from typing import ParamSpec
@@ -83,17 +102,10 @@ log = logging.getLogger("catzilla_mp")
 PriorityLike = Union[TaskPriority, Enum, str, int]
 
 MODES = ("process", "thread")
-_EVENTS = {TaskStatus.COMPLETED: "completed", TaskStatus.FAILED: "failed",
-           TaskStatus.CANCELLED: "cancelled"}
 #: How often shutdown() looks whether every task has finished.
 SHUTDOWN_POLL_S = 0.01
-#: Errors a retry cannot fix: the same input fails the same way.
-NOT_RETRYABLE = (SerializationError, PayloadTooLargeError, TaskTimeoutError, MemoryLimitError,
-                 WorkerInitializerError)
 
 _DEFAULTS = TaskConfig()
-#: How long cancel(force=True) waits for the killed worker to be reaped.
-FORCE_CANCEL_WAIT_S = 10.0
 #: Task functions whose config and name are cached (see BackgroundTasks._describe).
 FN_INFO_CACHE = 1024
 #: Random bytes in a task id. A task id is a capability (whoever knows it may
@@ -141,8 +153,6 @@ os.register_at_fork(after_in_child=_forget_id_blocks)
 #: short enough that a freed slot is taken within a frame of the web server's
 #: loop, long enough that a full queue costs the loop nothing measurable.
 ASYNC_FULL_PAUSE_S = (0.002, 0.05)
-#: Items of a container result measured to estimate its size (keep_finished_bytes).
-SIZE_SAMPLE = 32
 
 # Upper bounds of every option and per-task value (issue 11.5). Each is far
 # above any sane use and low enough that the C core (32-bit lengths, 16-bit
@@ -262,7 +272,7 @@ class EngineOptions:
         self.result_ttl_s = _non_negative("result_ttl_s", result_ttl_s, most=MAX_SECONDS)
 
 
-class BackgroundTasks(Executor):
+class BackgroundTasks(TaskLifecycle, Executor):
     """Run Python functions in the background: in worker processes (default) or threads.
 
     The constructor's first eight arguments are Catzilla's; the rest,
@@ -337,51 +347,21 @@ class BackgroundTasks(Executor):
         self.enable_profiling = enable_profiling
         self.mode = mode
 
-        self._ids = itertools.count(1)
-        # set while add_task_async tries a submission: the backends then do not wait for room
-        self._no_wait = threading.local()
-        self._tasks: dict[str, TaskResult] = {}
-        # finished tasks still findable, oldest first, as (task id, result
-        # size, time.monotonic() when finished): bounded by keep_finished,
-        # keep_finished_bytes and result_ttl_s (see _retain_locked)
-        self._finished: collections.deque[tuple[str, int, float]] = collections.deque()
-        self._retained_bytes = 0
-        self._expiry_due = False
-        # tasks whose result was dropped: id -> (status, completed_at, why)
-        self._expired: collections.OrderedDict[str, tuple] = collections.OrderedDict()
-        # finished submit()/map() tasks, findable while their caller keeps them
-        self._weak_tasks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
-        self._lock = threading.Lock()
+        self._init_lifecycle()
         # set in a child process forked after this engine was made: its backend
         # is the parent's, and the first use here makes a new one (_adopt_fork)
         self._forked = False
-        self._closed = False
-        # False once shutdown stops waiting for tasks: a failed attempt is final then
-        self._retries_allowed = True
         self._registered_tasks: dict[str, Callable] = {}
         # id(function) -> (weak reference to it, its @task config, its name)
         self._fn_info: dict[int, tuple[Any, Optional[TaskConfig], str]] = {}
         # options every task gets unless it says otherwise (enable_profiling)
         self._default_opts = compat.TaskOptions(profile=True) if enable_profiling else None
-        self._last_seq = 0  # the newest task number handed out (submission statistics)
-        self._queue_full = 0  # submissions refused with QueueFullError
-        self._submit_failed = 0  # numbered tasks that were never queued (any error)
         self._logs: Optional[compat.LogReceiver] = None
         #: what every worker process is started with besides the supervisor's own config
         self.worker_extras: dict[str, Any] = {}
         if mode == "process":
             self.worker_extras = self._worker_setup(bool(forward_logs))
-        from .monitor import Monitor
-        from .delays import DelayQueue
-        from .callbacks import CallbackRunner
-        self.monitor = Monitor(self)
-        # set once by the shutdown() that does the work; the others wait on it
-        self._shut_down = threading.Event()
-        self._shutting_down = False
-        # the exception that broke the engine (an engine thread died), or None
-        self._broken: Optional[BaseException] = None
-        self._callback_runner = CallbackRunner()
-        self._delays = DelayQueue(on_death=_weakly(self._thread_died))
+        self._start_lifecycle()
         try:
             self._backend = self._make_backend()
         except BaseException:
@@ -412,9 +392,9 @@ class BackgroundTasks(Executor):
         # ProcessPoolExecutor's manager thread does (issue 11.14).
         engine = weakref.proxy(self)
         if self.options.mode == "thread":
-            from .thread_backend import ThreadBackend
+            from .backends.thread import ThreadBackend
             return ThreadBackend(engine)
-        from .process_backend import ProcessBackend
+        from .backends.process.backend import ProcessBackend
         return ProcessBackend(engine)
 
     # -- fork ------------------------------------------------------------------
@@ -448,29 +428,15 @@ class BackgroundTasks(Executor):
             self._forked = False
             inherited = [t for t in self._tasks.values() if not t.done()]
             self._tasks = {}
-            self._finished.clear()
-            self._retained_bytes = 0
-            self._expired.clear()
-            self._weak_tasks = weakref.WeakValueDictionary()
-            self._expiry_due = False
+            self._forget_finished()
             if self._closed:
                 start = False
         for task in inherited:
             task._finish(False, EngineBrokenError(
                 f"task {task.task_id} was submitted before this process (pid {os.getpid()}) "
                 "was forked: its result goes to the parent process only"), TaskStatus.FAILED)
-        from .monitor import Monitor
-        from .delays import DelayQueue
-        listeners = self.monitor._listeners
-        self.monitor = Monitor(self)
-        self.monitor._listeners = listeners
-        self._delays = DelayQueue(on_death=_weakly(self._thread_died))
         # the parent's threads did not come along: nothing of theirs is ours
-        from .callbacks import CallbackRunner
-        self._callback_runner = CallbackRunner()
-        self._shut_down = threading.Event()
-        self._shutting_down = False
-        self._broken = None
+        self._start_lifecycle(listeners=self.monitor._listeners)
         forward_logs = self._logs is not None
         if self._logs is not None:
             self._logs.sock.close()  # the parent's receiver: its workers' logs are not ours
@@ -618,13 +584,6 @@ class BackgroundTasks(Executor):
         finally:
             self._no_wait.on = False
 
-    def queue_wait_s(self) -> float:
-        """How long a submission on this thread may wait for room (the backends ask).
-
-        ``queue_full_timeout``, or 0 while add_task_async tries a submission.
-        """
-        return 0.0 if getattr(self._no_wait, "on", False) else self.options.queue_full_timeout
-
     def add_tasks(self, func: Callable[..., T], arg_tuples: Iterable[Any], *,
                   priority: PriorityLike = TaskPriority.NORMAL, delay_ms: int = 0,
                   max_retries: int = 3, timeout_ms: int = 30000) -> list[TaskResult[T]]:
@@ -759,30 +718,12 @@ class BackgroundTasks(Executor):
             return None
         return finder(slot, seq)
 
-    def _admit(self, task: TaskResult) -> None:
-        # No lock on the submit path: the collector holds the engine lock to
-        # finish tasks, and a contended acquire hands the GIL over (a
-        # cross-CPU wake-up). A dict store is atomic; a task admitted while
-        # shutdown() starts is found by its scan of unfinished tasks.
-        if self._closed:
-            raise EngineClosedError("the engine is shut down; it takes no new tasks")
-        if self._broken is not None:
-            self._raise_broken()
-        self._tasks[task.task_id] = task
-
-    def _raise_broken(self) -> None:
-        broken = self._broken
-        raise EngineBrokenError(f"{broken}; the task was not queued") from broken.__cause__
-
     def _live_backend(self):
         """The backend, or EngineClosedError: a submitter racing shutdown() finds it gone."""
         backend = self._backend
         if backend is None:
             raise EngineClosedError("the engine is shut down; it takes no new tasks")
         return backend
-
-    def _forget(self, task: TaskResult) -> None:
-        self._tasks.pop(task.task_id, None)
 
     @overload
     def task(self, priority: Callable[P, T]) -> TaskFunction[P, T]: ...
@@ -1002,7 +943,7 @@ class BackgroundTasks(Executor):
         backend = self._backend
         self._orphan_finalizer.detach()
         if backend is not None:
-            backend.close(self._abandon)
+            backend.close(self.abandon)
         self._backend = None
         self._delays.stop()
         if self._logs is not None:
@@ -1024,195 +965,9 @@ class BackgroundTasks(Executor):
     def closed(self) -> bool:
         return self._closed
 
-    # -- called by backends --------------------------------------------------------
+    # -- the lifecycle's private names the tests use ------------------------------
 
-    def _attempt_failed(self, task: TaskResult, exc: BaseException) -> bool:
-        """Decide after a failed attempt: True to retry (the caller keeps the task's payload)."""
-        # while shutdown waits for completion, retries still run (see shutdown())
-        if (not self._retries_allowed or task.attempt >= task.max_retries
-                or isinstance(exc, NOT_RETRYABLE)):
-            return False
-        if task.opts is not None and not task.opts.should_retry(exc):
-            return False
-        task.attempt += 1
-        task.status = TaskStatus.RETRYING
-        self.monitor.count_retry(task, exc)
-        return True
-
-    def _backoff_s(self, attempt: int, task: Optional[TaskResult] = None) -> float:
-        """Seconds before retry ``attempt``, by the task's retry_backoff (see compat.TaskOptions)."""
-        o = self.options
-        if task is not None and task.opts is not None:
-            return task.opts.backoff_s(attempt, o.retry_backoff_base, o.retry_backoff_cap)
-        return compat.exponential_backoff(attempt, o.retry_backoff_base, o.retry_backoff_cap)
-
-    def _schedule(self, delay_s: float, fn: Callable[[], None]):
-        """Call ``fn()`` on the delay thread in ``delay_s`` s; returns a handle for _unschedule."""
-        return self._delays.call_at(time.monotonic() + delay_s, fn)
-
-    def _unschedule(self, timer) -> None:
-        """Drop a timer from _schedule that is no longer needed (what it holds goes with it)."""
-        self._delays.cancel(timer)
-
-    def _finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
-        """Final outcome: account for it, then complete the TaskResult; once per task.
-
-        The accounting comes first so that a caller woken by wait() finds the
-        engine already agreeing (statistics, which finished ids are kept).
-        """
-        monitor = self.monitor
-        with self._lock:
-            if task._final:
-                return
-            task._final = True
-            # listeners below see the final status and time, as waiters will
-            task.status = status
-            task.completed_at = time.time()
-            monitor.count_final_locked(task, ok, value, status)
-            self._retain_locked(task, value)
-        if monitor._listeners:
-            monitor.emit(_EVENTS[status], task, value)
-        task._finish(ok, value, status)
-
-    def _retain_locked(self, task: TaskResult, value: Any) -> None:
-        """Keep a finished task findable by get_task_result, within bounds; the lock is held.
-
-        A submit()/map() task is the caller's future's: the engine keeps only
-        a weak reference. An add_task one is kept within keep_finished tasks,
-        keep_finished_bytes of results and result_ttl_s seconds; past those
-        only its status is kept (the caller's TaskResult keeps its value).
-        """
-        if task.executor:
-            self._tasks.pop(task.task_id, None)
-            self._weak_tasks[task.task_id] = task
-            return
-        size = task.result_bytes or _approx_size(value)
-        now = time.monotonic()
-        self._finished.append((task.task_id, size, now))
-        self._retained_bytes += size
-        self._evict_locked(now)
-        ttl = self.options.result_ttl_s
-        if self._finished and not self._expiry_due and ttl and not self._closed:
-            self._expiry_due = True
-            self._delays.call_at(self._finished[0][2] + ttl,
-                                 functools.partial(_expire_results, weakref.ref(self)))
-
-    def _evict_locked(self, now: float) -> None:
-        o = self.options
-        finished, tasks, expired = self._finished, self._tasks, self._expired
-        horizon = now - o.result_ttl_s
-        while finished:
-            if len(finished) > o.keep_finished:
-                why = f"only the last {o.keep_finished} results are kept (keep_finished)"
-            elif self._retained_bytes > o.keep_finished_bytes:
-                why = (f"results are kept up to {o.keep_finished_bytes} bytes "
-                       "(keep_finished_bytes)")
-            elif finished[0][2] <= horizon:
-                why = f"results are kept for {o.result_ttl_s:g} s (result_ttl_s)"
-            else:
-                return
-            task_id, size, _ = finished.popleft()
-            self._retained_bytes -= size
-            task = tasks.pop(task_id, None)
-            if task is not None and o.keep_finished:
-                expired[task_id] = (task.status, task.completed_at, why)
-                if len(expired) > o.keep_finished:
-                    expired.popitem(last=False)
-
-    def _expire_results(self) -> None:
-        """The timer of result_ttl_s: drop what is too old, then wait for the next oldest."""
-        with self._lock:
-            self._expiry_due = False
-            if self._closed:
-                return
-            self._evict_locked(time.monotonic())
-            if self._finished:
-                self._expiry_due = True
-                self._delays.call_at(self._finished[0][2] + self.options.result_ttl_s,
-                                     functools.partial(_expire_results, weakref.ref(self)))
-
-    def _abandon(self, task: TaskResult) -> None:
-        """A task still unfinished when the engine closed."""
-        if task.status in (TaskStatus.PENDING, TaskStatus.RETRYING) and task.started_at is None:
-            self._finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
-        else:
-            self._finish(task, False, EngineClosedError(
-                f"the engine shut down before task {task.task_id} finished"), TaskStatus.FAILED)
-
-    def _cancel(self, task: TaskResult, force: bool = False) -> bool:
-        backend = self._backend
-        if task.done() or backend is None:
-            return False
-        if backend.cancel(task):
-            self._finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
-            return True
-        terminate = getattr(backend, "terminate", None)  # threads cannot be killed
-        if not force or terminate is None or not terminate(task):
-            return False
-        # the supervisor reaps the killed worker within a tick; the task may
-        # also have finished just before the kill, and then it stays finished
-        ev = task._waiter()
-        if ev is not None:
-            ev.wait(FORCE_CANCEL_WAIT_S)
-        return task.cancelled()
-
-    def _cancel_not_started(self) -> None:
-        # submitters add to _tasks without the lock: copy it in one step
-        for t in self._unfinished():
-            self._cancel(t)
-
-    def _thread_died(self, name: str, exc: BaseException) -> None:
-        """An engine thread ended unexpectedly: the engine is broken (issue 11.4, 20.6).
-
-        Every task not yet final fails with EngineBrokenError (the cause
-        chained), and later submissions raise it: a waiter never hangs on a
-        thread that is gone. shutdown() still cleans up.
-        """
-        if self._shutting_down:
-            return
-        err = EngineBrokenError(f"the engine's thread {name!r} died ({exc!r}); "
-                                "pending tasks cannot complete, shut the engine down")
-        err.__cause__ = exc
-        log.critical("%s", err, exc_info=exc)
-        with self._lock:
-            if self._broken is None:
-                self._broken = err
-        for t in self._unfinished():
-            with self._lock:
-                t.parked = False
-            self._finish(t, False, err, TaskStatus.FAILED)
-
-    def _help_collect(self, task: TaskResult, timeout: Optional[float]) -> None:
-        """Let a waiting thread collect outcomes itself for a moment (see ProcessBackend)."""
-        backend = self._backend
-        if backend is not None:
-            backend.help_collect(task, timeout)
-
-    def _observe(self, task: TaskResult) -> None:
-        backend = self._backend
-        if backend is not None and not task.done():
-            backend.observe(task)
-
-    def _is_running(self, task: TaskResult) -> bool:
-        """True while a worker runs ``task`` (TaskResult.status reads it live)."""
-        check = getattr(self._backend, "is_running", None)
-        return check is not None and check(task)
-
-    def _live_progress(self, task: TaskResult):
-        backend = self._backend
-        if backend is None or task.done():
-            return None
-        return backend.live_progress(task)
-
-    def _in_flight(self) -> int:
-        """Tasks submitted and not yet final: every task in _tasks is either
-        unfinished or one of the finished ones remembered in _finished."""
-        return len(self._tasks) - len(self._finished)
-
-    def _unfinished(self) -> list[TaskResult]:
-        # list() copies the values in one step under the GIL: submitters may
-        # add tasks concurrently, and they take no lock
-        return [t for t in list(self._tasks.values()) if not t.done()]
+    _backoff_s = TaskLifecycle.backoff_s
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
@@ -1259,35 +1014,6 @@ def _forget_fn_info(cache: dict, key: int, ref: Any) -> None:
         del cache[key]
 
 
-def _expire_results(ref: "weakref.ref[BackgroundTasks]") -> None:
-    engine = ref()
-    if engine is not None:
-        engine._expire_results()
-
-
-def _approx_size(value: Any) -> int:
-    """Bytes a retained result holds, roughly (thread mode; process mode counts the pickle):
-    exact for bytes, str and arrays; for a container or an object, its items or
-    attributes one level down, sampled when there are many."""
-    nbytes = getattr(value, "nbytes", None)  # NumPy arrays, memoryviews
-    if type(nbytes) is int:
-        return nbytes
-    try:
-        attrs = getattr(value, "__dict__", None)
-        if type(attrs) is dict and not isinstance(value, type):
-            return sys.getsizeof(value, 64) + _approx_size(attrs)
-        size = sys.getsizeof(value, 64)
-        if isinstance(value, (list, tuple, set, frozenset, dict)) and value:
-            items = list(itertools.islice(value.items() if isinstance(value, dict) else value,
-                                          SIZE_SAMPLE))
-            sample = sum(sys.getsizeof(x, 64) if not isinstance(x, tuple) else
-                         sum(sys.getsizeof(y, 64) for y in x) for x in items)
-            size += sample * len(value) // len(items)
-        return size
-    except Exception:  # noqa: BLE001 - a __sizeof__ or __len__ that raises: count a little
-        return 64
-
-
 #: Engines alive in this process, for the fork hook.
 _live_engines: "weakref.WeakSet[BackgroundTasks]" = weakref.WeakSet()
 
@@ -1330,19 +1056,6 @@ def _stop_backend(backend: Any, delays: Any) -> None:
     except Exception:  # noqa: BLE001 - a finalizer must not raise
         log.exception("stopping a dropped engine failed")
     delays.stop()
-
-
-def _weakly(method: Callable[..., None]) -> Callable[..., None]:
-    """``method`` called through a weak reference to its object: a thread that
-    holds the result must not keep a dropped engine alive (issue 11.14)."""
-    ref = weakref.WeakMethod(method)
-
-    def call(*args: Any) -> None:
-        bound = ref()
-        if bound is not None:
-            bound(*args)
-
-    return call
 
 
 def _register_atexit(engine: BackgroundTasks):

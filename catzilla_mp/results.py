@@ -14,14 +14,13 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, Protocol, TypeVar
 
 from .errors import TaskCancelledError
 from .records import TaskPriority, TaskStats, TaskStatus
 
 if TYPE_CHECKING:
     from .compat import TaskOptions
-    from .engine import BackgroundTasks
 
 T = TypeVar("T")
 log = logging.getLogger("catzilla_mp")
@@ -45,10 +44,31 @@ _FINAL = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
 CALLBACK_WAIT_S = 5.0
 
 
+class TaskOwner(Protocol):
+    """What a TaskResult asks of the engine that owns it (lifecycle/core.py implements it).
+
+    A TaskResult holds its owner for the calls below only; the owner settles
+    the task through ``_finish`` (once, under this module's lock).
+    """
+
+    #: runs done-callbacks off the engine's threads (lifecycle/callbacks.py)
+    callback_runner: Any
+
+    def cancel_task(self, task: "TaskResult", force: bool = False) -> bool: ...
+
+    def help_collect(self, task: "TaskResult", timeout: Optional[float]) -> None: ...
+
+    def observe(self, task: "TaskResult") -> None: ...
+
+    def is_running(self, task: "TaskResult") -> bool: ...
+
+    def live_progress(self, task: "TaskResult") -> Optional[tuple[float, str]]: ...
+
+
 class TaskFuture(concurrent.futures.Future, Generic[T]):
     """A concurrent.futures.Future for a task, awaitable from asyncio."""
 
-    def __init__(self, task_id: str, engine: Optional["BackgroundTasks"] = None,
+    def __init__(self, task_id: str, engine: Optional["TaskOwner"] = None,
                  task: Optional["TaskResult"] = None) -> None:
         super().__init__()
         self.task_id = task_id
@@ -58,7 +78,7 @@ class TaskFuture(concurrent.futures.Future, Generic[T]):
     def _invoke_callbacks(self) -> None:
         # done-callbacks are user code: they run on the engine's callback
         # threads, never on the engine thread that settles the future (issue 20.5)
-        runner = getattr(self._engine, "_callback_runner", None)
+        runner = getattr(self._engine, "callback_runner", None)
         if runner is None or runner.in_pool():
             super()._invoke_callbacks()
         else:
@@ -82,7 +102,7 @@ class TaskFuture(concurrent.futures.Future, Generic[T]):
         if task is None or self.done():
             return super().running()
         if task.status is not TaskStatus.RUNNING:
-            task._engine._observe(task)  # RUNNING is visible in the task's slot only
+            task._engine.observe(task)  # RUNNING is visible in the task's slot only
         return task.status is TaskStatus.RUNNING and not self.done()
 
     def __await__(self):
@@ -133,7 +153,7 @@ class TaskResult(Generic[T]):
         "_tb", "_cbs_done",
     )
 
-    def __init__(self, task_id: str, engine: "BackgroundTasks",
+    def __init__(self, task_id: str, engine: "TaskOwner",
                  priority: TaskPriority = TaskPriority.NORMAL, max_retries: int = 3,
                  timeout_ms: int = 30000, delay_ms: int = 0) -> None:
         # (task_id, engine) is Catzilla's signature; the rest the engine passes
@@ -165,7 +185,7 @@ class TaskResult(Generic[T]):
         self.parked = False
         self.name = ""  # the function's qualified name, for stats and logs
         self.seq = 0  # the number in task_id, written to the slot for observers
-        self._final = False  # set once, under the engine's lock, by BackgroundTasks._finish
+        self._final = False  # set once, under the engine's lock, by TaskLifecycle.finish
         self.executor = False  # submitted by submit()/map(): the engine keeps it weakly once final
         self.result_bytes = 0  # the pickled outcome's size (process mode), for keep_finished_bytes
         self.fn = None
@@ -181,7 +201,7 @@ class TaskResult(Generic[T]):
         """PENDING, RUNNING (live: read from the worker's slot), then final; see TaskStatus."""
         s = self._status
         if s is TaskStatus.PENDING and self._ok is None and self.slot >= 0:
-            running = getattr(self._engine, "_is_running", None)
+            running = getattr(self._engine, "is_running", None)
             if running is not None and running(self):
                 return TaskStatus.RUNNING
         return s
@@ -203,7 +223,7 @@ class TaskResult(Generic[T]):
                 TaskCancelledError, SerializationError.
         """
         if self._ok is None:
-            self._engine._help_collect(self, timeout)
+            self._engine.help_collect(self, timeout)
         if self._ok is None:
             ev = self._waiter()
             if ev is not None and not ev.wait(timeout):
@@ -216,7 +236,7 @@ class TaskResult(Generic[T]):
             # task's callbacks could wait for its own thread.
             # Bounded: a callback that blocks delays its task's waiters by
             # CALLBACK_WAIT_S at most.
-            runner = getattr(self._engine, "_callback_runner", None)
+            runner = getattr(self._engine, "callback_runner", None)
             if runner is not None and not runner.in_pool():
                 cbs_done.wait(CALLBACK_WAIT_S)
         if self._ok:
@@ -259,7 +279,7 @@ class TaskResult(Generic[T]):
         _run_callback(callback, self._value)
 
     def get_stats(self) -> TaskStats:
-        self._engine._observe(self)
+        self._engine.observe(self)
         return TaskStats(
             task_id=self.task_id, status=self.status, created_at=self.created_at,
             started_at=self.started_at, completed_at=self.completed_at,
@@ -298,7 +318,7 @@ class TaskResult(Generic[T]):
         killing its worker process (a replacement starts; other tasks that
         process ran are re-queued); this waits until the kill is handled.
         """
-        return self._engine._cancel(self, force)
+        return self._engine.cancel_task(self, force)
 
     def cancelled(self) -> bool:
         return self.status is TaskStatus.CANCELLED
@@ -320,7 +340,7 @@ class TaskResult(Generic[T]):
     @property
     def progress(self) -> tuple[Optional[float], Optional[str]]:
         """(fraction, message) last reported by the task, or (None, None)."""
-        live = self._engine._live_progress(self)
+        live = self._engine.live_progress(self)
         if live is not None:
             self.progress_value = live
         return self.progress_value or (None, None)
@@ -351,7 +371,7 @@ class TaskResult(Generic[T]):
             self._ok = ok
             ev, cbs, fut = self._event, self._callbacks, self._fut
             self._callbacks = None
-            runner = getattr(self._engine, "_callback_runner", None) if cbs else None
+            runner = getattr(self._engine, "callback_runner", None) if cbs else None
             if runner is not None:
                 self._cbs_done = threading.Event()
         if ev is not None:

@@ -87,7 +87,7 @@ def sse_events(engine: "BackgroundTasks", interval: float = DEFAULT_INTERVAL,
     stops iterating (a closed connection). Each chunk is one complete event.
     ``last_event_id`` is the request's Last-Event-ID header, if any.
     """
-    from . import instrument
+    from .attach import instrument
 
     obs = instrument(engine)
     last_t = _resume_point(last_event_id)
@@ -117,7 +117,7 @@ async def aiter_sse_events(engine: "BackgroundTasks", interval: float = DEFAULT_
     stream early; servers that cancel the response task on disconnect need not
     pass it.
     """
-    from . import instrument
+    from .attach import instrument
 
     obs = instrument(engine)
     last_t = _resume_point(last_event_id)

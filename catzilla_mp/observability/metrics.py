@@ -24,19 +24,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .recorder import COUNTER_NAMES, EXEC_BUCKETS
 
 if TYPE_CHECKING:
-    from ..engine import BackgroundTasks
     from .snapshot import Observer
 
 PREFIX = "catzilla_mp"
@@ -148,16 +146,3 @@ def make_registry(observer: "Observer") -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(observer))
     return registry
-
-
-def metrics_text(engine: "BackgroundTasks") -> tuple[bytes, str]:
-    """(body, content type) of the engine's metrics in the text exposition format.
-
-    Instruments the engine on first use (counters count from then on): call
-    :func:`catzilla_mp.observability.instrument` when the engine starts to
-    count from the beginning.
-    """
-    from . import instrument
-
-    obs = instrument(engine)
-    return generate_latest(obs.registry), CONTENT_TYPE_LATEST

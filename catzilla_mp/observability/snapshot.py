@@ -87,7 +87,7 @@ def build_snapshot(obs: Observer) -> dict:
     """
     engine = obs.engine
     rec = obs.recorder
-    backend = engine._backend
+    backend = engine.backend
     stats = engine.get_stats()
     depths = list(backend.queue_depths()) if backend is not None else [0] * len(PRIORITIES)
     workers = _workers(obs, backend)

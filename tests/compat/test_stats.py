@@ -8,7 +8,8 @@ import types
 import pytest
 
 import compat_jobs as jobs
-from catzilla_mp import QueueFullError, TaskStatus, monitor as monitor_mod
+from catzilla_mp import QueueFullError, TaskStatus
+from catzilla_mp.lifecycle import monitor as monitor_mod
 
 
 def _eventually(check, timeout=60.0):
@@ -92,7 +93,7 @@ def test_issue_13_11_submissions_and_queue_full_rejections_are_counted(make_engi
 
 def test_issue_13_11_metrics_show_submission_rate_and_rejections(make_engine, tmp_path):
     pytest.importorskip("prometheus_client")
-    from catzilla_mp.observability.metrics import metrics_text
+    from catzilla_mp.observability import metrics_text
 
     engine = make_engine(queue_size=1, queue_full_timeout=0.01)
     release = tmp_path / "release"

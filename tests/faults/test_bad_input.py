@@ -101,7 +101,7 @@ import linecache
 from catzilla_mp import BackgroundTasks
 from catzilla_mp import engine as engine_mod
 from catzilla_mp.errors import SharedMemoryFullError
-from catzilla_mp.payloads import SHM_DIR, external_bytes, plan_arena
+from catzilla_mp.backends.process.payloads import SHM_DIR, external_bytes, plan_arena
 
 import bad_input_jobs
 
@@ -197,7 +197,7 @@ def test_pre_created_payload_segment_names_neither_fail_tasks_nor_shutdown(make_
         if os.geteuid() == 0:
             os.chown(os.path.join(SHM_DIR, name), 65534, 65534)
     draws = iter([1, 1, 0x2A])
-    import catzilla_mp.payloads as payloads_mod
+    import catzilla_mp.backends.process.payloads as payloads_mod
     real = payloads_mod.secrets.randbits
     monkeypatch.setattr(payloads_mod.secrets, "randbits",
                         lambda k: next(draws, None) or real(k))

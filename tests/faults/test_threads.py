@@ -24,7 +24,8 @@ import pytest
 import thread_jobs
 from faultkit import books_balance, running_pid, wait_until, worker_pids
 from fault_jobs import runs
-from catzilla_mp import TaskStatus, process_backend, supervisor as supervisor_mod
+from catzilla_mp import TaskStatus
+from catzilla_mp.backends.process import backend as process_backend, supervisor as supervisor_mod
 from catzilla_mp.errors import (EngineBrokenError, EngineClosedError, QueueFullError,
                                 SerializationError, TaskTimeoutError)
 from catzilla_mp.results import TaskResult
@@ -66,7 +67,8 @@ SHUTDOWN_UNDER_A_HELD_COLLECTOR = r"""
 import json, os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import thread_jobs
-from catzilla_mp import BackgroundTasks, process_backend
+from catzilla_mp import BackgroundTasks
+from catzilla_mp.backends.process import backend as process_backend
 process_backend.COLLECTOR_JOIN_S = 0.5  # the old code waits its own 5 s
 process_backend.CLOSE_DRAIN_S = 0.2
 path = sys.argv[2]

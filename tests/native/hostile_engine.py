@@ -83,7 +83,7 @@ def main() -> int:
     region, seed, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
     rng = random.Random(seed)
     exits: list[int] = []
-    from catzilla_mp import supervisor as sup_mod
+    from catzilla_mp.backends.process import supervisor as sup_mod
     on_exit = sup_mod.Supervisor._on_exit
 
     def record_exit(self, w, code):

@@ -17,7 +17,7 @@ import pytest
 
 from catzilla_mp._core import HANDLE_INLINE, Segment, SizeClass, holder_slot
 from catzilla_mp.errors import SegmentCorruptError, SegmentError
-from catzilla_mp.payloads import Payloads
+from catzilla_mp.backends.process.payloads import Payloads
 from catzilla_mp.segment_janitor import new_segment_name
 from catzilla_mp._native import ffi, lib
 

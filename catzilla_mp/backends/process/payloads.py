@@ -30,11 +30,11 @@ import mmap
 import os
 import secrets
 
-from . import _core
-from ._core import SizeClass
-from ._native import ffi, lib
-from .errors import PayloadTooLargeError, SegmentError, SharedMemoryFullError
-from .serialization import Frame
+from ... import _core
+from ..._core import SizeClass
+from ..._native import ffi, lib
+from ...errors import PayloadTooLargeError, SegmentError, SharedMemoryFullError
+from ...serialization import Frame
 
 #: Chunk sizes of the arena, smallest first. Powers of four keep the waste of
 #: a size class under 75% while needing only a handful of pools; the last,

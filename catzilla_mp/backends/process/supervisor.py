@@ -2,7 +2,7 @@
 
 Every tick it
   * reaps workers that exited (any cause) and hands their slots back: DONE
-    ones are collected, RUNNING ones retried or failed (process_backend);
+    ones are collected, RUNNING ones retried or failed (backend.py);
   * starts workers until the target count is reached (replacements too);
   * enforces timeouts from each worker record's ``deadline_ns``: SIGUSR1 at
     the deadline (the worker raises TaskTimeoutError inside the task), SIGKILL
@@ -27,15 +27,15 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import psutil
 
-from . import _core
-from ._native import lib
+from ... import _core
+from ..._native import lib
 
 if TYPE_CHECKING:
-    from .process_backend import ProcessBackend
+    from ...lifecycle.host import TaskHost
 
 log = logging.getLogger("catzilla_mp")
 
@@ -79,10 +79,19 @@ class WorkerProcess:
 
 
 class Supervisor:
-    def __init__(self, backend: "ProcessBackend") -> None:
+    """Owns the worker processes of one ProcessBackend.
+
+    ``backend`` is the ProcessBackend that made it (the layer above, within
+    this package): the supervisor calls its crash and exit handlers
+    (on_done, on_crash, on_stopped_running, free_dead_worker_externals) and
+    reaches the lifecycle only through ``backend.host`` (a TaskHost).
+    """
+
+    def __init__(self, backend: Any) -> None:
         self.backend = backend
+        self.host: "TaskHost" = backend.host
         self.seg = backend.seg
-        o = backend.engine.options
+        o = self.host.options
         self.options = o
         self.target = o.workers
         self.procs: dict[int, WorkerProcess] = {}
@@ -110,7 +119,7 @@ class Supervisor:
         try:
             self._run()
         except BaseException as exc:  # noqa: BLE001 - the engine is broken: waiters must know
-            self.backend.engine._thread_died(self._thread.name, exc)
+            self.host.thread_died(self._thread.name, exc)
             raise
         finally:
             self.backend.gate.exit()
@@ -159,7 +168,7 @@ class Supervisor:
             "threads": o.threads_per_worker, "max_payload_bytes": o.max_payload_bytes,
             "default_timeout_ms": 30000, "max_tasks": o.max_tasks_per_worker,
             "niceness": o.worker_niceness, "max_external_bytes": o.max_external_bytes,
-            **self.backend.engine.worker_extras,  # compat: logs, initializer (engine._worker_setup)
+            **self.host.worker_extras,  # compat: logs, initializer (the engine's worker setup)
         }
         popen = subprocess.Popen(
             [sys.executable, "-m", "catzilla_mp.workers", json.dumps(cfg)],
@@ -229,12 +238,12 @@ class Supervisor:
                     extra={"event": "worker_start_failed", "worker": w.index, "pid": w.pid,
                            "exit_code": code})
         if self.start_failures == START_FAILURES_BROKEN:
-            from .errors import WorkerCrashedError
+            from ...errors import WorkerCrashedError
 
             cause = WorkerCrashedError(
                 f"{self.start_failures} worker processes in a row {_describe(code)} before "
                 f"serving (segment {self.seg.name}); see the app's stderr for their error", code)
-            self.backend.engine._thread_died("worker start", cause)
+            self.host.thread_died("worker start", cause)
 
     # -- cancelling a running task ------------------------------------------------
 
@@ -420,9 +429,20 @@ def _kill_group(w: WorkerProcess) -> None:
 
 
 def _describe(code: int) -> str:
-    from .process_backend import describe_exit
-
     return describe_exit(code)
+
+
+def describe_exit(code: int) -> str:
+    """A worker's exit code in words: "killed by SIGKILL", "exited with code 3"."""
+    if code is None:
+        return "unknown exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}"
+    return f"exited with code {code}"
 
 
 def _worker_env() -> dict[str, str]:

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import psutil
 
-from .errors import TaskTimeoutError
-from .records import EngineStats, TaskStatus
+from ..errors import TaskTimeoutError
+from ..records import EngineStats, TaskStatus
 
 if TYPE_CHECKING:
-    from .engine import BackgroundTasks
-    from .results import TaskResult
+    from ..results import TaskResult
+    from .core import TaskLifecycle
 
 log = logging.getLogger("catzilla_mp")
 
@@ -36,7 +36,15 @@ LATENCY_SAMPLES = 10_000
 
 
 class Monitor:
-    def __init__(self, engine: "BackgroundTasks") -> None:
+    """The counters of one lifecycle, and EngineStats snapshots of it.
+
+    ``engine`` is the TaskLifecycle (the engine) whose lock, submission
+    counters (``_last_seq``, ``_submit_failed``, ``_queue_full``) and backend
+    it reads: the monitor is part of the lifecycle layer, and those are the
+    lifecycle's own state.
+    """
+
+    def __init__(self, engine: "TaskLifecycle") -> None:
         self.engine = engine
         self.started = time.monotonic()
         self.processed = 0
@@ -151,7 +159,7 @@ class Monitor:
 
     def snapshot(self) -> EngineStats:
         e = self.engine
-        backend = e._backend
+        backend = e.backend
         s = EngineStats()
         if backend is not None:
             depths = backend.queue_depths()
@@ -235,7 +243,7 @@ class Monitor:
 
         Not an EngineStats field: EngineStats keeps Catzilla's 26 fields.
         """
-        external = getattr(self.engine._backend, "external_bytes", None)
+        external = getattr(self.engine.backend, "external_bytes", None)
         return external() if external is not None else 0
 
 

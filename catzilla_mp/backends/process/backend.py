@@ -1,7 +1,9 @@
 """Process mode: tasks go through the shared-memory segment to worker processes.
 
 This module is the app-side half of the hot path (submit and collect); the
-worker side is workers.py and the process management is supervisor.py.
+worker side is worker.py (started as catzilla_mp.workers) and the process
+management is supervisor.py; the lifecycle above is reached through the
+TaskHost given to the constructor (lifecycle/host.py).
 
 Slot ownership on the app side (besides the state word in shared memory):
   * a slot index is in ``_free`` xor owned by exactly one TaskResult
@@ -24,19 +26,20 @@ import time
 import types
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import _core, compat, serialization
-from ._core import holder_slot
-from ._native import ffi, lib
-from .compat_worker import MEMORY_EXIT_CODE
-from .errors import (EngineClosedError, MemoryLimitError, QueueFullError, SerializationError,
+from ... import _core, compat, serialization
+from ..._core import holder_slot
+from ..._native import ffi, lib
+from ...compat_worker import MEMORY_EXIT_CODE
+from ...errors import (EngineClosedError, MemoryLimitError, QueueFullError, SerializationError,
                      TaskCancelledError, TaskTimeoutError, WorkerCrashedError)
 from .payloads import Payloads, external_bytes, plan_arena, remove_externals
-from .records import TaskStatus
-from .results import TaskResult
-from .segment_janitor import new_segment_name, sweep_dead_segments
+from .supervisor import Supervisor, describe_exit
+from ...records import TaskStatus
+from ...results import TaskResult
+from ...segment_janitor import new_segment_name, sweep_dead_segments
 
 if TYPE_CHECKING:
-    from .engine import BackgroundTasks
+    from ...lifecycle.host import TaskHost
 
 log = logging.getLogger("catzilla_mp")
 
@@ -222,9 +225,9 @@ def _shareable(fn: Callable) -> bool:
 
 
 class ProcessBackend:
-    def __init__(self, engine: "BackgroundTasks") -> None:
-        self.engine = engine
-        o = engine.options
+    def __init__(self, host: "TaskHost") -> None:
+        self.host = host
+        o = host.options
         sweep_dead_segments()
         self.seg = _core.Segment.create(
             new_segment_name(), nslots=o.queue_size, nworkers=o.max_workers,
@@ -264,7 +267,6 @@ class ProcessBackend:
         self._collector = threading.Thread(target=self._guarded_collect_loop,
                                            name="czmp-collector", daemon=True)
         self._collector.start()
-        from .supervisor import Supervisor
         self.supervisor = Supervisor(self)
 
     # -- submit -----------------------------------------------------------
@@ -408,7 +410,7 @@ class ProcessBackend:
                 for idx in idxs[n:]:
                     task = self._slot_task[idx]
                     self._not_queued(task, idx)
-                    self.engine._finish(task, False, self._push_failed(1), TaskStatus.FAILED)
+                    self.host.finish(task, False, self._push_failed(1), TaskStatus.FAILED)
                 lost += len(idxs) - n
                 idxs.clear()
         if lost:
@@ -486,7 +488,7 @@ class ProcessBackend:
             return self._free.pop()
         except IndexError:
             pass
-        timeout = self.engine.queue_wait_s()  # 0 inside add_task_async
+        timeout = self.host.queue_wait_s()  # 0 inside add_task_async
         deadline = time.monotonic() + timeout
         with self._free_cond:
             self._free_waiters += 1
@@ -528,7 +530,7 @@ class ProcessBackend:
         # task.parked holds the timer (truthy): a cancel drops it at once, so
         # the timer does not keep the task alive until it is due (issue 20.10)
         task.parked = True
-        timer = self.engine._schedule(delay_s, lambda: self._unpark(task))
+        timer = self.host.schedule(delay_s, lambda: self._unpark(task))
         with self._park_lock:
             if task.parked is True:
                 task.parked = timer
@@ -566,7 +568,7 @@ class ProcessBackend:
             task.parked = False
         if parked:
             if parked is not True:
-                self.engine._unschedule(parked)
+                self.host.unschedule(parked)
             self._release(task, idx)
             return True
         st = lib.czmp_slot_state(self.raw, idx)
@@ -588,7 +590,7 @@ class ProcessBackend:
         try:
             self._collect_loop()
         except BaseException as exc:  # noqa: BLE001 - the engine is broken: waiters must know
-            self.engine._thread_died(threading.current_thread().name, exc)
+            self.host.thread_died(threading.current_thread().name, exc)
             raise
         finally:
             self.gate.exit()
@@ -676,7 +678,7 @@ class ProcessBackend:
         if ok:
             lib.czmp_slot_release(self.raw, idx, state)
             self._unslot(task, idx)
-            self.engine._finish(task, True, value, _COMPLETED)
+            self.host.finish(task, True, value, _COMPLETED)
         else:
             self._settle(task, idx, False, value)
 
@@ -708,7 +710,7 @@ class ProcessBackend:
         task.worker_id = slot.worker
         if cancelled is task:
             self._release(task, idx)
-            self.engine._finish(task, False, TaskCancelledError(
+            self.host.finish(task, False, TaskCancelledError(
                 f"task {task.task_id} was cancelled while running; its worker (pid {pid}) "
                 "was killed"), TaskStatus.CANCELLED)
             return
@@ -776,14 +778,14 @@ class ProcessBackend:
             self.gate.exit()
 
     def _settle(self, task: TaskResult, idx: int, ok: bool, value: Any) -> None:
-        engine = self.engine
-        if not ok and engine._attempt_failed(task, value):
+        host = self.host
+        if not ok and host.attempt_failed(task, value):
             self._drop_result(idx)
             self.slots[idx].attempt = task.attempt
-            self._park(task, idx, engine._backoff_s(task.attempt, task))
+            self._park(task, idx, host.backoff_s(task.attempt, task))
             return
         self._release(task, idx)
-        engine._finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
+        host.finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
 
     def _drop_result(self, idx: int) -> None:
         slot = self.slots[idx]
@@ -830,9 +832,9 @@ class ProcessBackend:
                 started = self._wall(self.slots[idx].started_ns)
                 worker = self.slots[idx].worker
                 # The task may have ended since the check: the status is
-                # written under the lock _finish takes, and only while the
+                # written under the lock host.finish takes, and only while the
                 # task is not final (issue 20.11).
-                with self.engine._lock:
+                with self.host.lock:
                     if not task._final and task.status in _RUNNABLE:
                         task.status = TaskStatus.RUNNING
                         task.started_at = started
@@ -957,11 +959,11 @@ class ProcessBackend:
             if not self.gate.close(CLOSE_DRAIN_S):
                 log.warning("engine threads still inside the segment at shutdown; "
                             "it is unmapped when the last leaves")
-            for task in self.engine._unfinished():
+            for task in self.host.unfinished():
                 with self._park_lock:
                     parked, task.parked = task.parked, False
                 if parked and parked is not True:
-                    self.engine._unschedule(parked)
+                    self.host.unschedule(parked)
                 if not parked:
                     self._note_started(task)
                 abandon(task)
@@ -996,17 +998,3 @@ class ProcessBackend:
         if self._prefault.is_alive():
             self._prefault.join()  # it must not touch the mapping as it goes
         self.seg.detach()
-
-
-def describe_exit(code: int) -> str:
-    if code is None:
-        return "unknown exit"
-    if code < 0:
-        import signal
-
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        return f"killed by {name}"
-    return f"exited with code {code}"

@@ -15,13 +15,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from . import compat, progress
-from .errors import EngineClosedError, QueueFullError, TaskTimeoutError
-from .records import TaskStatus
-from .results import TaskResult
+from .. import compat, progress
+from ..errors import EngineClosedError, QueueFullError, TaskTimeoutError
+from ..records import TaskStatus
+from ..results import TaskResult
 
 if TYPE_CHECKING:
-    from .engine import BackgroundTasks
+    from ..lifecycle.host import TaskHost
 
 
 class _ThreadTimeout(TaskTimeoutError):
@@ -51,9 +51,9 @@ class _ThreadRecord:
 
 
 class ThreadBackend:
-    def __init__(self, engine: "BackgroundTasks") -> None:
-        self.engine = engine
-        o = engine.options
+    def __init__(self, host: "TaskHost") -> None:
+        self.host = host
+        o = host.options
         self._heap: list[tuple[int, int, TaskResult]] = []
         self._seq = itertools.count()
         self._cond = threading.Condition()
@@ -84,7 +84,7 @@ class ThreadBackend:
             done[0] += 1
 
     def _reserve(self) -> None:
-        timeout = self.engine.queue_wait_s()  # 0 inside add_task_async
+        timeout = self.host.queue_wait_s()  # 0 inside add_task_async
         with self._cond:
             if not self._cond.wait_for(lambda: self._in_use < self._capacity or not self._running,
                                        timeout):
@@ -107,7 +107,7 @@ class ThreadBackend:
     def _park(self, task: TaskResult, delay_s: float) -> None:
         # parked holds the timer (truthy), so cancel() can drop it (issue 20.10)
         task.parked = True
-        timer = self.engine._schedule(delay_s, lambda: self._unpark(task))
+        timer = self.host.schedule(delay_s, lambda: self._unpark(task))
         with self._cond:
             if task.parked is True:
                 task.parked = timer
@@ -126,7 +126,7 @@ class ThreadBackend:
                 return False
             if task.parked:
                 if task.parked is not True:
-                    self.engine._unschedule(task.parked)
+                    self.host.unschedule(task.parked)
                 task.parked = False
             else:
                 entry = next((e for e in self._heap if e[2] is task), None)
@@ -144,13 +144,13 @@ class ThreadBackend:
         try:
             self._serve(rec)
         except BaseException as exc:  # noqa: BLE001 - the engine is broken: waiters must know
-            self.engine._thread_died(threading.current_thread().name, exc)
+            self.host.thread_died(threading.current_thread().name, exc)
             raise
 
     def _serve(self, rec: _ThreadRecord) -> None:
         rec.ident = threading.get_ident()
         progress.set_thread_sink(lambda f, m: self._progress(rec, f, m))
-        rec.init_error = compat.run_thread_initializer(self.engine.options)
+        rec.init_error = compat.run_thread_initializer(self.host.options)
         while True:
             with self._cond:
                 while self._running and not self._heap:
@@ -177,7 +177,7 @@ class ThreadBackend:
             rec.current, rec.current_slot, rec.claimed = task, 1, False
         timer = None
         if task.timeout_ms:
-            timer = self.engine._schedule(task.timeout_ms / 1000.0,
+            timer = self.host.schedule(task.timeout_ms / 1000.0,
                                           lambda: self._time_out(rec, task, attempt))
         t0 = time.perf_counter_ns()
         try:
@@ -187,7 +187,7 @@ class ThreadBackend:
         finally:
             claimed = self._end_run(rec)
         if timer is not None:
-            self.engine._unschedule(timer)  # it holds the task: drop it now, not in 30 s
+            self.host.unschedule(timer)  # it holds the task: drop it now, not in 30 s
         elapsed = time.perf_counter_ns() - t0
         rec.busy_ns += elapsed
         rec.tasks_done += 1
@@ -195,7 +195,7 @@ class ThreadBackend:
             return  # timed out: the timer gave the outcome already
         task.exec_ms = elapsed / 1e6
         if not ok and not isinstance(value, Exception):
-            from .errors import TaskError
+            from ..errors import TaskError
 
             wrapped = TaskError(f"the task raised {type(value).__name__}")
             wrapped.__cause__ = value
@@ -203,13 +203,13 @@ class ThreadBackend:
         self._settle(task, ok, value)
 
     def _settle(self, task: TaskResult, ok: bool, value: Any) -> None:
-        engine = self.engine
-        if not ok and engine._attempt_failed(task, value):
-            self._park(task, engine._backoff_s(task.attempt, task))
+        host = self.host
+        if not ok and host.attempt_failed(task, value):
+            self._park(task, host.backoff_s(task.attempt, task))
             return
         self._unreserve()
         task.fn = task.payload = None  # let the arguments go
-        engine._finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
+        host.finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
 
     def _end_run(self, rec: _ThreadRecord) -> bool:
         """Leave the current run; True if the timer claimed it. Idempotent."""
@@ -246,6 +246,12 @@ class ThreadBackend:
     def live_progress(self, task: TaskResult):
         return task.progress_value
 
+    def is_running(self, task: TaskResult) -> bool:
+        return False  # the threads write RUNNING into the task themselves
+
+    def terminate(self, task: TaskResult) -> bool:
+        return False  # a thread cannot be killed: cancel(force=True) is cancel()
+
     def queue_depths(self) -> list[int]:
         depths = [0, 0, 0, 0]
         with self._cond:
@@ -271,7 +277,7 @@ class ThreadBackend:
             abandon(task)
         for t in self._threads:
             t.join(timeout=1.0)
-        for task in self.engine._unfinished():
+        for task in self.host.unfinished():
             task.parked = False
             abandon(task)
 
