@@ -794,7 +794,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
             return task
         gone = self._expired.get(task_id)
         if gone is not None:
-            status, completed_at, why = gone
+            status, completed_at, code = gone
+            why = self.expired_reason(code)
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(completed_at))
             raise UnknownTaskError(
                 f"task {task_id!r} finished ({status.name}) at {when}; the engine no longer "

@@ -69,6 +69,10 @@ FORCE_CANCEL_WAIT_S = 10.0
 SIZE_SAMPLE = 32
 
 
+#: Why a finished task's result was dropped (see expired_reason).
+DROPPED_BY_COUNT, DROPPED_BY_BYTES, DROPPED_BY_AGE = 0, 1, 2
+
+
 class TaskLifecycle:
     """The task table and the policies of a task's life; the TaskHost of a backend.
 
@@ -107,7 +111,7 @@ class TaskLifecycle:
         self._finished: collections.deque[tuple[str, int, float]] = collections.deque()
         self._retained_bytes = 0
         self._expiry_due = False
-        # tasks whose result was dropped: id -> (status, completed_at, why)
+        # tasks whose result was dropped: id -> (status, completed_at, DROPPED_BY_*)
         self._expired: collections.OrderedDict[str, tuple] = collections.OrderedDict()
         # finished submit()/map() tasks, findable while their caller keeps them
         self._weak_tasks: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
@@ -268,18 +272,28 @@ class TaskLifecycle:
             self._delays.call_at(self._finished[0][2] + ttl,
                                  functools.partial(_expire_results, weakref.ref(self)))
 
+    def expired_reason(self, why: int) -> str:
+        """Why a finished task's result was dropped, in words (``why`` from _evict_locked)."""
+        o = self.options
+        if why == DROPPED_BY_COUNT:
+            return f"only the last {o.keep_finished} results are kept (keep_finished)"
+        if why == DROPPED_BY_BYTES:
+            return f"results are kept up to {o.keep_finished_bytes} bytes (keep_finished_bytes)"
+        return f"results are kept for {o.result_ttl_s:g} s (result_ttl_s)"
+
     def _evict_locked(self, now: float) -> None:
         o = self.options
         finished, tasks, expired = self._finished, self._tasks, self._expired
         horizon = now - o.result_ttl_s
         while finished:
+            # the reason is kept as a code and worded only when someone asks
+            # (expired_reason): this runs once per finished task at steady state
             if len(finished) > o.keep_finished:
-                why = f"only the last {o.keep_finished} results are kept (keep_finished)"
+                why = DROPPED_BY_COUNT
             elif self._retained_bytes > o.keep_finished_bytes:
-                why = (f"results are kept up to {o.keep_finished_bytes} bytes "
-                       "(keep_finished_bytes)")
+                why = DROPPED_BY_BYTES
             elif finished[0][2] <= horizon:
-                why = f"results are kept for {o.result_ttl_s:g} s (result_ttl_s)"
+                why = DROPPED_BY_AGE
             else:
                 return
             task_id, size, _ = finished.popleft()
