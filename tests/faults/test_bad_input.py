@@ -60,9 +60,16 @@ def test_a_forgotten_task_id_is_unknown(make_engine):
     done = [engine.add_task(fault_jobs.triple, i) for i in range(5)]
     for t in done:
         t.wait(60)
-    assert engine.get_task_result(done[-1].task_id) is done[-1]
-    with pytest.raises(UnknownTaskError, match=done[0].task_id):
-        engine.get_task_result(done[0].task_id)
+    # two stay findable; which two follows the order tasks finished in, which
+    # the collector and waiting threads settle concurrently
+    forgotten = 0
+    for t in done:
+        try:
+            assert engine.get_task_result(t.task_id) is t
+        except UnknownTaskError as exc:
+            assert t.task_id in str(exc)
+            forgotten += 1
+    assert forgotten == 3
 
 
 @pytest.fixture
