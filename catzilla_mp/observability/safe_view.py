@@ -1,7 +1,7 @@
 """A segment view for ``catzilla-mp top`` that a hostile /dev/shm entry cannot hurt.
 
-shm_view.SegmentView maps the file and reads the live mapping: a file that
-another user truncates under it kills top with SIGBUS, a FIFO planted under
+A view that maps the file and reads the live mapping (what top did before,
+issue 12.6) dies of SIGBUS when another user truncates the file under it, a FIFO planted under
 an engine's name hangs the open, a symlink is followed, and root skipped
 the owner check. Here, instead:
 
@@ -281,7 +281,7 @@ def _pid_alive(pid: int) -> bool:
 
 def find_segments(owner_pid: Optional[int] = None, shm_dir: str = SHM_DIR) -> list:
     """This user's main segments whose owner is alive, newest first; names with an
-    impossible pid are skipped (shm_view.find_segments would pass them to the C core)."""
+    impossible pid are skipped (they would reach the C core's process checks)."""
     found = []
     try:
         names = os.listdir(shm_dir)

@@ -1,6 +1,6 @@
 """``catzilla-mp top``: a live terminal view of a running engine, from another shell.
 
-It attaches read-only to the engine's shared memory (shm_view.py): no
+It attaches read-only to the engine's shared memory (safe_view.py): no
 socket, no cooperation from the app, no way to disturb it. It finds the
 segment by name, by the owner's pid, or, with no argument, takes the only
 (or newest) live engine of this user. One frame is rendered as plain text;

@@ -17,7 +17,7 @@ import pytest
 
 import obs_jobs
 from catzilla_mp.errors import SegmentCorruptError
-from catzilla_mp.observability.shm_view import SegmentView, find_segments
+from catzilla_mp.observability.safe_view import SafeSegmentView, find_segments
 from catzilla_mp.observability.top import TargetError, resolve
 from obs_helpers import wait_until, worker_pids
 
@@ -111,8 +111,9 @@ def test_resolve_explains_what_it_could_not_find():
 def test_view_refuses_a_file_that_is_not_a_segment(tmp_path):
     fake = tmp_path / "czmp_0_1_2_ab"
     fake.write_bytes(b"\0" * 8192)
+    fake.chmod(0o600)  # as an engine's: the view's file checks pass, the header's do not
     with pytest.raises(SegmentCorruptError, match="bad magic"):
-        SegmentView(fake.name, shm_dir=str(tmp_path))
+        SafeSegmentView(fake.name, shm_dir=str(tmp_path))
     assert find_segments(shm_dir=str(tmp_path)) == []   # its owner (pid 1, start 2) is not alive
 
 
@@ -122,7 +123,7 @@ def test_view_reads_queue_depths_and_slot_states(make_engine, tmp_path):
     blocker = engine.add_task(obs_jobs.wait_for_file, str(gate))
     wait_until(lambda: engine.get_stats().active_workers == 1, what="blocker running")
     waiting = [engine.add_task(obs_jobs.square, i, priority="low") for i in range(4)]
-    with SegmentView(engine._backend.seg.name) as view:
+    with SafeSegmentView(engine._backend.seg.name) as view:
         assert view.queue_depths() == {"critical": 0, "high": 0, "normal": 0, "low": 4}
         states = view.slot_states()
         assert states["queued"] == 4 and states["running"] == 1
