@@ -38,6 +38,7 @@ import traceback
 from typing import Any, Callable, Optional
 
 from .errors import MemoryLimitError, WorkerInitializerError
+from .thread_raise import raise_in_thread
 
 #: A function whose last run here was shorter is not measured next time
 #: (measuring costs ~11 us: nothing for a 1 ms task, a lot for a 15 us one).
@@ -213,7 +214,7 @@ class Memory:
             if used > w.limit:
                 w.peak = max(w.peak, used)
                 w.fired_at = time.monotonic()
-                _async_raise(w.thread_id, MemoryLimitError)
+                raise_in_thread(w.thread_id, MemoryLimitError)
 
 
 class _Watch:
@@ -234,11 +235,6 @@ def _open(path: str, flags: int) -> int:
     except OSError:
         return -1
 
-
-def _async_raise(thread_id: int, exc_type: type) -> None:
-    import ctypes
-
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), ctypes.py_object(exc_type))
 
 
 # -- running one task ----------------------------------------------------------------------

@@ -4,7 +4,7 @@ The layers, lowest first (docs/architecture.md draws them). A module may
 import its own layer or a lower one, never a higher one; the graph of the
 package's imports (module level and function level) has no cycle:
 
-    0 base       errors, records, progress
+    0 base       errors, records, progress, thread_raise
     1 native     _native (cffi), _core, segment_janitor, native/
     2 values     serialization, compat_worker, compat, results
     3 lifecycle  lifecycle/ (TaskLifecycle, TaskHost, delays, callbacks, monitor)
@@ -33,7 +33,7 @@ PKG = "catzilla_mp"
 
 #: (layer name, module-name prefixes in it), lowest layer first.
 LAYERS = [
-    ("base", ["errors", "records", "progress"]),
+    ("base", ["errors", "records", "progress", "thread_raise"]),
     ("native", ["_native", "_core", "segment_janitor", "native"]),
     ("values", ["serialization", "compat_worker", "compat", "results"]),
     ("lifecycle", ["lifecycle"]),

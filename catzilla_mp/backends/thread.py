@@ -8,7 +8,6 @@ call runs to its end first, and a thread cannot be killed).
 """
 from __future__ import annotations
 
-import ctypes
 import heapq
 import itertools
 import threading
@@ -19,6 +18,7 @@ from .. import compat, progress
 from ..errors import EngineClosedError, QueueFullError, TaskTimeoutError
 from ..records import TaskStatus
 from ..results import TaskResult
+from ..thread_raise import raise_in_thread, withdraw_pending_raise
 
 if TYPE_CHECKING:
     from ..lifecycle.host import TaskHost
@@ -33,9 +33,10 @@ class _ThreadRecord:
 
     ``lock`` orders the timer against the thread (issue 20.2): the timer
     claims a run (``claimed``) and raises into the thread only while
-    ``current`` is that run, and the thread clears ``current`` -- and any
-    raise not yet delivered -- under the same lock. So exactly one of them
-    settles the run, and the raise lands in that run or nowhere.
+    ``current`` is that run, and the thread clears ``current`` -- and
+    withdraws any raise not yet delivered (thread_raise.py) -- under the same
+    lock. So exactly one of them settles the run, and the raise lands in that
+    run or nowhere.
     """
 
     def __init__(self) -> None:
@@ -216,7 +217,7 @@ class ThreadBackend:
         with rec.lock:
             claimed = rec.claimed
             if rec.current is not None and claimed:
-                _async_raise(rec.ident, None)  # drop the raise if not delivered yet
+                withdraw_pending_raise()  # drop the raise if not delivered yet
             rec.current, rec.current_slot = None, 0
         return claimed
 
@@ -227,7 +228,7 @@ class ThreadBackend:
                 return
             rec.claimed = True
             # raised while the thread is still in this run (it leaves under this lock)
-            _async_raise(rec.ident, _ThreadTimeout)
+            raise_in_thread(rec.ident, _ThreadTimeout)
         err = TaskTimeoutError(f"task {task.task_id} ran past its timeout of {task.timeout_ms} ms")
         self._settle(task, False, err)
 
@@ -281,8 +282,3 @@ class ThreadBackend:
             task.parked = False
             abandon(task)
 
-
-def _async_raise(ident: int, exc_type) -> None:
-    """Raise ``exc_type`` in thread ``ident`` at its next instruction; None clears a pending one."""
-    exc = None if exc_type is None else ctypes.py_object(exc_type)
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), exc)

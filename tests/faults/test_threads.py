@@ -161,6 +161,51 @@ def test_a_thread_mode_timeout_never_lands_in_the_next_task_or_an_idle_thread(ma
     wait_until(lambda: backend._in_use == 0, 10, "capacity back to zero in use")
 
 
+A_TIMEOUT_THEN_A_PROFILED_TASK = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+import thread_jobs
+from catzilla_mp import BackgroundTasks
+from catzilla_mp.errors import TaskTimeoutError
+mode = sys.argv[2]
+opts = dict(mode="thread", workers=1) if mode == "thread" else dict(
+    workers=1, min_workers=1, threads_per_worker=2, memory_pool_mb=16)
+out = []
+with BackgroundTasks(**opts) as engine:
+    slow = engine.add_task(thread_jobs.spin_then, sys.argv[3], "A", 5.0, timeout_ms=200,
+                           max_retries=0)
+    try:
+        slow.wait(30)
+        out.append("no timeout")
+    except TaskTimeoutError:
+        out.append("timed out")
+    # the same thread (one thread, or one of two in the same worker) runs it
+    for _ in range(4):
+        task = engine.add_task(sum, (1, 2), enable_profiling=True, timeout_ms=10_000,
+                               max_retries=0)
+        try:
+            out.append(task.wait(30))
+        except TaskTimeoutError:
+            out.append("hung")
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_a_withdrawn_timeout_raise_leaves_no_profiled_task_hanging(spawn, tmp_path, mode):
+    """A timeout raised into a thread was withdrawn with PyThreadState_SetAsyncExc(id, NULL)
+    once its run ended; that leaves CPython's "asynchronous exception pending" flag set for
+    good, and CPython 3.11 then loops for ever in the next function run under a profiler
+    (enable_profiling, cProfile, coverage): the old code's profiled tasks in the same
+    process hung until their own timeout. Run in a child: the old flag would stay set in
+    the test process."""
+    p = spawn(A_TIMEOUT_THEN_A_PROFILED_TASK, JOBS_DIR, mode, str(tmp_path / "runs"),
+              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, f"exit {p.returncode}\n{err[-3000:]}"
+    assert json.loads(out.strip().splitlines()[-1]) == ["timed out", 3, 3, 3, 3]
+
+
 # -- 20.3 / 10.11: threads_per_worker > 1, soft timeouts --------------------------------
 
 def test_a_soft_timeout_in_a_multithreaded_worker_never_lands_in_the_next_task(

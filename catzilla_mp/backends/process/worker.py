@@ -30,6 +30,7 @@ from ... import _core, compat_worker, progress, serialization
 from ..._native import ffi, lib
 from ...errors import (PayloadTooLargeError, SerializationError, SharedMemoryFullError,
                      TaskTimeoutError)
+from ...thread_raise import raise_in_thread, withdraw_pending_raise
 from .payloads import Payloads
 
 #: How long one take() sleeps before looking at the stop flag again. Longer
@@ -287,7 +288,7 @@ class Worker:
     def _leave_task_once(self, me: _Running, single: bool) -> None:
         with me.lock:
             if me.in_task and me.fired and not single:
-                _async_raise(me.thread_id, None)  # drop it if not delivered yet
+                withdraw_pending_raise()  # drop it if not delivered yet
             me.in_task = False
             me.slot, me.deadline_ns = -1, 0
         if single:
@@ -342,7 +343,7 @@ class Worker:
                 if not r.in_task or r.fired or not r.deadline_ns or now < r.deadline_ns:
                     continue
                 r.fired = True
-                _async_raise(r.thread_id, TaskTimeoutError)
+                raise_in_thread(r.thread_id, TaskTimeoutError)
 
     # -- progress -------------------------------------------------------
 
@@ -361,14 +362,6 @@ class Worker:
         encoded = message.encode("utf-8", "replace")[:47]
         ffi.memmove(rec.progress_msg, encoded + b"\0", len(encoded) + 1)
         rec.progress_seq += 1
-
-
-def _async_raise(thread_id: int, exc_type) -> None:
-    """Raise ``exc_type`` in thread ``thread_id`` at its next instruction; None clears a pending one."""
-    import ctypes
-
-    exc = None if exc_type is None else ctypes.py_object(exc_type)
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), exc)
 
 
 def main(argv: list[str]) -> int:
