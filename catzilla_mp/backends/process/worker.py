@@ -257,6 +257,8 @@ class Worker:
                 self._enter_task(me, idx, deadline, single)
                 value, me.measured = self.runner.call(fn, args, kwargs, extras, slot.task_id,
                                                       me.thread_id, t0, idx)
+                if _NATIVE_MODULE in sys.modules:  # a native task was unpickled here
+                    me.measured = _native_outcome(fn, me.measured)
                 if _fault_point:
                     _fault("ran")
             finally:
@@ -361,6 +363,23 @@ class Worker:
         encoded = message.encode("utf-8", "replace")[:47]
         ffi.memmove(rec.progress_msg, encoded + b"\0", len(encoded) + 1)
         rec.progress_seq += 1
+
+
+#: native_tasks (compiled tasks) is imported only by unpickling such a task
+_NATIVE_MODULE = "catzilla_mp.native_tasks"
+
+
+def _native_outcome(fn: Callable, measured: dict | None) -> dict | None:
+    """Add a native task's outcome (compiled or why not, compile time) to what goes back."""
+    native = sys.modules[_NATIVE_MODULE]
+    if type(fn) not in native.NATIVE_TYPES:
+        return measured
+    outcome = native.take_outcome()
+    if outcome is None:
+        return measured
+    measured = measured or {}
+    measured["native"] = outcome
+    return measured
 
 
 def _async_raise(thread_id: int, exc_type) -> None:
