@@ -70,6 +70,7 @@ class _Compiled:
         self.dispatcher: Any = None
         self.error: Optional[str] = None  # for every argument type: numba missing or rejected f
         self.signature: Optional[inspect.Signature] = None
+        self.nparams = 0
         self.types: dict[tuple, Optional[str]] = {}  # argument types -> None (compiled) or why not
         self.typeof: Optional[Callable] = None
         try:
@@ -81,6 +82,7 @@ class _Compiled:
             self.dispatcher = numba.njit(nogil=True)(fn)
             self.typeof = numba.typeof
             self.signature = inspect.signature(fn)
+            self.nparams = len(self.signature.parameters)
         except Exception as exc:  # noqa: BLE001 - any refusal is a reason to run as Python
             self.error = _reason(exc)
 
@@ -147,7 +149,8 @@ class JitTask:
         if entry.error is not None:
             return entry.error, first, args
         try:
-            if kwargs:  # numba types positional arguments: bind keywords and defaults here
+            # numba types positional arguments only: bind keywords and defaults here
+            if kwargs or len(args) < entry.nparams:
                 bound = entry.signature.bind(*args, **kwargs)  # type: ignore[union-attr]
                 bound.apply_defaults()
                 args = bound.args
