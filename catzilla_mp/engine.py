@@ -200,7 +200,7 @@ class EngineOptions:
                  worker_niceness, shutdown_timeout, keep_finished, populate,
                  initializer=None, initargs=(),
                  max_external_bytes=1 << 30, keep_finished_bytes=64 << 20,
-                 result_ttl_s=3600.0) -> None:
+                 result_ttl_s=3600.0, native_threads_per_worker=None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         if start_method != "spawn":
@@ -270,6 +270,11 @@ class EngineOptions:
         self.keep_finished_bytes = _int_at_least("keep_finished_bytes", keep_finished_bytes, 0,
                                                  most=1 << 50)
         self.result_ttl_s = _non_negative("result_ttl_s", result_ttl_s, most=MAX_SECONDS)
+        # executor threads per worker for native tasks (docs/native-tasks.md); None: as many
+        # as threads_per_worker, which then also bounds the Python tasks running at once
+        self.native_threads_per_worker = _int_at_least(
+            "native_threads_per_worker", native_threads_per_worker, 1, allow_none=True,
+            most=MAX_THREADS_PER_WORKER)
 
 
 class BackgroundTasks(TaskLifecycle, Executor):
@@ -316,6 +321,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
         max_external_bytes: int = 1 << 30,
         keep_finished_bytes: int = 64 << 20,
         result_ttl_s: float = 3600.0,
+        native_threads_per_worker: Optional[int] = None,
     ) -> None:
         # Catzilla's docs also spell the starting pool size initial_workers
         if initial_workers is not None:
@@ -335,7 +341,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             shutdown_timeout=shutdown_timeout, keep_finished=keep_finished, populate=populate,
             initializer=initializer, initargs=initargs,
             max_external_bytes=max_external_bytes, keep_finished_bytes=keep_finished_bytes,
-            result_ttl_s=result_ttl_s)
+            result_ttl_s=result_ttl_s, native_threads_per_worker=native_threads_per_worker)
         # Catzilla's attribute names, kept for code that reads them
         self.workers = self.options.workers
         self.min_workers = self.options.min_workers
@@ -385,6 +391,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
             self._logs = compat.LogReceiver(self)
             extras["log"] = self._logs.address
             extras["log_level"] = compat.worker_log_level()
+        if self.options.native_threads_per_worker:  # the worker's Python gate (native_tasks)
+            extras["native_threads"] = self.options.native_threads_per_worker
         return extras
 
     def _make_backend(self):

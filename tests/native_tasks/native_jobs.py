@@ -66,3 +66,22 @@ int crash(int x) {
     return *p + x;   /* SIGSEGV: the worker dies like any crashed worker */
 }
 """
+
+THREAD_ID_C = """
+#include <pthread.h>
+#include <stdint.h>
+#include <unistd.h>
+uint64_t thread_id(int sleep_us) {
+    usleep(sleep_us);            /* in C, without the GIL: the other threads take tasks */
+    return (uint64_t)pthread_self();
+}
+"""
+
+
+def timed_nap(seconds: float) -> tuple:
+    """A Python task's (start, end) on the worker's monotonic clock."""
+    import time
+
+    start = time.monotonic()
+    time.sleep(seconds)
+    return start, time.monotonic()

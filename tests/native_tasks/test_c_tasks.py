@@ -82,3 +82,24 @@ def test_a_c_task_that_segfaults_is_a_worker_crash_and_the_engine_goes_on(make_e
         task.wait(60)
     # the replacement worker runs the next task
     assert engine.add_task(checksum_task, DATA, len(DATA)).wait(60) == native_jobs.py_checksum(DATA)
+
+
+def test_native_threads_run_c_tasks_on_every_thread_while_python_tasks_take_one_at_a_time(
+        make_engine, compiler):
+    # Given one worker with 2 executor threads for native tasks, 1 for Python ones
+    thread_id = compiler.compile_c(native_jobs.THREAD_ID_C, "uint64_t thread_id(int sleep_us)")
+    engine = make_engine(workers=1, min_workers=1, enable_auto_scaling=False,
+                         threads_per_worker=1, native_threads_per_worker=2)
+    # When C tasks that sleep without the GIL are queued together
+    ids = {t.wait(60) for t in [engine.add_task(thread_id, 100_000) for _ in range(6)]}
+    # Then both threads ran them
+    assert len(ids) == 2
+    # And Python tasks queued together never ran at the same time
+    spans = sorted(t.wait(60) for t in [engine.add_task(native_jobs.timed_nap, 0.05)
+                                         for _ in range(4)])
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_native_threads_per_worker_is_validated(make_engine):
+    with pytest.raises(ValueError, match="native_threads_per_worker"):
+        make_engine(native_threads_per_worker=0)
