@@ -112,7 +112,7 @@ class Monitor:
                 self.timeouts += 1
         if task.exec_ms is not None:
             self._exec_ms.append(task.exec_ms)
-        native = task.native  # None unless a native task ran
+        native = getattr(task, "native", None)  # None unless a native task ran
         if native is not None and native.get("compiled"):
             self.native += 1
         now = time.monotonic()
