@@ -216,6 +216,8 @@ class CTask:
     """
 
     kind = "c"
+    #: its pickle never changes: the process backend ships it to each worker once
+    czmp_stable_pickle = True
 
     def __init__(self, path: str, module: str, name: str, declaration: str, *,
                  compile_ms: float = 0.0, built: bool = False) -> None:

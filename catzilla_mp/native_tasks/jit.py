@@ -28,6 +28,7 @@ import inspect
 import re
 import threading
 import time
+import types
 from typing import Any, Callable, Optional
 
 #: Longest compile_error kept (numba's messages quote whole source lines).
@@ -106,6 +107,10 @@ class JitTask:
         self.__module__ = getattr(fn, "__module__", None)
         self.__doc__ = getattr(fn, "__doc__", None)
         self._task_config = getattr(fn, "_task_config", None)
+        #: its pickle never changes (a module-level function): the process
+        #: backend then ships it to each worker once, not with every task
+        self.czmp_stable_pickle = (isinstance(fn, types.FunctionType) and fn.__closure__ is None
+                                   and "<" not in fn.__qualname__)
         # numba freezes globals and closure cells at compile time: two closures
         # with the same code but other cells must not share a compilation
         from ..serialization import dumps_function

@@ -103,3 +103,15 @@ def test_native_threads_run_c_tasks_on_every_thread_while_python_tasks_take_one_
 def test_native_threads_per_worker_is_validated(make_engine):
     with pytest.raises(ValueError, match="native_threads_per_worker"):
         make_engine(native_threads_per_worker=0)
+
+
+def test_native_tasks_of_module_functions_cross_to_each_worker_once(native_engine, checksum_task):
+    # the function table ships a registered function once per worker, not with every task
+    table = native_engine._backend.functions
+    jit = native_engine._native_task(native_jobs.mandel, True)
+    assert table.lookup(jit)[0] > 0
+    assert table.lookup(checksum_task)[0] > 0
+    # a closure's pickle may change: it goes with each task
+    scale = 2
+    closure = native_engine._native_task(lambda x: x * scale, True)
+    assert table.lookup(closure)[0] == 0
