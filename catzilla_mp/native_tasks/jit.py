@@ -159,21 +159,21 @@ class JitTask:
                 bound = entry.signature.bind(*args, **kwargs)  # type: ignore[union-attr]
                 bound.apply_defaults()
                 args = bound.args
-            types = tuple(entry.typeof(a) for a in args)  # type: ignore[misc]
+            argtypes = tuple(entry.typeof(a) for a in args)  # type: ignore[misc]
         except (TypeError, ValueError) as exc:  # a wrong call, or a type numba has not
             return _reason(exc), first, args
-        known = entry.types.get(types, False)
+        known = entry.types.get(argtypes, False)
         if known is not False:
             return known, first, args
         with entry.lock:  # two threads with the same new types: one compiles
-            known = entry.types.get(types, False)
+            known = entry.types.get(argtypes, False)
             if known is not False:
                 return known, first, args
             t0 = time.perf_counter()
             try:
-                entry.dispatcher.compile(types)
+                entry.dispatcher.compile(argtypes)
                 why: Optional[str] = None
             except Exception as exc:  # noqa: BLE001 - numba's refusal: run as Python, say why
                 why = _reason(exc)
-            entry.types[types] = why
+            entry.types[argtypes] = why
             return why, first + (time.perf_counter() - t0) * 1e3, args
