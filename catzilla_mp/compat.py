@@ -51,7 +51,8 @@ import sys
 import threading
 import weakref
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar, Union
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar,
+                    Union)
 
 from . import compat_worker, serialization
 from .compat_worker import PROPAGATED, find_context_var  # noqa: F401 - compat's API
@@ -561,7 +562,8 @@ class TaskCompiler:
         import importlib.util
         import types
 
-        return isinstance(func, types.FunctionType) and importlib.util.find_spec("numba") is not None
+        return (isinstance(func, types.FunctionType)
+                and importlib.util.find_spec("numba") is not None)
 
     def compile_task(self, func: Callable) -> Optional[Any]:
         """The JitTask for ``func`` (submit it like ``func``), or None if it cannot be compiled."""
@@ -581,7 +583,8 @@ class TaskCompiler:
 
         Args:
             source: C source defining the function.
-            declaration: its prototype, e.g. ``"double dot(const double *a, const double *b, size_t n)"``.
+            declaration: its prototype, e.g.
+                ``"double dot(const double *a, const double *b, size_t n)"``.
             extra_compile_args: compiler flags added to -O2.
 
         Returns:

@@ -100,7 +100,8 @@ def _function_name(declaration: str) -> str:
     match = _NAME.search(declaration)
     if match is None:
         raise NativeCompileError(f"cannot find a function name in the declaration "
-                                 f"{declaration!r}; give one like 'int64_t f(const uint8_t *p, size_t n)'")
+                                 f"{declaration!r}; give one like "
+                                 "'int64_t f(const uint8_t *p, size_t n)'")
     return match.group(1)
 
 

@@ -35,7 +35,8 @@ from typing import Any, Callable, Optional
 MAX_ERROR_CHARS = 2000
 NUMBA_MISSING = ("numba is not installed in the worker (pip install numba, "
                  "or the catzilla_mp[numba] extra): the task ran as Python")
-DISABLED = "compilation is disabled on this engine (enable_c_compilation=False): the task ran as Python"
+DISABLED = ("compilation is disabled on this engine (enable_c_compilation=False): "
+            "the task ran as Python")
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # numba colours its messages for terminals
 _tls = threading.local()
