@@ -4,18 +4,6 @@ from __future__ import annotations
 import pytest
 
 
-def _numba() -> bool:
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-HAS_NUMBA = _numba()
-needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba is not installed")
-
-
 @pytest.fixture(scope="module")
 def native_engine():
     """One worker with two executor threads, for the tests of one module.

@@ -1,6 +1,14 @@
 """Task functions of the native-task tests (importable by worker processes)."""
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
+
+#: numba tests are skipped where numba is not installed (its absence has a test of its own)
+needs_numba = pytest.mark.skipif(importlib.util.find_spec("numba") is None,
+                                 reason="numba is not installed")
+
 
 def mandel(x0: float, y0: float, step: float, w: int, h: int, max_iter: int) -> int:
     """Total escape-time iterations of a w x h Mandelbrot tile: numeric, numba compiles it."""

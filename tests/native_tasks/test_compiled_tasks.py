@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 import native_jobs
-from conftest import needs_numba
+from native_jobs import needs_numba
 
 TILE = (-2.0, -1.0, 0.05, 20, 20, 50)
 

@@ -7,7 +7,7 @@ import re
 import subprocess
 import sys
 
-from conftest import needs_numba
+from native_jobs import needs_numba
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "native-tasks.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
