@@ -27,7 +27,10 @@ shared machine, the least disturbed one. Ratios compare figures of one run.
 Targets (issue 17): numba >= 20x the Python task's throughput; threads
 scaling (1 -> 2 threads) >= 1.8x. On a loaded machine the threads scaling
 of *Python* tasks (the GIL-bound control, ideally 1.0) shows how much of
-a scaling figure the scheduler's share gave rather than parallelism.
+a scaling figure the scheduler's share gave rather than parallelism, and
+``workers_cpu_per_wall_s`` (worker CPU seconds per wall second) shows the
+parallelism itself: one worker's Python tasks cannot pass ~1 (the GIL),
+its native tasks can reach its thread count when the cores are free.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ import shutil
 import sys
 import tempfile
 import time
+
+import psutil
 
 from catzilla_mp import BackgroundTasks, TaskCompiler
 
@@ -144,12 +149,28 @@ def _warm(engine: BackgroundTasks, kind: str, kernel: tuple, ctask, threads: int
     return sorted(costs.values())
 
 
-def _throughput(engine: BackgroundTasks, kind: str, kernel: tuple, ctask, n: int) -> float:
+def _workers_cpu_s() -> float:
+    """CPU seconds used so far by this process's children (every engine's workers)."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            t = child.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _throughput(engine: BackgroundTasks, kind: str, kernel: tuple, ctask,
+                n: int) -> tuple[float, float]:
+    """(tasks per second, worker CPU seconds per wall second) over one batch."""
+    cpu0 = _workers_cpu_s()
     t0 = time.perf_counter()
     tasks = [_submit(engine, kind, kernel, ctask) for _ in range(n)]
     for t in tasks:
         t.wait(600)
-    return n / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return n / wall, (_workers_cpu_s() - cpu0) / wall
 
 
 def run_kernel(name: str, engines: dict, *, quick: bool, rounds: int, cache: str) -> dict:
@@ -169,10 +190,13 @@ def run_kernel(name: str, engines: dict, *, quick: bool, rounds: int, cache: str
             if kind in costs:
                 costs[kind][cname] = cost
     every: dict[str, dict[str, list[float]]] = {k: {c: [] for c in engines} for k in batch}
+    cpu: dict[str, dict[str, list[float]]] = {k: {c: [] for c in engines} for k in batch}
     for _ in range(rounds):
         for cname, (engine, _, _) in engines.items():
             for kind, n in batch.items():
-                every[kind][cname].append(_throughput(engine, kind, kernel, ctask, n))
+                rate, busy = _throughput(engine, kind, kernel, ctask, n)
+                every[kind][cname].append(rate)
+                cpu[kind][cname].append(busy)
     best = {k: {c: max(v) for c, v in per.items()} for k, per in every.items()}
     allc = [c for c in engines if c not in ("1x1", "1x2")][0]
     ratios = {
@@ -189,6 +213,11 @@ def run_kernel(name: str, engines: dict, *, quick: bool, rounds: int, cache: str
         "tasks_per_s": best, "tasks_per_s_every_round": every,
         "round_spread_max_over_min": {k: {c: max(v) / min(v) for c, v in per.items()}
                                       for k, per in every.items()},
+        # CPU seconds the workers used per wall second (best round): at most ~1 for
+        # Python tasks in one worker (the GIL), up to the thread count for native ones,
+        # whatever the load does to throughput
+        "workers_cpu_per_wall_s": {k: {c: max(v) for c, v in per.items()}
+                                   for k, per in cpu.items()},
         "compile": {"numba_worker_ms": costs["numba"], "c_build_ms": c_build_ms,
                     "c_load_ms": costs["c"]},
         "ratios": ratios,
