@@ -31,7 +31,7 @@ _EXPORTS = {
         "SegmentExistsError", "SegmentOwnerError", "SegmentVersionError", "SerializationError",
         "TaskCancelledError", "TaskError", "TaskTimeoutError", "UnknownTaskError",
         "WorkerCrashedError", "MemoryLimitError", "WorkerInitializerError",
-        "SharedMemoryFullError")},
+        "SharedMemoryFullError", "NativeCompileError")},
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
@@ -53,7 +53,7 @@ _logging.getLogger("catzilla_mp").addHandler(_logging.NullHandler())
 
 __all__ = [  # noqa: F822 - provided by __getattr__
     "BackgroundTaskApp", "BackgroundTasks", "CatzillaMPError", "HAS_C_EXTENSION",
-    "MemoryLimitError", "TaskCompiler", "WorkerInitializerError", "propagate_context", "EngineBrokenError",
+    "MemoryLimitError", "NativeCompileError", "TaskCompiler", "WorkerInitializerError", "propagate_context", "EngineBrokenError",
     "EngineClosedError", "EngineStats", "PayloadTooLargeError", "QueueFullError",
     "RemoteTraceback", "SegmentCorruptError", "SegmentError", "SegmentExistsError",
     "SegmentOwnerError", "SegmentVersionError", "SerializationError", "TaskCancelledError",

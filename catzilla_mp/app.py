@@ -100,10 +100,10 @@ class BackgroundTaskApp:
     def task(self, priority: Callable[P, T]) -> TaskFunction[P, T]: ...
 
     @overload
-    def task(self, priority: Any = ..., compile_to_c: bool = ...,
+    def task(self, priority: Any = ..., compile_to_c: Optional[bool] = ...,
              **config_kwargs: Any) -> Callable[[Callable[P, T]], TaskFunction[P, T]]: ...
 
-    def task(self, priority: Any = TaskPriority.NORMAL, compile_to_c: bool = True,
+    def task(self, priority: Any = TaskPriority.NORMAL, compile_to_c: Optional[bool] = None,
              **config_kwargs: Any) -> Any:
         """Decorator whose configuration applies when the function is submitted.
 

@@ -51,7 +51,8 @@ import sys
 import threading
 import weakref
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, TypeVar, Union
+from typing import (TYPE_CHECKING, Any, Callable, Iterable, Iterator, Optional, Sequence, TypeVar,
+                    Union)
 
 from . import compat_worker, serialization
 from .compat_worker import PROPAGATED, find_context_var  # noqa: F401 - compat's API
@@ -228,6 +229,9 @@ def apply_extras(task: "TaskResult", extras: dict) -> None:
     prof = extras.get("profile")
     if prof is not None:
         task.profile = prof
+    native = extras.get("native")
+    if native is not None:
+        task.native = native
 
 
 # -- context propagation -------------------------------------------------------------
@@ -483,6 +487,29 @@ def run_thread_initializer(options: Any) -> Optional[BaseException]:
         return err
 
 
+_NATIVE_TYPES: tuple = ()
+
+
+def _native_types() -> tuple:
+    """The native task types, imported on first use (most apps never submit one)."""
+    global _NATIVE_TYPES
+    if not _NATIVE_TYPES:
+        from .native_tasks import NATIVE_TYPES
+
+        _NATIVE_TYPES = NATIVE_TYPES
+    return _NATIVE_TYPES
+
+
+def _run_native(task: "TaskResult", args: tuple, kwargs: dict) -> Any:
+    """Thread mode: a native task's call, and its outcome (compiled or why not) on the task."""
+    from .native_tasks import take_outcome
+
+    try:
+        return task.fn(*args, **kwargs)
+    finally:
+        task.native = take_outcome()
+
+
 def run_in_thread(task: "TaskResult", args: tuple, kwargs: dict,
                   init_error: Optional[BaseException]) -> Any:
     """Thread mode: call the task's function with its options (profiling, context)."""
@@ -490,6 +517,8 @@ def run_in_thread(task: "TaskResult", args: tuple, kwargs: dict,
         raise init_error
     extras = task.wextras
     if extras is None:
+        if type(task.fn) in _native_types():
+            return _run_native(task, args, kwargs)
         return task.fn(*args, **kwargs)
     measured: dict[str, Any] = {}
     fn = task.fn
@@ -508,20 +537,63 @@ def run_in_thread(task: "TaskResult", args: tuple, kwargs: dict,
 # -- Catzilla's TaskCompiler -----------------------------------------------------------------
 
 class TaskCompiler:
-    """Catzilla's task compiler, with its API: here no task is compiled to C (yet).
+    """Catzilla's task compiler: numba for Python functions, cffi for C source.
 
-    ``can_compile_to_c`` answers honestly for this engine: False, since
-    every task runs as Python in a worker process. ``analyze`` reports the
-    facts Catzilla's compiler looks at, for code that wants them.
+    ``compile_task(func)`` returns what ``add_task(func, compile_to_c=True)``
+    submits: a JitTask that numba compiles in each worker (once per worker
+    and argument types) and runs without the GIL, or runs as Python when it
+    cannot, saying why in TaskStats. ``compile_c(source, declaration)``
+    builds a C function here and now (a compile error is raised here) into
+    a module each worker loads once. See docs/native-tasks.md.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, cache_dir: Optional[str] = None) -> None:
+        #: where compile_c keeps built modules (None: native_tasks.default_cache_dir())
+        self.cache_dir = cache_dir
         self._compilation_cache: dict[str, Any] = {}
 
     def can_compile_to_c(self, func: Callable) -> bool:
-        """False: catzilla_mp runs every task as Python (in a worker process)."""
-        return False
+        """True if ``func`` is a Python function and numba is installed here.
+
+        Whether numba accepts the function's code and argument types is
+        known only when it compiles, in the worker: a function it rejects
+        still runs, as Python, with TaskStats.compile_error saying why.
+        """
+        import importlib.util
+        import types
+
+        return (isinstance(func, types.FunctionType)
+                and importlib.util.find_spec("numba") is not None)
 
     def compile_task(self, func: Callable) -> Optional[Any]:
-        """None: nothing is compiled; the task runs as Python."""
-        return None
+        """The JitTask for ``func`` (submit it like ``func``), or None if it cannot be compiled."""
+        if not self.can_compile_to_c(func):
+            return None
+        from .native_tasks import JitTask
+
+        key = f"{getattr(func, '__module__', '')}.{getattr(func, '__qualname__', id(func))}"
+        task = self._compilation_cache.get(key)
+        if task is None or task.fn is not func:
+            task = self._compilation_cache[key] = JitTask(func)
+        return task
+
+    def compile_c(self, source: str, declaration: str, *,
+                  extra_compile_args: Sequence[str] = ()) -> Any:
+        """Build a C function with cffi (once per source: cached); return its CTask.
+
+        Args:
+            source: C source defining the function.
+            declaration: its prototype, e.g.
+                ``"double dot(const double *a, const double *b, size_t n)"``.
+            extra_compile_args: compiler flags added to -O2.
+
+        Returns:
+            A CTask: ``engine.add_task(ctask, *c_arguments)``.
+
+        Raises:
+            NativeCompileError: the compiler's message, if the source does not compile.
+        """
+        from .native_tasks import compile_c
+
+        return compile_c(source, declaration, extra_compile_args=extra_compile_args,
+                         cache_dir=self.cache_dir)

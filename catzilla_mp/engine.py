@@ -200,7 +200,7 @@ class EngineOptions:
                  worker_niceness, shutdown_timeout, keep_finished, populate,
                  initializer=None, initargs=(),
                  max_external_bytes=1 << 30, keep_finished_bytes=64 << 20,
-                 result_ttl_s=3600.0) -> None:
+                 result_ttl_s=3600.0, native_threads_per_worker=None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         if start_method != "spawn":
@@ -270,6 +270,11 @@ class EngineOptions:
         self.keep_finished_bytes = _int_at_least("keep_finished_bytes", keep_finished_bytes, 0,
                                                  most=1 << 50)
         self.result_ttl_s = _non_negative("result_ttl_s", result_ttl_s, most=MAX_SECONDS)
+        # executor threads per worker for native tasks (docs/native-tasks.md); None: as many
+        # as threads_per_worker, which then also bounds the Python tasks running at once
+        self.native_threads_per_worker = _int_at_least(
+            "native_threads_per_worker", native_threads_per_worker, 1, allow_none=True,
+            most=MAX_THREADS_PER_WORKER)
 
 
 class BackgroundTasks(TaskLifecycle, Executor):
@@ -316,6 +321,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
         max_external_bytes: int = 1 << 30,
         keep_finished_bytes: int = 64 << 20,
         result_ttl_s: float = 3600.0,
+        native_threads_per_worker: Optional[int] = None,
     ) -> None:
         # Catzilla's docs also spell the starting pool size initial_workers
         if initial_workers is not None:
@@ -335,7 +341,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             shutdown_timeout=shutdown_timeout, keep_finished=keep_finished, populate=populate,
             initializer=initializer, initargs=initargs,
             max_external_bytes=max_external_bytes, keep_finished_bytes=keep_finished_bytes,
-            result_ttl_s=result_ttl_s)
+            result_ttl_s=result_ttl_s, native_threads_per_worker=native_threads_per_worker)
         # Catzilla's attribute names, kept for code that reads them
         self.workers = self.options.workers
         self.min_workers = self.options.min_workers
@@ -352,6 +358,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         # is the parent's, and the first use here makes a new one (_adopt_fork)
         self._forked = False
         self._registered_tasks: dict[str, Callable] = {}
+        # id(function) -> (weak reference to it, its JitTask, asked by @task): compile_to_c
+        self._jit_tasks: dict[int, tuple[Any, Any, bool]] = {}
         # id(function) -> (weak reference to it, its @task config, its name)
         self._fn_info: dict[int, tuple[Any, Optional[TaskConfig], str]] = {}
         # options every task gets unless it says otherwise (enable_profiling)
@@ -383,6 +391,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
             self._logs = compat.LogReceiver(self)
             extras["log"] = self._logs.address
             extras["log_level"] = compat.worker_log_level()
+        if self.options.native_threads_per_worker:  # the worker's Python gate (native_tasks)
+            extras["native_threads"] = self.options.native_threads_per_worker
         return extras
 
     def _make_backend(self):
@@ -475,8 +485,11 @@ class BackgroundTasks(TaskLifecycle, Executor):
         """Submit ``func(*args, **kwargs)``; returns its TaskResult at once.
 
         Options left at their defaults take the values of ``@task(...)`` if
-        ``func`` was decorated. ``compile_to_c`` is accepted for Catzilla
-        compatibility and ignored: tasks run as Python in workers. The
+        ``func`` was decorated. ``compile_to_c=True`` (or
+        ``@task(compile_to_c=True)``) compiles ``func`` with numba in each
+        worker and runs it without the GIL; if numba cannot, it runs as
+        Python and its TaskStats says why (docs/native-tasks.md). A C task
+        (TaskCompiler.compile_c) is submitted like a function. The
         keyword-only options (retry_backoff, retry_on, retry_if,
         memory_limit_mb, enable_profiling) are catzilla_mp's, as on @task.
 
@@ -488,6 +501,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
             EngineClosedError: after shutdown().
         In every error case the task was not queued.
         """
+        if compile_to_c is not None or self._jit_tasks:
+            func = self._native_task(func, compile_to_c)
         task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
         if (retry_backoff is not None or retry_on is not None or retry_if is not None
                 or memory_limit_mb is not None or enable_profiling is not None):
@@ -600,6 +615,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
                    max_retries: int, timeout_ms: int, executor: bool) -> list[TaskResult]:
         if not calls:
             return []
+        if self._jit_tasks:  # @task(compile_to_c=True) functions go compiled here too
+            func = self._native_task(func, None)
         first = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
         if compat.PROPAGATED:
             compat.add_context(first)
@@ -729,10 +746,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
     def task(self, priority: Callable[P, T]) -> TaskFunction[P, T]: ...
 
     @overload
-    def task(self, priority: Any = ..., compile_to_c: bool = ...,
+    def task(self, priority: Any = ..., compile_to_c: Optional[bool] = ...,
              **config_kwargs: Any) -> Callable[[Callable[P, T]], TaskFunction[P, T]]: ...
 
-    def task(self, priority: Any = TaskPriority.NORMAL, compile_to_c: bool = True,
+    def task(self, priority: Any = TaskPriority.NORMAL, compile_to_c: Optional[bool] = None,
              **config_kwargs: Any) -> Any:
         """Decorator: attach a TaskConfig that add_task applies to this function.
 
@@ -742,6 +759,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         is returned unchanged, so calling it still runs it inline;
         ``fn.submit(*args, **kwargs)`` is added as a shortcut for
         ``add_task(fn, ...)``. ``memory_limit_mb`` applies only when given.
+        ``compile_to_c=True`` submits it compiled (numba, in each worker);
+        left at None it runs as Python, as Catzilla's tasks do in practice.
 
         Raises:
             TypeError: an unknown configuration name. ValueError: a bad value.
@@ -769,12 +788,52 @@ class BackgroundTasks(TaskLifecycle, Executor):
         def decorate(func: Callable[..., T]) -> Callable[..., T]:
             func._task_config = config  # type: ignore[attr-defined]
             self._fn_info.pop(id(func), None)
+            self._jit_tasks.pop(id(func), None)
+            if compile_to_c:
+                self._native_task(func, True, decorated=True)
             func._is_background_task = True  # type: ignore[attr-defined]
             func.submit = _Submitter(self, func)  # type: ignore[attr-defined]
             self._registered_tasks[getattr(func, "__name__", repr(func))] = func
             return func
 
         return decorate
+
+    def _native_task(self, func: Callable, compile_to_c: Optional[bool], *,
+                     decorated: bool = False) -> Callable:
+        """What to submit for ``func``: its JitTask if compilation is asked for, else ``func``.
+
+        Asked for by ``compile_to_c=True`` here, or by @task(compile_to_c=True)
+        (``decorated``) when ``compile_to_c`` is None; ``compile_to_c=False``
+        overrides the decorator. One JitTask per function (cached by id,
+        weakly, like _fn_info), so the function table ships it to each
+        worker once and each worker compiles it once.
+
+        Raises:
+            TypeError: compile_to_c is not a bool or None.
+        """
+        from .native_tasks import NATIVE_TYPES, JitTask
+
+        if compile_to_c is not None and not isinstance(compile_to_c, bool):
+            raise TypeError(f"compile_to_c must be True, False or None, not {compile_to_c!r}")
+        if type(func) in NATIVE_TYPES or compile_to_c is False:
+            return func
+        key = id(func)
+        entry = self._jit_tasks.get(key)
+        if entry is not None and entry[0]() is func:
+            return entry[1] if compile_to_c or entry[2] else func
+        if not compile_to_c:
+            return func
+        if not callable(func):
+            raise TypeError(f"task function must be callable, not {type(func).__name__}")
+        jit = JitTask(func, enabled=bool(self.enable_c_compilation))
+        try:
+            ref = weakref.ref(func, functools.partial(_forget_fn_info, self._jit_tasks, key))
+        except TypeError:
+            return jit  # no weak references (a builtin): numba rejects it anyway
+        if len(self._jit_tasks) >= FN_INFO_CACHE:
+            self._jit_tasks.clear()
+        self._jit_tasks[key] = (ref, jit, decorated)
+        return jit
 
     # -- results ---------------------------------------------------------------
 

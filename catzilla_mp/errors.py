@@ -151,3 +151,19 @@ class SharedMemoryFullError(CatzillaMPError):
     Raised by add_task (the task was not queued), or a task's outcome when
     its result did not fit (the task may be retried).
     """
+
+
+class NativeCompileError(CatzillaMPError, ValueError):
+    """A C task's source did not compile (raised by TaskCompiler.compile_c, in the app).
+
+    Nothing was queued. ``compiler_output`` holds what the compiler said;
+    ``str()`` gives its error lines. Not raised for compile_to_c: a Python
+    function numba cannot compile runs as Python (TaskStats.compile_error).
+    """
+
+    def __init__(self, message: str = "", compiler_output: str = "") -> None:
+        super().__init__(message, compiler_output)
+        self.compiler_output = compiler_output
+
+    def __str__(self) -> str:
+        return str(self.args[0])

@@ -99,6 +99,13 @@ class TaskStats:
     #: with enable_profiling: the top functions of the task's cProfile run,
     #: each {"function", "calls", "total_ms", "cumulative_ms"}, costliest first
     profile: Optional[list[dict[str, Any]]] = None
+    #: native tasks (compile_to_c=True, C tasks): True if machine code ran, False
+    #: if the function ran as Python; None for a plain Python task or not yet run
+    compiled: Optional[bool] = None
+    #: why a compile_to_c task ran as Python (numba's message, numba missing, disabled)
+    compile_error: Optional[str] = None
+    #: time this attempt spent compiling/loading in its worker (0 once compiled there)
+    compile_ms: Optional[float] = None
 
 
 @dataclass
@@ -147,3 +154,7 @@ class EngineStats:
     total_tasks_submitted: int = 0
     #: submissions refused with QueueFullError (nothing was queued)
     queue_full_rejections: int = 0
+    #: finished tasks that ran as machine code (compiled by numba, or C tasks)
+    native_executions: int = 0
+    #: finished tasks that ran as Python (compile_to_c fallbacks included)
+    python_executions: int = 0

@@ -148,7 +148,7 @@ class TaskResult(Generic[T]):
         "fn", "func_id", "payload", "priority", "delay_ms", "max_retries", "timeout_ms",
         "attempt", "created_at", "started_at", "completed_at", "exec_ms", "worker_id",
         "slot", "ext_args", "progress_value", "meta", "parked", "name", "seq", "_final",
-        "opts", "wextras", "memory_mb", "profile",
+        "opts", "wextras", "memory_mb", "profile", "native",
         "executor", "result_bytes", "__weakref__",
         "_tb", "_cbs_done",
     )
@@ -195,6 +195,7 @@ class TaskResult(Generic[T]):
         self.wextras: Optional[dict] = None  # what the worker must know besides the call
         self.memory_mb: Optional[float] = None  # peak RSS over the start, as measured
         self.profile: Optional[list] = None  # top functions, with enable_profiling
+        self.native: Optional[dict] = None  # a native task's outcome: compiled, compile_error
 
     @property
     def status(self) -> TaskStatus:
@@ -284,7 +285,8 @@ class TaskResult(Generic[T]):
             task_id=self.task_id, status=self.status, created_at=self.created_at,
             started_at=self.started_at, completed_at=self.completed_at,
             execution_time_ms=self.exec_ms, memory_usage_mb=self.memory_mb,
-            retries=self.attempt, worker_id=self.worker_id, profile=self.profile)
+            retries=self.attempt, worker_id=self.worker_id, profile=self.profile,
+            **_native_stats(self.native))
 
     # -- extras -----------------------------------------------------------
 
@@ -384,6 +386,14 @@ class TaskResult(Generic[T]):
             else:
                 runner.submit(_run_callbacks, cbs, value, self._cbs_done)
         return True
+
+
+def _native_stats(native: Optional[dict]) -> dict:
+    """TaskStats' compiled/compile_error/compile_ms: all None for a task that is not native."""
+    if native is None:
+        return {}
+    return {"compiled": native.get("compiled"), "compile_error": native.get("compile_error"),
+            "compile_ms": native.get("compile_ms")}
 
 
 def cancelled_error(task: TaskResult) -> TaskCancelledError:

@@ -6,7 +6,7 @@ package's imports (module level and function level) has no cycle:
 
     0 base       errors, records, progress, thread_raise
     1 native     _native (cffi), _core, segment_janitor, native/
-    2 values     serialization, compat_worker, compat, results
+    2 values     serialization, compat_worker, compat, results, native_tasks/
     3 lifecycle  lifecycle/ (TaskLifecycle, TaskHost, delays, callbacks, monitor)
     4 backends   backends/ (Backend, thread, process/), workers (the worker's entry point)
     5 api        engine, app
@@ -35,7 +35,7 @@ PKG = "catzilla_mp"
 LAYERS = [
     ("base", ["errors", "records", "progress", "thread_raise"]),
     ("native", ["_native", "_core", "segment_janitor", "native"]),
-    ("values", ["serialization", "compat_worker", "compat", "results"]),
+    ("values", ["serialization", "compat_worker", "compat", "results", "native_tasks"]),
     ("lifecycle", ["lifecycle"]),
     ("backends", ["backends", "workers"]),
     ("api", ["engine", "app"]),

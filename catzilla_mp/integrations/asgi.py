@@ -240,7 +240,7 @@ class AsgiTasks:
         self.request_log.tag(task)
         return task
 
-    def task(self, priority: TaskPriority = TaskPriority.NORMAL, compile_to_c: bool = True,
+    def task(self, priority: TaskPriority = TaskPriority.NORMAL, compile_to_c: Optional[bool] = None,
              **config_kwargs: Any):
         return self.engine.task(priority=priority, compile_to_c=compile_to_c, **config_kwargs)
 

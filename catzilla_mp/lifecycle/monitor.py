@@ -53,6 +53,7 @@ class Monitor:
         self.cancelled = 0
         self.retries = 0
         self.timeouts = 0
+        self.native = 0  # finished tasks that ran machine code (native_tasks); the rest ran Python
         self._exec_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_SAMPLES)
         # per-second completion counts for the last RATE_WINDOW_S + 1 seconds
         self._buckets = [0] * RATE_BUCKETS
@@ -111,6 +112,9 @@ class Monitor:
                 self.timeouts += 1
         if task.exec_ms is not None:
             self._exec_ms.append(task.exec_ms)
+        native = getattr(task, "native", None)  # None unless a native task ran
+        if native is not None and native.get("compiled"):
+            self.native += 1
         now = time.monotonic()
         n = int(now / RATE_BUCKET_S)
         b = n % RATE_BUCKETS
@@ -175,6 +179,8 @@ class Monitor:
             s.retry_count = self.retries
             s.timeout_count = self.timeouts
             s.total_tasks_processed = self.processed
+            s.native_executions = self.native
+            s.python_executions = self.processed - self.native
             s.error_rate = self.failed / self.processed if self.processed else 0.0
         if samples:
             s.avg_execution_time_ms = sum(samples) / len(samples)

@@ -200,10 +200,18 @@ def test_issue_13_6_task_result_is_constructible_with_catzillas_two_arguments(en
     assert result.priority is TaskPriority.NORMAL
 
 
-def test_issue_13_6_task_compiler_answers_honestly_that_nothing_is_compiled():
+def test_issue_17_task_compiler_answers_honestly_whether_numba_can_try():
+    import importlib.util
+
     compiler = catzilla_mp.TaskCompiler()
-    assert compiler.can_compile_to_c(jobs.add) is False
-    assert compiler.compile_task(jobs.add) is None
+    has_numba = importlib.util.find_spec("numba") is not None
+    assert compiler.can_compile_to_c(jobs.add) is has_numba
+    assert compiler.can_compile_to_c(len) is False  # a builtin: nothing to compile
+    compiled = compiler.compile_task(jobs.add)
+    assert (compiled is not None) is has_numba
+    if compiled is not None:
+        assert compiled.fn is jobs.add and compiler.compile_task(jobs.add) is compiled
+    assert compiler.compile_task(len) is None
     assert isinstance(catzilla_mp.HAS_C_EXTENSION, bool)
 
 

@@ -220,6 +220,8 @@ def _shareable(fn: Callable) -> bool:
     """A function whose pickle never changes: module-level, no closure, not a lambda."""
     if isinstance(fn, types.BuiltinFunctionType):
         return True
+    if getattr(fn, "czmp_stable_pickle", False) is True:  # a native task (native_tasks)
+        return True
     return (isinstance(fn, types.FunctionType) and fn.__closure__ is None
             and "<" not in fn.__qualname__)
 

@@ -111,6 +111,12 @@ class _Running:
 
 class Worker:
     def __init__(self, cfg: dict) -> None:
+        # native_threads_per_worker: more executor threads, of which at most
+        # "threads" run Python tasks at once (native ones run without the GIL)
+        self.python_gate: threading.BoundedSemaphore | None = None
+        if cfg.get("native_threads", 0) > cfg.get("threads", 1):
+            self.python_gate = threading.BoundedSemaphore(cfg.get("threads", 1))
+            cfg = dict(cfg, threads=cfg["native_threads"])
         self.cfg = cfg
         self.index: int = cfg["index"]
         self.seg = _core.Segment.attach(cfg["segment"])
@@ -250,6 +256,12 @@ class Worker:
                 fn = self.functions.get(slot.func_id) or self._function(slot.func_id)
             else:
                 fn = serialization.loads_function(fn_bytes)
+            gate = self.python_gate
+            if gate is not None and not _is_native(fn):
+                gate.acquire()  # released in the finally below: no raise can come between
+                t0 = lib.czmp_now_ns()  # its timeout counts from here
+            else:
+                gate = None
             timeout = self.default_timeout_ms if timeout_ms is None else timeout_ms
             deadline = t0 + timeout * 1_000_000 if timeout > 0 else 0
             if _fault_point:
@@ -258,10 +270,14 @@ class Worker:
                 self._enter_task(me, idx, deadline, single)
                 value, me.measured = self.runner.call(fn, args, kwargs, extras, slot.task_id,
                                                       me.thread_id, t0, idx)
+                if _NATIVE_MODULE in sys.modules:  # a native task was unpickled here
+                    me.measured = _native_outcome(fn, me.measured)
                 if _fault_point:
                     _fault("ran")
             finally:
                 self._leave_task(me, single)
+                if gate is not None:
+                    gate.release()
         except BaseException as exc:  # the task's, or ours: both go back to the app
             # a timeout that landed in _leave_task itself left it undone
             self._leave_task(me, single)
@@ -362,6 +378,28 @@ class Worker:
         encoded = message.encode("utf-8", "replace")[:47]
         ffi.memmove(rec.progress_msg, encoded + b"\0", len(encoded) + 1)
         rec.progress_seq += 1
+
+
+#: native_tasks (compiled tasks) is imported only by unpickling such a task
+_NATIVE_MODULE = "catzilla_mp.native_tasks"
+
+
+def _is_native(fn: Callable) -> bool:
+    native = sys.modules.get(_NATIVE_MODULE)
+    return native is not None and type(fn) in native.NATIVE_TYPES
+
+
+def _native_outcome(fn: Callable, measured: dict | None) -> dict | None:
+    """Add a native task's outcome (compiled or why not, compile time) to what goes back."""
+    native = sys.modules[_NATIVE_MODULE]
+    if type(fn) not in native.NATIVE_TYPES:
+        return measured
+    outcome = native.take_outcome()
+    if outcome is None:
+        return measured
+    measured = measured or {}
+    measured["native"] = outcome
+    return measured
 
 
 def main(argv: list[str]) -> int:
