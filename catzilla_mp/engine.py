@@ -432,6 +432,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             self._forked = False
             inherited = [t for t in self._tasks.values() if not t.done()]
             self._tasks = {}
+            self._workflows = None  # the parent's: its scheduler thread did not come along
             self._forget_finished()
             if self._closed:
                 start = False

@@ -72,7 +72,10 @@ def _app(**options):
 
     async def submit(request: Request):
         gate = request.query_params.get("gate")
-        if gate:
+        job_id = request.query_params.get("job_id")
+        if job_id:
+            task = tasks.add_task(jobs.sleep_then, 0.2, job_id, job_id=job_id)
+        elif gate:
             GATES[gate] = threading.Event()
             task = tasks.add_task(_gated, gate)
         else:
@@ -237,3 +240,16 @@ def test_the_dashboard_in_a_browser_reads_the_websocket(app_factory, serve):
         assert body.get_attribute("data-transport") == "websocket"
     finally:
         driver.quit()
+
+
+def test_a_unique_job_returned_to_another_session_stays_its_first_submitters(app_factory, serve):
+    _, app = app_factory()
+    http, _ = serve(app)
+    with httpx.Client(base_url=http, headers=PROXIED) as alice, \
+            httpx.Client(base_url=http, headers=PROXIED) as bob:
+        first = alice.post("/submit", params={"job_id": "nightly"}).json()["task_id"]
+        second = bob.post("/submit", params={"job_id": "nightly"}).json()["task_id"]
+        assert second == first  # the same TaskResult (arq's job_id)
+        # alice still reads her task; bob's second submission did not take it over
+        assert alice.get(f"/tasks/{first}").status_code == 200
+        assert bob.get(f"/tasks/{first}").status_code == 404
