@@ -15,7 +15,8 @@ BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
 
 def test_the_workflows_doc_has_an_example_per_feature():
     text = "\n".join(BLOCKS)
-    for feature in ("depends_on=", "chain(", "chord(", "job_id=", "rate_limit=", "periodic("):
+    for feature in ("depends_on=", "chain(", "chord(", "job_id=", "rate_limit=", "periodic(",
+                    "/ws"):
         assert feature in text, feature
 
 
