@@ -539,6 +539,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
                                     memory_limit_mb=memory_limit_mb, profile=enable_profiling)
             task.wextras = task.opts.extras
         if task.opts is not None and task.opts.memory_limit_mb is not None and self.mode != "process":
+            self._submit_failed += 1
             raise ValueError("memory_limit_mb is enforced in mode='process' only: "
                              "threads share the app's memory")
         if rate_limit is None:

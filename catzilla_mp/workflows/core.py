@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Optional
 
+from ..errors import EngineClosedError
 from ..results import TaskResult
 from . import ratelimit, unique
 from .dependencies import Dependencies, DependencyGraph
@@ -105,6 +106,8 @@ class Workflows:
 
     def schedule(self, fn: Callable, args: tuple, kwargs: dict, **when: Any) -> Schedule:
         """A periodic run of ``fn(*args, **kwargs)`` (kwargs may hold add_task options); see Scheduler.add."""
+        if self.scheduler.closed:
+            raise EngineClosedError("the engine is shut down; it takes no new schedules")
         return self.scheduler.add(fn, args, kwargs, **when)
 
     def _fire(self, sched: Schedule, due: float) -> TaskResult:

@@ -203,7 +203,13 @@ class Scheduler:
             self._cond.notify_all()
         return sched
 
+    @property
+    def closed(self) -> bool:
+        """True once close() ran: add() raises RuntimeError."""
+        return self._closed
+
     def cancel(self, sched: Schedule) -> bool:
+        """Stop ``sched``; True if it was active."""
         with self._cond:
             if sched not in self._schedules:
                 return False

@@ -7,6 +7,7 @@ import time
 import pytest
 
 import wf_jobs as jobs
+from catzilla_mp import EngineClosedError
 from catzilla_mp.app import BackgroundTaskApp
 from catzilla_mp.workflows.schedule import MAX_CATCH_UP, MISSED_GRACE_S, Scheduler
 
@@ -167,6 +168,8 @@ def test_shutdown_stops_every_schedule_and_its_thread(make_engine):
     s = engine.periodic(jobs.add, 1, every=3600)
     engine.shutdown()
     assert not s.active
+    with pytest.raises(EngineClosedError):
+        engine.periodic(jobs.add, 1, every=3600)
     import threading
     assert not any(t.name == "czmp-scheduler" and t.is_alive() for t in threading.enumerate())
 
