@@ -112,6 +112,26 @@ class BackgroundTaskApp:
         """
         return self._engine().task(priority, compile_to_c=compile_to_c, **config_kwargs)
 
+    def periodic(self, cron: Optional[str] = None, *, every: Any = None, tz: Any = None,
+                 missed: str = "once", **options: Any) -> Callable[[Callable[..., T]], Callable[..., T]]:
+        """Decorator: run the function periodically (``@app.periodic("*/5 * * * *")``).
+
+        See BackgroundTasks.periodic (``every=``, ``tz=``, ``missed=``; other
+        keywords are the runs' add_task options). The function is returned
+        unchanged; its Schedule is ``fn.schedule``.
+
+        Raises:
+            RuntimeError: not enabled. As BackgroundTasks.periodic.
+        """
+        engine = self._engine()
+
+        def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+            fn.schedule = engine.periodic(fn, cron=cron, every=every, tz=tz,  # type: ignore[attr-defined]
+                                          missed=missed, **options)
+            return fn
+
+        return decorate
+
     def get_task_result(self, task_id: Union[str, TaskResult]) -> TaskResult:
         """The TaskResult of a task id, or of a TaskResult (as Catzilla's docs pass it).
 

@@ -360,6 +360,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self._registered_tasks: dict[str, Callable] = {}
         # id(function) -> (weak reference to it, its JitTask, asked by @task): compile_to_c
         self._jit_tasks: dict[int, tuple[Any, Any, bool]] = {}
+        # workflows (catzilla_mp/workflows): made on the first submission that
+        # needs them; _rate_limited turns on once a @task carries a rate_limit
+        self._workflows: Any = None
+        self._rate_limited = False
         # id(function) -> (weak reference to it, its @task config, its name)
         self._fn_info: dict[int, tuple[Any, Optional[TaskConfig], str]] = {}
         # options every task gets unless it says otherwise (enable_profiling)
@@ -438,6 +442,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             self._forked = False
             inherited = [t for t in self._tasks.values() if not t.done()]
             self._tasks = {}
+            self._workflows = None  # the parent's: its scheduler thread did not come along
             self._forget_finished()
             if self._closed:
                 start = False
@@ -480,6 +485,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
         retry_if: Optional[Callable[[BaseException], bool]] = None,
         memory_limit_mb: Optional[float] = None,
         enable_profiling: Optional[bool] = None,
+        depends_on: Any = None,
+        job_id: Optional[str] = None,
+        unique_for: Optional[float] = None,
+        rate_limit: Optional[str] = None,
         **kwargs: Any,
     ) -> TaskResult[T]:
         """Submit ``func(*args, **kwargs)``; returns its TaskResult at once.
@@ -493,6 +502,12 @@ class BackgroundTasks(TaskLifecycle, Executor):
         keyword-only options (retry_backoff, retry_on, retry_if,
         memory_limit_mb, enable_profiling) are catzilla_mp's, as on @task.
 
+        Workflow options (docs/workflows.md): ``depends_on`` (TaskResults this
+        task waits for; it fails or is cancelled with them), ``job_id`` /
+        ``unique_for`` (a second submission while the first is live, or
+        within unique_for seconds, returns the first's TaskResult),
+        ``rate_limit`` ("10/s", "100/m", "5/h": tasks over it are delayed).
+
         Raises:
             ValueError/TypeError: an invalid option or a non-callable.
             SerializationError: arguments that cannot be pickled.
@@ -503,6 +518,13 @@ class BackgroundTasks(TaskLifecycle, Executor):
         """
         if compile_to_c is not None or self._jit_tasks:
             func = self._native_task(func, compile_to_c)
+        if (depends_on is not None or job_id is not None or unique_for is not None
+                or rate_limit is not None or self._rate_limited):
+            return self._workflow_submit(
+                func, args, kwargs, priority, delay_ms, max_retries, timeout_ms, retry_backoff,
+                retry_on, retry_if, memory_limit_mb, enable_profiling,
+                depends_on=depends_on, job_id=job_id, unique_for=unique_for,
+                rate_limit=rate_limit)
         task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
         if (retry_backoff is not None or retry_on is not None or retry_if is not None
                 or memory_limit_mb is not None or enable_profiling is not None):
@@ -517,6 +539,92 @@ class BackgroundTasks(TaskLifecycle, Executor):
         if compat.PROPAGATED:
             compat.add_context(task)
         return self._submit_task(task, func, args, kwargs)
+
+    # -- workflows (catzilla_mp/workflows; docs/workflows.md) --------------------
+
+    def _workflow_submit(self, func, args, kwargs, priority, delay_ms, max_retries, timeout_ms,
+                         retry_backoff, retry_on, retry_if, memory_limit_mb, enable_profiling, *,
+                         depends_on, job_id, unique_for, rate_limit) -> TaskResult:
+        """add_task with a workflow option: numbered and validated as add_task, then workflows."""
+        task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
+        if (retry_backoff is not None or retry_on is not None or retry_if is not None
+                or memory_limit_mb is not None or enable_profiling is not None):
+            base = task.opts or compat.TaskOptions()
+            task.opts = base.merged(backoff=retry_backoff, retry_on=retry_on, retry_if=retry_if,
+                                    memory_limit_mb=memory_limit_mb, profile=enable_profiling)
+            task.wextras = task.opts.extras
+        if task.opts is not None and task.opts.memory_limit_mb is not None and self.mode != "process":
+            self._submit_failed += 1
+            raise ValueError("memory_limit_mb is enforced in mode='process' only: "
+                             "threads share the app's memory")
+        if rate_limit is None:
+            rate_limit = getattr(func, "_czmp_rate_limit", None)
+        if depends_on is None and job_id is None and unique_for is None and rate_limit is None:
+            if compat.PROPAGATED:
+                compat.add_context(task)
+            return self._submit_task(task, func, args, kwargs)
+        if compat.PROPAGATED:
+            compat.add_context(task)
+        target = func.__func__ if type(func) is types.MethodType else func
+        name = f"{getattr(target, '__module__', None) or ''}.{task.name}"
+        return self._workflow_state().submit(
+            task, func, args, kwargs, name=name, depends_on=depends_on, job_id=job_id,
+            unique_for=unique_for, rate_limit=rate_limit)
+
+    def _workflow_state(self):
+        wf = self._workflows
+        if wf is None:
+            from .workflows.core import Workflows
+            with self._lock:
+                wf = self._workflows
+                if wf is None:
+                    wf = self._workflows = Workflows(_WorkflowPort(self))
+        return wf
+
+    def periodic(self, fn: Callable[..., Any], *args: Any, cron: Optional[str] = None,
+                 every: Any = None, tz: Any = None, missed: str = "once",
+                 name: Optional[str] = None, **kwargs: Any):
+        """Run ``fn(*args, **kwargs)`` periodically: by ``cron`` or ``every`` (a timedelta or seconds).
+
+        Each run is an add_task (``kwargs`` may carry its options: priority,
+        timeout_ms, job_id, ...). See docs/workflows.md and
+        workflows/schedule.py for the missed-runs policy. (Not named
+        ``schedule``: that is the TaskHost's timer, which backends call.)
+
+        Args:
+            cron: a five-field cron expression (needs cronsim: the ``cron`` extra).
+            every: an interval; the first run is one interval from now.
+            tz: the time zone the cron expression is read in (name or tzinfo; default UTC).
+            missed: "once" (default: runs missed while the app could not fire
+                are fired as one), "skip" (dropped) or "catch_up" (each fired).
+            name: for logs (default: the function's qualified name).
+        Returns:
+            A Schedule (``.cancel()``, ``.next_run``, ``.runs``, ``.last_result``).
+        Raises:
+            ValueError, TypeError: a bad expression, interval, zone or policy.
+            ImportError: cron without cronsim. EngineClosedError: after shutdown().
+        """
+        if self._closed:
+            raise EngineClosedError("the engine is shut down; it takes no new schedules")
+        return self._workflow_state().schedule(fn, args, kwargs, cron=cron, every=every, tz=tz,
+                                               missed=missed, name=name)
+
+    def schedules(self) -> list:
+        """The active schedules (see periodic())."""
+        wf = self._workflows
+        return [] if wf is None else wf.scheduler.schedules()
+
+    def find_job(self, job_id: str) -> Optional[TaskResult]:
+        """The TaskResult holding ``job_id`` (add_task(..., job_id=)) now, or None."""
+        wf = self._workflows
+        return None if wf is None else wf.job(job_id)
+
+    def cancel_task(self, task: TaskResult, force: bool = False) -> bool:
+        """TaskResult.cancel; a task waiting for its dependencies is cancelled here."""
+        wf = self._workflows
+        if wf is not None and wf.cancel_held(task):
+            return True
+        return TaskLifecycle.cancel_task(self, task, force)
 
     def _submit_task(self, task: TaskResult, func: Callable, args: tuple,
                      kwargs: dict) -> TaskResult:
@@ -767,6 +875,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
         """
         if callable(priority) and not isinstance(priority, (str, int, Enum)):
             return self.task()(priority)  # the bare decorator: priority is the function
+        rate_limit = config_kwargs.pop("rate_limit", None)
+        if rate_limit is not None:
+            from .workflows.ratelimit import parse as parse_rate_limit
+            rate_limit = parse_rate_limit(rate_limit)
         config = TaskConfig(priority=TaskPriority.parse(priority), compile_to_c=compile_to_c,
                             **config_kwargs)
         _int_at_least("delay_ms", config.delay_ms, 0, most=MAX_MS)
@@ -793,6 +905,9 @@ class BackgroundTasks(TaskLifecycle, Executor):
                 self._native_task(func, True, decorated=True)
             func._is_background_task = True  # type: ignore[attr-defined]
             func.submit = _Submitter(self, func)  # type: ignore[attr-defined]
+            if rate_limit is not None:
+                func._czmp_rate_limit = rate_limit  # type: ignore[attr-defined]
+                self._rate_limited = True
             self._registered_tasks[getattr(func, "__name__", repr(func))] = func
             return func
 
@@ -990,6 +1105,9 @@ class BackgroundTasks(TaskLifecycle, Executor):
 
     def _shutdown(self, wait_for_completion: bool, timeout: float) -> None:
         deadline = time.monotonic() + max(0.0, timeout)
+        workflows = self._workflows
+        if workflows is not None:
+            workflows.stop_schedules()  # no new runs while shutting down
         if not wait_for_completion:
             self._retries_allowed = False
             self._cancel_not_started()
@@ -1005,6 +1123,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         if backend is not None:
             backend.close(self.abandon)
         self._backend = None
+        if workflows is not None:
+            workflows.close()  # dependants whose parents were just abandoned
         self._delays.stop()
         if self._logs is not None:
             self._logs.close()
@@ -1053,6 +1173,52 @@ class _Submitter:
 
     def __reduce__(self):
         return (type(None), ())
+
+
+class _WorkflowPort:
+    """The engine as the workflows package sees it (workflows/host.py's WorkflowHost).
+
+    Holds the engine weakly: the workflows' scheduler thread must not keep a
+    dropped engine alive (its finalizer stops the backend).
+    """
+
+    def __init__(self, engine: BackgroundTasks) -> None:
+        self._engine = weakref.proxy(engine)
+
+    def hold(self, task: TaskResult) -> None:
+        self._engine._admit(task)
+
+    def forget(self, task: TaskResult) -> None:
+        self._engine._forget(task)
+
+    def release(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict,
+                delay_s: float) -> Optional[BaseException]:
+        engine = self._engine
+        if delay_s > 0:
+            task.delay_ms = min(MAX_MS, task.delay_ms + int(delay_s * 1000 + 0.999))
+        try:
+            if task.done():
+                return None  # cancelled while held
+            engine._live_backend().dispatch(task, func, args, kwargs)
+        except BaseException as exc:  # noqa: BLE001 - the task carries it; the caller decides
+            engine._submit_failed += 1
+            if isinstance(exc, QueueFullError):
+                engine._queue_full += 1
+            engine.finish(task, False, exc, TaskStatus.FAILED)
+            return exc
+        if engine.monitor._listeners:
+            engine.monitor.emit("submitted", task)
+        return None
+
+    def finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
+        self._engine.finish(task, ok, value, status)
+
+    def owns(self, task: TaskResult) -> bool:
+        # the proxy is not the engine: its bound method's __self__ is
+        return task._engine is self._engine.get_task_result.__self__
+
+    def add_task(self, func: Callable, *args: Any, **kwargs: Any) -> TaskResult:
+        return self._engine.add_task(func, *args, **kwargs)
 
 
 def _run_chunk(fn: Callable, calls: list) -> list:

@@ -19,6 +19,8 @@
         ├── TaskTimeoutError         past its timeout_ms (also a TimeoutError)
         ├── WorkerCrashedError       its worker died running it, attempts used up
         ├── TaskCancelledError       cancelled before it ran
+        │   └── DependencyCancelledError  a task it depended on was cancelled
+        ├── DependencyFailedError    a task it depended on failed
         └── MemoryLimitError         past its memory_limit_mb (also a MemoryError)
 
 A task's own exception is re-raised as itself, with the worker's traceback
@@ -164,6 +166,41 @@ class NativeCompileError(CatzillaMPError, ValueError):
     def __init__(self, message: str = "", compiler_output: str = "") -> None:
         super().__init__(message, compiler_output)
         self.compiler_output = compiler_output
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DependencyFailedError(TaskError):
+    """A task this one depended on failed, so this one never ran (workflows: depends_on, chain, chord).
+
+    ``parent_id`` and ``parent_name`` name the parent that failed; its own
+    exception is the ``__cause__``. A dependant of this task gets another
+    DependencyFailedError naming this task, and so on down the graph.
+    """
+
+    def __init__(self, message: str = "", parent_id: str | None = None,
+                 parent_name: str | None = None) -> None:
+        super().__init__(message, parent_id, parent_name)
+        self.parent_id = parent_id
+        self.parent_name = parent_name
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DependencyCancelledError(TaskCancelledError):
+    """A task this one depended on was cancelled, so this one is cancelled too (never ran).
+
+    ``parent_id`` and ``parent_name`` name the cancelled parent. A
+    TaskCancelledError, so code that handles cancellation handles this.
+    """
+
+    def __init__(self, message: str = "", parent_id: str | None = None,
+                 parent_name: str | None = None) -> None:
+        super().__init__(message, parent_id, parent_name)
+        self.parent_id = parent_id
+        self.parent_name = parent_name
 
     def __str__(self) -> str:
         return str(self.args[0])

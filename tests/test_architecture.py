@@ -9,8 +9,9 @@ package's imports (module level and function level) has no cycle:
     2 values     serialization, compat_worker, compat, results, native_tasks/
     3 lifecycle  lifecycle/ (TaskLifecycle, TaskHost, delays, callbacks, monitor)
     4 backends   backends/ (Backend, thread, process/), workers (the worker's entry point)
-    5 api        engine, app
-    6 surface    integrations/, observability/, cli, demo, demo_jobs, the package itself
+    5 workflows  workflows/ (dependencies, canvas, unique jobs, rate limits, schedules)
+    6 api        engine, app
+    7 surface    integrations/, observability/, cli, demo, demo_jobs, the package itself
 
 Imports under ``if TYPE_CHECKING:`` never run: they are left out of the
 cycle check, but they too may not point to a higher layer.
@@ -38,6 +39,7 @@ LAYERS = [
     ("values", ["serialization", "compat_worker", "compat", "results", "native_tasks"]),
     ("lifecycle", ["lifecycle"]),
     ("backends", ["backends", "workers"]),
+    ("workflows", ["workflows"]),
     ("api", ["engine", "app"]),
     ("surface", ["integrations", "observability", "cli", "demo", "demo_jobs", ""]),
 ]

@@ -28,7 +28,9 @@ overlaps the engine's (RouteConflictError naming both). To mount them
 elsewhere instead, use ``app.mount("/jobs", tasks.asgi_app())`` and add
 ``tasks.middleware`` yourself. The events route is a real stream: one SSE
 event per change, closed after the task's final event; at most
-``max_streams`` are open at once.
+``max_streams`` are open at once. The same events come over a WebSocket at
+``{prefix}/{task_id}/ws`` and the dashboard's at ``{prefix}/dashboard/ws``,
+under the same access rules and cap (integrations/websocket.py).
 """
 from __future__ import annotations
 
@@ -39,7 +41,8 @@ try:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
 except ImportError as exc:  # pragma: no cover
     raise ImportError("catzilla_mp.integrations.asgi needs Starlette (FastAPI includes it): "
                       'pip install -e ".[web]"') from exc
@@ -62,6 +65,7 @@ from .status import (
     task_changes,
     wait_result,
 )
+from .websocket import message, refuse, send_all
 from .tracking import REQUEST_ID_HEADER, RequestInfo, RequestLog, request_id_from, request_scope
 
 T = TypeVar("T")
@@ -292,6 +296,7 @@ class AsgiTasks:
                   name="czmp_task_status"),
             Route(f"{p}/{{task_id}}/events", self._events, methods=["GET"],
                   name="czmp_task_events"),
+            WebSocketRoute(f"{p}/{{task_id}}/ws", self._task_ws, name="czmp_task_ws"),
         ]
 
     async def _events(self, request: Request) -> Response:
@@ -307,6 +312,30 @@ class AsgiTasks:
         return CappedStream(self._stream(task, last), logic.streams,
                             media_type="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _task_ws(self, socket: WebSocket) -> None:
+        """{prefix}/{task_id}/ws: the task's events as JSON frames (integrations/websocket.py).
+
+        The access rules of _events: the task's owner or ``authorize``; a
+        task the caller may not read is refused as unknown.
+        """
+        logic = self.routes_logic
+        try:
+            task = await logic.find(caller_of(socket, self.access),  # type: ignore[arg-type]
+                                    socket.path_params["task_id"])
+            logic.streams.take()
+        except TaskHTTPError as exc:
+            await refuse(socket, exc)
+            return
+        try:
+            await send_all(socket, self._ws_frames(task, socket.query_params.get("last_event_id")))
+        finally:
+            logic.streams.give()
+
+    async def _ws_frames(self, task: TaskResult, last: Optional[str]) -> AsyncIterator[str]:
+        # no hold_s: a WebSocket needs no keep-alive comments (the protocol pings)
+        async for event, key, status in task_changes(task, last_key=last, debug=self.debug):
+            yield message(event, key, status)
 
     async def _stream(self, task: TaskResult, last: Optional[str]) -> AsyncIterator[str]:
         while True:

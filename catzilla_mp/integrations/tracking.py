@@ -97,6 +97,10 @@ class RequestLog:
         info = current_request()
         if info is None:
             return None
+        if isinstance(task.meta, dict) and "owner" in task.meta:
+            # tagged already: a unique job's TaskResult handed to a second
+            # submission (job_id=) stays its first submitter's
+            return None
         owner = self.owner_of(info) if self.owner_of is not None else None
         meta = task.meta if isinstance(task.meta, dict) else {}
         meta["request"] = info.as_dict()

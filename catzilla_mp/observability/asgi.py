@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Optional, Union
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
 
 from . import dashboard_html, instrument, metrics_text, task_detail
 from ..integrations.access import PROXY_HEADERS, is_loopback
 from ..integrations.status import FORBIDDEN, StreamSlots, TaskHTTPError
-from .dashboard import DEFAULT_INTERVAL, SSE_HEADERS, SSE_MEDIA_TYPE, aiter_sse_events
+from ..integrations.websocket import message, refuse, send_all
+from .dashboard import (DEFAULT_INTERVAL, SSE_HEADERS, SSE_MEDIA_TYPE, aiter_snapshots,
+                        aiter_sse_events)
 
 if TYPE_CHECKING:
     from ..engine import BackgroundTasks
@@ -83,14 +86,20 @@ def metrics_route(engine: EngineRef, path: str = "/metrics", *,
 
 def dashboard_routes(engine: EngineRef, prefix: str = "", *, metrics_path: str = "/metrics",
                      interval: float = DEFAULT_INTERVAL, allow: Optional[Allow] = None,
-                     streams: Optional[StreamSlots] = None, debug: bool = False) -> list[Route]:
+                     streams: Optional[StreamSlots] = None, debug: bool = False,
+                     websocket: bool = True) -> list[Any]:
     """Routes: ``metrics_path``, ``{prefix}/dashboard``, ``.../events``, ``.../task/{task_id}``.
+
+    With ``websocket`` (the default), also ``{prefix}/dashboard/ws``: the
+    snapshots over a WebSocket, under the same ``allow`` and stream cap
+    (integrations/websocket.py); the page then uses it, and the SSE stream
+    if it does not open.
 
     ``metrics_path=None`` leaves /metrics out (an app that exposes it elsewhere).
     Put them before any ``{prefix}/{param}`` route, which would match them first.
     """
     base = prefix.rstrip("/") + "/dashboard"
-    page = dashboard_html(prefix)
+    page = dashboard_html(prefix, websocket=websocket)
     get = _resolver(engine)
     allow = allow or local_only
     streams = streams or StreamSlots()
@@ -120,11 +129,37 @@ def dashboard_routes(engine: EngineRef, prefix: str = "", *, metrics_path: str =
             return JSONResponse({"error": "unknown task"}, status_code=404)
         return JSONResponse(detail)
 
-    routes = [
+    async def ws_events(socket: WebSocket) -> None:
+        # the same checks as events(), before the handshake completes
+        if not await allow(socket):  # type: ignore[arg-type] - a WebSocket is an HTTPConnection
+            await refuse(socket, FORBIDDEN)
+            return
+        try:
+            streams.take()
+        except TaskHTTPError as exc:
+            await refuse(socket, exc)
+            return
+        try:
+            snaps = aiter_snapshots(get(), interval, socket.query_params.get("last_event_id"))
+            await send_all(socket, _framed(snaps))
+        finally:
+            streams.give()
+
+    routes: list[Any] = [
         Route(base, page_route, methods=["GET"], name="czmp_dashboard"),
         Route(base + "/events", events, methods=["GET"], name="czmp_dashboard_events"),
         Route(base + "/task/{task_id}", task, methods=["GET"], name="czmp_dashboard_task"),
     ]
+    if websocket:
+        routes.append(WebSocketRoute(base + "/ws", ws_events, name="czmp_dashboard_ws"))
     if metrics_path:
         routes.insert(0, metrics_route(engine, metrics_path, allow=allow))
     return routes
+
+
+async def _framed(snaps: Any) -> Any:
+    try:
+        async for ident, payload in snaps:
+            yield message("snapshot", ident, payload)
+    finally:
+        await snaps.aclose()

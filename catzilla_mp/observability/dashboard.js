@@ -229,22 +229,43 @@
   let lastSeen = 0;
   setInterval(() => { $("conn").className = Date.now() - lastSeen < 5000 ? "conn up" : "conn down"; }, 1000);
 
-  function connect() {
-    const src = new EventSource(BASE + "/events");
-    src.addEventListener("snapshot", (ev) => {
-      lastSeen = Date.now();
-      $("conn").className = "conn up";
-      const s = JSON.parse(ev.data);
-      if (s.series_reset) series = s.series.slice();
-      else {
-        const lastT = series.length ? series[series.length - 1].t : -1;
-        for (const p of s.series) if (p.t > lastT) series.push(p);
-      }
-      if (series.length > HISTORY) series = series.slice(series.length - HISTORY);
-      render(s);
-      document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
-    });
+  function onSnapshot(s) {
+    lastSeen = Date.now();
+    $("conn").className = "conn up";
+    if (s.series_reset) series = s.series.slice();
+    else {
+      const lastT = series.length ? series[series.length - 1].t : -1;
+      for (const p of s.series) if (p.t > lastT) series.push(p);
+    }
+    if (series.length > HISTORY) series = series.slice(series.length - HISTORY);
+    render(s);
+    document.body.dataset.updates = String(Number(document.body.dataset.updates || 0) + 1);
   }
+
+  function connectSse() {
+    document.body.dataset.transport = "sse";
+    const src = new EventSource(BASE + "/events");
+    src.addEventListener("snapshot", (ev) => onSnapshot(JSON.parse(ev.data)));
+  }
+
+  // A WebSocket where the server offers one (data-ws, the ASGI integration); the SSE
+  // stream otherwise, or when the socket never opens (a proxy that drops upgrades).
+  let lastId = null;
+  function connectWs() {
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + BASE + "/ws"
+      + (lastId === null ? "" : "?last_event_id=" + encodeURIComponent(lastId));
+    let opened = false;
+    const ws = new WebSocket(url);
+    ws.onopen = () => { opened = true; document.body.dataset.transport = "websocket"; };
+    ws.onmessage = (ev) => {
+      const m = JSON.parse(ev.data);
+      if (m.event !== "snapshot") return;
+      lastId = m.id;
+      onSnapshot(m.data);
+    };
+    ws.onclose = () => { if (opened) setTimeout(connectWs, RECONNECT_MS); else connectSse(); };
+  }
+  const RECONNECT_MS = 2000;
   window.addEventListener("resize", () => { if (last) drawCharts(); });
-  connect();
+  if (document.body.dataset.ws === "1" && "WebSocket" in window) connectWs(); else connectSse();
 })();

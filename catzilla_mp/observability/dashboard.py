@@ -51,14 +51,26 @@ def _page_template() -> str:
     return page.replace("/*__CSS__*/", css).replace("/*__JS__*/", js)
 
 
-def dashboard_html(prefix: str = "") -> str:
-    """The dashboard page for an app serving it at ``{prefix}/dashboard``."""
+def dashboard_html(prefix: str = "", *, websocket: bool = False) -> str:
+    """The dashboard page for an app serving it at ``{prefix}/dashboard``.
+
+    With ``websocket``, the page reads ``{prefix}/dashboard/ws`` and falls
+    back to the SSE stream if that does not open.
+    """
     base = prefix.rstrip("/") + "/dashboard"
-    return _page_template().replace("__BASE__", html.escape(base, quote=True))
+    return _page_template().replace("__BASE__", html.escape(base, quote=True)) \
+        .replace("__WS__", "1" if websocket else "")
 
 
 def _event(snap: dict, last_t: Optional[int], first: bool) -> tuple[str, Optional[int]]:
     """One SSE event: the whole history if ``first``, else the seconds after ``last_t``."""
+    payload, new_last = snapshot_payload(snap, last_t, first)
+    data = json.dumps(payload, default=str, separators=(",", ":"))
+    return f"event: snapshot\nid: {new_last}\ndata: {data}\n\n", new_last
+
+
+def snapshot_payload(snap: dict, last_t: Optional[int], first: bool) -> tuple[dict, Optional[int]]:
+    """(what one snapshot event carries, the last second it covers); see _event."""
     series = snap["series"]
     payload = dict(snap)
     payload["series_reset"] = first
@@ -66,8 +78,7 @@ def _event(snap: dict, last_t: Optional[int], first: bool) -> tuple[str, Optiona
         payload["series"] = [p for p in series if last_t is None or p["t"] > last_t]
     # the last full second this event covers, even when it had no point yet
     new_last = series[-1]["t"] if series else max(last_t or 0, int(snap["time"]) - 1)
-    data = json.dumps(payload, default=str, separators=(",", ":"))
-    return f"event: snapshot\nid: {new_last}\ndata: {data}\n\n", new_last
+    return payload, new_last
 
 
 def _resume_point(last_event_id: Optional[str]) -> Optional[int]:
@@ -133,3 +144,23 @@ async def aiter_sse_events(engine: "BackgroundTasks", interval: float = DEFAULT_
         await asyncio.sleep(interval)
         if is_disconnected is not None and await is_disconnected():
             return
+
+
+async def aiter_snapshots(engine: "BackgroundTasks", interval: float = DEFAULT_INTERVAL,
+                          last_event_id: Optional[str] = None
+                          ) -> AsyncIterator[tuple[Optional[int], dict]]:
+    """(id, payload) of each snapshot event, for a WebSocket (integrations/websocket.py).
+
+    The payloads of aiter_sse_events, without the SSE framing; runs until closed.
+    """
+    from .attach import instrument
+
+    obs = instrument(engine)
+    last_t = _resume_point(last_event_id)
+    first = last_t is None
+    while True:
+        snap = await asyncio.to_thread(obs.snapshot)
+        payload, last_t = snapshot_payload(snap, last_t, first)
+        first = False
+        yield last_t, payload
+        await asyncio.sleep(interval)

@@ -1,0 +1,47 @@
+"""WorkflowHost: what the workflows package may ask of its engine.
+
+The engine (engine.py) hands the package one object implementing this
+protocol; the package never reaches into the engine otherwise, so it sits
+below the API layer (docs/architecture.md) and could serve another engine.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Protocol
+
+from ..records import TaskStatus
+from ..results import TaskResult
+
+
+class WorkflowHost(Protocol):
+    """The engine's side of a workflow submission (engine.py's _WorkflowPort)."""
+
+    def hold(self, task: TaskResult) -> None:
+        """Enter a numbered task in the engine's table without queueing it.
+
+        From here the engine counts it as in flight (shutdown waits for it)
+        and get_task_result finds it.
+
+        Raises:
+            EngineClosedError, EngineBrokenError: the engine takes no task.
+        """
+
+    def forget(self, task: TaskResult) -> None:
+        """Take a held task out of the table again (it was a duplicate; it never ran)."""
+
+    def release(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict,
+                delay_s: float) -> Optional[BaseException]:
+        """Queue a held task, ``delay_s`` seconds later than its own delay_ms.
+
+        Returns:
+            None once queued; else the error, with the task already finished
+            FAILED by it (so whoever waits on it wakes up).
+        """
+
+    def finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
+        """Settle a held task that will never be queued (TaskLifecycle.finish)."""
+
+    def owns(self, task: TaskResult) -> bool:
+        """True if ``task`` was submitted to this engine."""
+
+    def add_task(self, func: Callable, *args: Any, **kwargs: Any) -> TaskResult:
+        """The engine's add_task (a schedule's runs go through it)."""
