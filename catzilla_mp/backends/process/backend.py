@@ -334,15 +334,18 @@ class ProcessBackend:
         if (first.delay_ms or fn_bytes is not None or first.timeout_ms != DEFAULT_TIMEOUT_MS
                 or first.wextras):
             return self._dispatch_each(tasks, fn, calls, done)
-        dumps = serialization.dumps_call
+        dumps, dumps_many = serialization.dumps_call, serialization.dumps_calls
         start, n = 0, len(tasks)
         while start < n:
             # no more than the free slots: taking slots we cannot queue yet
             # while waiting for more would wait for ever on a small queue
             k = min(SUBMIT_BATCH, n - start, max(1, len(self._free)))
-            datas = [dumps(args, {}) for args in calls[start:start + k]]
-            if max(map(len, datas)) > _INLINE_ARGS or any(type(d) is not bytes for d in datas):
-                return self._dispatch_each(tasks[start:], fn, calls[start:], done)
+            some = calls[start:start + k]
+            datas = dumps_many(some, _INLINE_ARGS)  # plain scalars: one tight loop
+            if datas is None:
+                datas = [dumps(args, {}) for args in some]
+                if max(map(len, datas)) > _INLINE_ARGS or any(type(d) is not bytes for d in datas):
+                    return self._dispatch_each(tasks[start:], fn, calls[start:], done)
             start += self._submit_inline_batch(tasks[start:start + k], func_id, datas, done)
 
     def _submit_inline_batch(self, tasks: list[TaskResult], func_id: int, datas: list[bytes],
