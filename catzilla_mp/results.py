@@ -369,7 +369,7 @@ class TaskResult(Generic[T]):
             self._value = value
             if ok is False and isinstance(value, BaseException):
                 self._tb = value.__traceback__
-            self.status = status
+            self._status = status
             self.completed_at = self.completed_at or time.time()
             self._ok = ok
             ev, cbs, fut = self._event, self._callbacks, self._fut

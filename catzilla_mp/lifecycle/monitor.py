@@ -10,7 +10,7 @@ import collections
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import psutil
 
@@ -97,8 +97,9 @@ class Monitor:
         if self._listeners:
             self.emit("retrying", task, exc)
 
-    def count_final_locked(self, task: "TaskResult", ok: bool, value: Any, status) -> None:
-        """Count a task's final outcome; the caller holds the engine's lock."""
+    def count_final_locked(self, task: "TaskResult", ok: bool, value: Any, status,
+                           now: Optional[float] = None) -> None:
+        """Count a task's final outcome; the caller holds the engine's lock (``now``: time.monotonic())."""
         if status is TaskStatus.CANCELLED:
             self.cancelled += 1
             return
@@ -111,7 +112,8 @@ class Monitor:
                 self.timeouts += 1
         if task.exec_ms is not None:
             self._exec_ms.append(task.exec_ms)
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         n = int(now / RATE_BUCKET_S)
         b = n % RATE_BUCKETS
         if self._bucket_sec[b] != n:

@@ -79,6 +79,9 @@ _INLINE_HANDLE = _core.HANDLE_INLINE << 56
 _COMPLETED = TaskStatus.COMPLETED
 _RUNNABLE = (TaskStatus.PENDING, TaskStatus.RUNNING)
 _SLOT_HELD = _core.SLOT_HELD
+_SLOT_FREE = _core.SLOT_FREE
+#: czmp_results_collect_outcomes_ex: release succeeded slots whose result it copied
+_RELEASE_OK = lib.CZMP_COLLECT_RELEASE_OK
 
 
 #: How long close() waits for the collector thread to end.
@@ -604,16 +607,28 @@ class ProcessBackend:
             self._collect(batch, COLLECT_WAIT_NS)
 
     def _collect(self, batch: "_OutcomeBatch", timeout_ns: int) -> int:
-        """Take finished slots (one C call) and settle each; returns how many."""
-        n = lib.czmp_results_collect_outcomes(self.raw, batch.out, batch.size, batch.data,
-                                              OUTCOME_DATA_BYTES, timeout_ns)
+        """Take finished slots (one C call) and settle each; returns how many.
+
+        The same C call releases the slots of successes whose result it
+        copied out (CZMP_COLLECT_RELEASE_OK): no call per slot for those.
+        """
+        n = lib.czmp_results_collect_outcomes_ex(self.raw, batch.out, batch.size, batch.data,
+                                                 OUTCOME_DATA_BYTES, timeout_ns, _RELEASE_OK)
         if n > 0:
             view = batch.view
-            for o in _OUTCOME.iter_unpack(batch.records[:n * _OUTCOME.size]):
-                try:
-                    self._on_outcome(o, view)
-                except BaseException:  # noqa: BLE001 - the collector must survive anything
-                    log.exception("collecting slot %d failed", o[4])
+            # CLOCK_MONOTONIC -> wall clock, once per batch (see _wall)
+            wall = time.time() - time.monotonic()
+            # successes, settled together once their slots are back (host.finish_many)
+            settled: list = []
+            try:
+                for o in _OUTCOME.iter_unpack(batch.records[:n * _OUTCOME.size]):
+                    try:
+                        self._on_outcome(o, view, wall, settled)
+                    except BaseException:  # noqa: BLE001 - the collector must survive anything
+                        log.exception("collecting slot %d failed", o[4])
+            finally:
+                if settled:
+                    self.host.finish_many(settled)
         return n
 
     def help_collect(self, task: TaskResult, timeout: Optional[float]) -> None:
@@ -653,7 +668,16 @@ class ProcessBackend:
         finally:
             batch.busy = False
 
-    def _on_outcome(self, o: tuple, view: memoryview) -> None:
+    def _on_outcome(self, o: tuple, view: memoryview, wall: Optional[float] = None,
+                    settled: Optional[list] = None) -> None:
+        """Settle the task of one outcome.
+
+        Args:
+            wall: the wall-clock offset of _wall, if known.
+            settled: where a final outcome whose slot is released goes, as
+                (task, ok, value, status), for the caller's host.finish_many;
+                None: finished here.
+        """
         state, handle, started, finished, idx, flags, n, worker, off, err = o
         task = self._slot_task[idx]
         if task is None:
@@ -674,16 +698,30 @@ class ProcessBackend:
             ok, value = False, SerializationError(f"cannot read the task's outcome: {exc!r}")
         if handle >> 56 == _HANDLE_EXTERNAL:
             self.payloads.free_external(handle)
-        task.started_at = self._wall(started)
+        if wall is None:
+            task.started_at = self._wall(started)
+        else:
+            task.started_at = started / 1e9 + wall if started else None
         task.exec_ms = (finished - started) / 1e6
         task.worker_id = worker
         task.result_bytes = n  # what keep_finished_bytes counts
-        if ok:
+        if state & 0xFF == _SLOT_FREE:
+            # released by the collect call already (a success, its result
+            # copied out): final even if its bytes would not unpickle, which
+            # no retry could fix (SerializationError is NOT_RETRYABLE)
+            self._unslot(task, idx)
+            outcome = (task, ok, value, _COMPLETED if ok else TaskStatus.FAILED)
+        elif ok:
             lib.czmp_slot_release(self.raw, idx, state)
             self._unslot(task, idx)
-            self.host.finish(task, True, value, _COMPLETED)
+            outcome = (task, True, value, _COMPLETED)
         else:
             self._settle(task, idx, False, value)
+            return
+        if settled is None:
+            self.host.finish(*outcome)
+        else:
+            settled.append(outcome)
 
     def on_done(self, idx: int) -> None:
         """A DONE slot handed over outside the result ring (its worker died): settle it."""
