@@ -19,7 +19,8 @@ It owns the task table and the policies:
   * finishing: finish() settles a task once, counts it (monitor), keeps it
     findable within keep_finished / keep_finished_bytes / result_ttl_s, emits
     its event, then completes the TaskResult (whose callbacks run on the
-    callback threads, lifecycle/callbacks.py).
+    callback threads, lifecycle/callbacks.py). finish_many() does the same
+    for a collector's batch under one lock acquisition.
   * a dead engine thread: thread_died fails every unfinished task.
 
 Backends see this class through the TaskHost protocol (lifecycle/host.py);
