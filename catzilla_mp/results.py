@@ -155,8 +155,10 @@ class TaskResult(Generic[T]):
 
     def __init__(self, task_id: str, engine: "TaskOwner",
                  priority: TaskPriority = TaskPriority.NORMAL, max_retries: int = 3,
-                 timeout_ms: int = 30000, delay_ms: int = 0) -> None:
+                 timeout_ms: int = 30000, delay_ms: int = 0, seq: int = 0, name: str = "",
+                 opts: Optional["TaskOptions"] = None, executor: bool = False) -> None:
         # (task_id, engine) is Catzilla's signature; the rest the engine passes
+        # (all of it here, once: every store counts on the submit path)
         self.task_id = task_id
         self._engine = engine
         self._status = TaskStatus.PENDING
@@ -183,16 +185,17 @@ class TaskResult(Generic[T]):
         self.progress_value: Optional[tuple] = None
         self.meta: Optional[dict] = None
         self.parked = False
-        self.name = ""  # the function's qualified name, for stats and logs
-        self.seq = 0  # the number in task_id, written to the slot for observers
+        self.name = name  # the function's qualified name, for stats and logs
+        self.seq = seq  # the number in task_id, written to the slot for observers
         self._final = False  # set once, under the engine's lock, by TaskLifecycle.finish
-        self.executor = False  # submitted by submit()/map(): the engine keeps it weakly once final
+        self.executor = executor  # submitted by submit()/map(): the engine keeps it weakly once final
         self.result_bytes = 0  # the pickled outcome's size (process mode), for keep_finished_bytes
         self.fn = None
         self.func_id = 0
         self.payload = None
-        self.opts: Optional["TaskOptions"] = None  # None: the defaults
-        self.wextras: Optional[dict] = None  # what the worker must know besides the call
+        self.opts: Optional["TaskOptions"] = opts  # None: the defaults
+        # what the worker must know besides the call
+        self.wextras: Optional[dict] = None if opts is None else opts.extras
         self.memory_mb: Optional[float] = None  # peak RSS over the start, as measured
         self.profile: Optional[list] = None  # top functions, with enable_profiling
         self.native: Optional[dict] = None  # a native task's outcome: compiled, compile_error
@@ -368,7 +371,7 @@ class TaskResult(Generic[T]):
             self._value = value
             if ok is False and isinstance(value, BaseException):
                 self._tb = value.__traceback__
-            self.status = status
+            self._status = status
             self.completed_at = self.completed_at or time.time()
             self._ok = ok
             ev, cbs, fut = self._event, self._callbacks, self._fut

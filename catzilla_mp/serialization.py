@@ -69,18 +69,55 @@ def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
         call = (args, kwargs)
     else:
         call = (args, kwargs, timeout_ms, fn_bytes)
-    if _has_big_buffer(args) or (kwargs and _has_big_buffer(kwargs.values())):
-        wrapped = (tuple(_wrap(a) for a in args), {k: _wrap(v) for k, v in kwargs.items()})
-        return _dumps_frame(wrapped + call[2:], "arguments")
+    # the submit hot path: arguments that are all small scalars (the common
+    # case) cannot hold a big buffer nor refer to __main__: one set lookup each
+    for a in args:
+        if a.__class__ not in _SCALARS:
+            plain = False
+            break
+    else:
+        plain = not kwargs and len(call) == 2
+    if not plain and (_has_big_buffer(args) or (kwargs and _has_big_buffer(kwargs.values()))):
+        return _dumps_frame(_wrapped(args, kwargs) + call[2:], "arguments")
     try:
         data = _dumps(call, PROTOCOL)
     except Exception:
         return _dumps_fallback(call, "arguments")
     # The standard pickler refers to functions and classes of __main__ by
     # name, and a worker's __main__ is not the app's: such calls go by value.
-    if _MAIN in data:
+    # (find: half the cost of ``in`` on short bytes here)
+    if not plain and data.find(_MAIN) >= 0:
         return _dumps_fallback(call, "arguments")
     return data
+
+
+def dumps_calls(calls: list, limit: int) -> "list[bytes] | None":
+    """Bytes of many plain calls ``(args, {})`` (add_tasks, map), or None for dumps_call's way.
+
+    The batch fast path: when every argument of every call is a small
+    scalar (nothing can be a big buffer or refer to ``__main__``) and every
+    pickle is at most ``limit`` bytes, one tight loop; otherwise None, and
+    the caller pickles each call with dumps_call.
+    """
+    scalars, dumps, empty = _SCALARS, _dumps, {}
+    out = []
+    for args in calls:
+        for a in args:
+            if a.__class__ not in scalars:
+                return None
+        data = dumps((args, empty), PROTOCOL)
+        if len(data) > limit:
+            return None
+        out.append(data)
+    return out
+
+
+#: Types whose values are never a big buffer (dumps_call skips the scan for them).
+_SCALARS = frozenset({int, float, str, bool, type(None), complex})
+
+
+def _wrapped(args: tuple, kwargs: dict) -> tuple:
+    return tuple(_wrap(a) for a in args), {k: _wrap(v) for k, v in kwargs.items()}
 
 
 def loads_call(data) -> tuple[tuple, dict, int | None, bytes | None, dict | None]:

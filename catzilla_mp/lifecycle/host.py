@@ -56,6 +56,9 @@ class TaskHost(Protocol):
     def finish(self, task: "TaskResult", ok: bool, value: Any, status: "TaskStatus") -> None:
         """Settle ``task`` for good: count it, keep it findable, complete its result."""
 
+    def finish_many(self, settled: list) -> None:
+        """finish() for a batch of ``(task, ok, value, status)``, in order (one lock, one clock)."""
+
     def attempt_failed(self, task: "TaskResult", exc: BaseException) -> bool:
         """After a failed attempt: True if it is retried (the backend keeps its input)."""
 

@@ -10,7 +10,7 @@ import collections
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import psutil
 
@@ -98,8 +98,9 @@ class Monitor:
         if self._listeners:
             self.emit("retrying", task, exc)
 
-    def count_final_locked(self, task: "TaskResult", ok: bool, value: Any, status) -> None:
-        """Count a task's final outcome; the caller holds the engine's lock."""
+    def count_final_locked(self, task: "TaskResult", ok: bool, value: Any, status,
+                           now: Optional[float] = None) -> None:
+        """Count a task's final outcome; the caller holds the engine's lock (``now``: time.monotonic())."""
         if status is TaskStatus.CANCELLED:
             self.cancelled += 1
             return
@@ -115,7 +116,8 @@ class Monitor:
         native = getattr(task, "native", None)  # None unless a native task ran
         if native is not None and native.get("compiled"):
             self.native += 1
-        now = time.monotonic()
+        if now is None:
+            now = time.monotonic()
         n = int(now / RATE_BUCKET_S)
         b = n % RATE_BUCKETS
         if self._bucket_sec[b] != n:

@@ -7,6 +7,10 @@
  *     \---- app release ---+-------------------------/ ^
  *                                                      \-- app reap of dead w: RUNNING(w)/DONE(w)
  *
+ * (The app's release of a succeeded slot whose result was inline happens
+ * inside its collect call, czmp_results_collect_outcomes_ex: HELD -> FREE
+ * there, no separate call.)
+ *
  * Every arrow is one CAS on the slot's state word, and only the process named
  * on an arrow makes it. The app never takes a RUNNING slot from a live worker:
  * it kills the worker first and reaps it (timeouts, cancels of running
@@ -761,6 +765,12 @@ int czmp_tasks_finish_inline(czmp_segment_t *seg, uint32_t worker, uint32_t idx,
 
 int czmp_results_collect_outcomes(czmp_segment_t *seg, czmp_outcome_t *out, int max,
                                   void *data, uint32_t data_cap, int64_t timeout_ns) {
+    return czmp_results_collect_outcomes_ex(seg, out, max, data, data_cap, timeout_ns, 0);
+}
+
+int czmp_results_collect_outcomes_ex(czmp_segment_t *seg, czmp_outcome_t *out, int max,
+                                     void *data, uint32_t data_cap, int64_t timeout_ns,
+                                     uint32_t how) {
     uint32_t idx[256];
     if (max <= 0)
         return -EINVAL;
@@ -794,6 +804,13 @@ int czmp_results_collect_outcomes(czmp_segment_t *seg, czmp_outcome_t *out, int 
             memcpy((char *)data + used, s->result_inline, o->len);
             o->data_off = used;
             used += o->len;
+            /* a success whose result is now copied out: nothing in the slot
+             * is needed any more, free it here rather than in a call per
+             * slot (the collector's hot path). The state we hold it in is
+             * ours (HELD since the collect above): the release cannot fail. */
+            if ((how & CZMP_COLLECT_RELEASE_OK) && !(o->flags & CZMP_RESULT_FAILED) &&
+                czmp_slot_release(seg, idx[i], o->state) == 0)
+                o->state = czmp_load_acquire(&s->state);
         }
     }
     return n;

@@ -413,15 +413,22 @@ def test_workers_that_cannot_start_back_off_then_break_the_engine(make_engine, m
 def test_concurrent_maps_on_a_small_queue_do_not_deadlock(make_engine, monkeypatch):
     """Issue 20.7: each add_tasks()/map() caller held the slots of its batch while it
     waited for more; on a small queue they held all of them with nothing queued. A
-    pause is patched into the pickling of each call (serialization.dumps_call), between
-    the look at the free slots and the taking of them."""
+    pause is patched into the pickling of each call (serialization.dumps_call, and
+    dumps_calls, the batch's fast path), between the look at the free slots and the
+    taking of them."""
     real_dumps = process_backend.serialization.dumps_call
+    real_dumps_many = process_backend.serialization.dumps_calls
 
     def slow_dumps(*a, **kw):
         time.sleep(0.002)
         return real_dumps(*a, **kw)
 
+    def slow_dumps_many(calls, limit):
+        time.sleep(0.002 * len(calls))
+        return real_dumps_many(calls, limit)
+
     monkeypatch.setattr(process_backend.serialization, "dumps_call", slow_dumps)
+    monkeypatch.setattr(process_backend.serialization, "dumps_calls", slow_dumps_many)
     engine = make_engine(workers=1, queue_size=4, queue_full_timeout=8)
     results, errors = {}, []
 

@@ -284,3 +284,46 @@ def test_finish_waits_out_a_stalled_collector_instead_of_dropping_the_result(seg
         time.sleep(0.01)
     assert finisher.returncode == 0
     assert seg.collect(4, 0) == [1]
+
+
+# -- issue 18: the collector's release inside its collect call ----------------------
+
+def finish_in_worker0(seg, i, data: bytes, failed: bool = False):
+    assert seg.submit(NORMAL, [i]) == 1
+    assert seg.take(0, 1, 0) == [i]
+    flags = lib.CZMP_RESULT_FAILED if failed else 0
+    assert lib.czmp_tasks_finish_inline(seg.raw, 0, i, flags, data, len(data)) == 0
+
+
+def test_issue_18_collect_with_release_frees_a_success_and_holds_a_failure(seg):
+    from catzilla_mp._native import ffi
+    # Given two finished slots: slot 0 succeeded (its args in a chunk), slot 1 failed
+    chunk = with_args_chunk(seg, 0, b"args" * 100)
+    finish_in_worker0(seg, 0, b"fine")
+    finish_in_worker0(seg, 1, b"boom", failed=True)
+    gen0 = state_gen(seg.slot_state(0))
+    # When the app collects them with CZMP_COLLECT_RELEASE_OK
+    out = ffi.new("czmp_outcome_t[4]")
+    data = ffi.new("char[]", 4096)
+    n = lib.czmp_results_collect_outcomes_ex(seg.raw, out, 4, data, 4096, 0,
+                                             lib.CZMP_COLLECT_RELEASE_OK)
+    assert n == 2
+    got = {out[k].idx: out[k] for k in range(n)}
+    # Then the success's slot is FREE already (next generation), its outcome says so,
+    # its result is in data and its args chunk is freed
+    assert kind(seg, 0) == SLOT_FREE and got[0].state == seg.slot_state(0)
+    assert state_gen(seg.slot_state(0)) > gen0
+    assert ffi.buffer(data + got[0].data_off, got[0].len)[:] == b"fine"
+    assert not seg.free(chunk, holder_slot(0))  # already freed: a second free is refused
+    # And the failure's slot is HELD for the app to retry or release, as without the flag
+    assert kind(seg, 1) == SLOT_HELD and got[1].state == seg.slot_state(1)
+    assert lib.czmp_slot_release(seg.raw, 1, got[1].state) == 0
+
+
+def test_issue_18_collect_without_release_leaves_every_slot_held(seg):
+    from catzilla_mp._native import ffi
+    finish_in_worker0(seg, 2, b"fine")
+    out = ffi.new("czmp_outcome_t[4]")
+    data = ffi.new("char[]", 4096)
+    assert lib.czmp_results_collect_outcomes_ex(seg.raw, out, 4, data, 4096, 0, 0) == 1
+    assert kind(seg, 2) == SLOT_HELD and out[0].state == seg.slot_state(2)

@@ -79,6 +79,9 @@ _INLINE_HANDLE = _core.HANDLE_INLINE << 56
 _COMPLETED = TaskStatus.COMPLETED
 _RUNNABLE = (TaskStatus.PENDING, TaskStatus.RUNNING)
 _SLOT_HELD = _core.SLOT_HELD
+_SLOT_FREE = _core.SLOT_FREE
+#: czmp_results_collect_outcomes_ex: release succeeded slots whose result it copied
+_RELEASE_OK = lib.CZMP_COLLECT_RELEASE_OK
 
 
 #: How long close() waits for the collector thread to end.
@@ -285,19 +288,17 @@ class ProcessBackend:
         try:
             if gate.closed:
                 raise EngineClosedError("the engine is shut down; it takes no new tasks")
-            self._dispatch(task, fn, args, kwargs)
-        finally:
-            inside.pop()
-            if gate.closed:
-                gate.after_exit()
-
-    def _dispatch(self, task: TaskResult, fn: Callable, args: tuple, kwargs: dict) -> None:
-        func_id, fn_bytes = self.functions.lookup(fn)
-        timeout = None if task.timeout_ms == DEFAULT_TIMEOUT_MS else task.timeout_ms
-        data = serialization.dumps_call(args, kwargs, timeout, fn_bytes, task.wextras)
-        if len(data) <= _INLINE_ARGS and not task.delay_ms:
+            # one function: a Python call is ~5% of this path
+            func_id, fn_bytes = self.functions.lookup(fn)
+            timeout = None if task.timeout_ms == DEFAULT_TIMEOUT_MS else task.timeout_ms
+            data = serialization.dumps_call(args, kwargs, timeout, fn_bytes, task.wextras)
+            if len(data) > _INLINE_ARGS or task.delay_ms:
+                return self._dispatch_stored(task, func_id, data)
             # the common case, in one C call: write the slot, queue it, wake a worker
-            idx = self._take_slot()
+            try:
+                idx = self._free.pop()
+            except IndexError:
+                idx = self._take_slot()
             task.slot = idx
             self._slot_task[idx] = task
             rc = lib.czmp_tasks_submit_inline(self.raw, task.priority._value_, idx, func_id,
@@ -307,7 +308,13 @@ class ProcessBackend:
                     self._not_queued(task, idx)
                     _core.check(rc, "submit task")
                     raise self._push_failed(1)
-            return
+        finally:
+            inside.pop()
+            if gate.closed:
+                gate.after_exit()
+
+    def _dispatch_stored(self, task: TaskResult, func_id: int, data: Any) -> None:
+        """A call that does not fit a slot, or waits for its delay first: stored, then queued or parked."""
         idx = self._store(task, func_id, data)
         if task.delay_ms:
             self._park(task, idx, task.delay_ms / 1000.0)
@@ -336,15 +343,18 @@ class ProcessBackend:
         if (first.delay_ms or fn_bytes is not None or first.timeout_ms != DEFAULT_TIMEOUT_MS
                 or first.wextras):
             return self._dispatch_each(tasks, fn, calls, done)
-        dumps = serialization.dumps_call
+        dumps, dumps_many = serialization.dumps_call, serialization.dumps_calls
         start, n = 0, len(tasks)
         while start < n:
             # no more than the free slots: taking slots we cannot queue yet
             # while waiting for more would wait for ever on a small queue
             k = min(SUBMIT_BATCH, n - start, max(1, len(self._free)))
-            datas = [dumps(args, {}) for args in calls[start:start + k]]
-            if max(map(len, datas)) > _INLINE_ARGS or any(type(d) is not bytes for d in datas):
-                return self._dispatch_each(tasks[start:], fn, calls[start:], done)
+            some = calls[start:start + k]
+            datas = dumps_many(some, _INLINE_ARGS)  # plain scalars: one tight loop
+            if datas is None:
+                datas = [dumps(args, {}) for args in some]
+                if max(map(len, datas)) > _INLINE_ARGS or any(type(d) is not bytes for d in datas):
+                    return self._dispatch_each(tasks[start:], fn, calls[start:], done)
             start += self._submit_inline_batch(tasks[start:start + k], func_id, datas, done)
 
     def _submit_inline_batch(self, tasks: list[TaskResult], func_id: int, datas: list[bytes],
@@ -603,16 +613,28 @@ class ProcessBackend:
             self._collect(batch, COLLECT_WAIT_NS)
 
     def _collect(self, batch: "_OutcomeBatch", timeout_ns: int) -> int:
-        """Take finished slots (one C call) and settle each; returns how many."""
-        n = lib.czmp_results_collect_outcomes(self.raw, batch.out, batch.size, batch.data,
-                                              OUTCOME_DATA_BYTES, timeout_ns)
+        """Take finished slots (one C call) and settle each; returns how many.
+
+        The same C call releases the slots of successes whose result it
+        copied out (CZMP_COLLECT_RELEASE_OK): no call per slot for those.
+        """
+        n = lib.czmp_results_collect_outcomes_ex(self.raw, batch.out, batch.size, batch.data,
+                                                 OUTCOME_DATA_BYTES, timeout_ns, _RELEASE_OK)
         if n > 0:
             view = batch.view
-            for o in _OUTCOME.iter_unpack(batch.records[:n * _OUTCOME.size]):
-                try:
-                    self._on_outcome(o, view)
-                except BaseException:  # noqa: BLE001 - the collector must survive anything
-                    log.exception("collecting slot %d failed", o[4])
+            # CLOCK_MONOTONIC -> wall clock, once per batch (see _wall)
+            wall = time.time() - time.monotonic()
+            # successes, settled together once their slots are back (host.finish_many)
+            settled: list = []
+            try:
+                for o in _OUTCOME.iter_unpack(batch.records[:n * _OUTCOME.size]):
+                    try:
+                        self._on_outcome(o, view, wall, settled)
+                    except BaseException:  # noqa: BLE001 - the collector must survive anything
+                        log.exception("collecting slot %d failed", o[4])
+            finally:
+                if settled:
+                    self.host.finish_many(settled)
         return n
 
     def help_collect(self, task: TaskResult, timeout: Optional[float]) -> None:
@@ -652,7 +674,16 @@ class ProcessBackend:
         finally:
             batch.busy = False
 
-    def _on_outcome(self, o: tuple, view: memoryview) -> None:
+    def _on_outcome(self, o: tuple, view: memoryview, wall: Optional[float] = None,
+                    settled: Optional[list] = None) -> None:
+        """Settle the task of one outcome.
+
+        Args:
+            wall: the wall-clock offset of _wall, if known.
+            settled: where a final outcome whose slot is released goes, as
+                (task, ok, value, status), for the caller's host.finish_many;
+                None: finished here.
+        """
         state, handle, started, finished, idx, flags, n, worker, off, err = o
         task = self._slot_task[idx]
         if task is None:
@@ -673,16 +704,30 @@ class ProcessBackend:
             ok, value = False, SerializationError(f"cannot read the task's outcome: {exc!r}")
         if handle >> 56 == _HANDLE_EXTERNAL:
             self.payloads.free_external(handle)
-        task.started_at = self._wall(started)
+        if wall is None:
+            task.started_at = self._wall(started)
+        else:
+            task.started_at = started / 1e9 + wall if started else None
         task.exec_ms = (finished - started) / 1e6
         task.worker_id = worker
         task.result_bytes = n  # what keep_finished_bytes counts
-        if ok:
+        if state & 0xFF == _SLOT_FREE:
+            # released by the collect call already (a success, its result
+            # copied out): final even if its bytes would not unpickle, which
+            # no retry could fix (SerializationError is NOT_RETRYABLE)
+            self._unslot(task, idx)
+            outcome = (task, ok, value, _COMPLETED if ok else TaskStatus.FAILED)
+        elif ok:
             lib.czmp_slot_release(self.raw, idx, state)
             self._unslot(task, idx)
-            self.host.finish(task, True, value, _COMPLETED)
+            outcome = (task, True, value, _COMPLETED)
         else:
             self._settle(task, idx, False, value)
+            return
+        if settled is None:
+            self.host.finish(*outcome)
+        else:
+            settled.append(outcome)
 
     def on_done(self, idx: int) -> None:
         """A DONE slot handed over outside the result ring (its worker died): settle it."""
