@@ -20,6 +20,7 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import os
 import struct
 import threading
 import time
@@ -81,6 +82,15 @@ _RUNNABLE = (TaskStatus.PENDING, TaskStatus.RUNNING)
 _SLOT_HELD = _core.SLOT_HELD
 
 
+#: Bytes of the pool the pre-fault thread backs per C call: small enough that
+#: close() waits for at most one step (~2 ms), large enough that the calls
+#: cost nothing next to the page allocations.
+PREFAULT_STEP = 4 << 20
+#: Seconds the pre-fault thread waits before it starts: the workers' start-up
+#: (and the first tasks) come first.
+PREFAULT_DELAY_S = 0.5
+#: The pre-fault thread's nice value: it only uses CPU nothing else wants.
+PREFAULT_NICE = 19
 #: How long close() waits for the collector thread to end.
 COLLECTOR_JOIN_S = 5.0
 #: How long close() waits for threads still inside the mapping (a listener
@@ -235,10 +245,13 @@ class ProcessBackend:
             populate=False)
         self.raw = self.seg.raw
         self.gate = MappingGate()
-        # Page tables for the pool are built in the background: with
-        # MAP_POPULATE a 500 MiB pool held the constructor up for ~0.3 s.
-        self._prefault = threading.Thread(target=lib.czmp_segment_prefault, args=(self.raw,),
-                                          name="czmp-prefault", daemon=True)
+        # The pool's chunks are backed on first use (native/arena.c); with
+        # populate=True this thread backs them ahead of need, a few MiB at a
+        # time at the lowest priority, so it neither delays start-up (a
+        # 500 MiB pool takes ~0.3 s of CPU) nor shutdown (_unmap stops it).
+        self._prefault_stop = threading.Event()
+        self._prefault = threading.Thread(target=self._prefault_pool, name="czmp-prefault",
+                                          daemon=True)
         if o.populate:
             self._prefault.start()
         try:
@@ -246,6 +259,19 @@ class ProcessBackend:
         except BaseException:
             self._destroy_segment()
             raise
+
+    def _prefault_pool(self) -> None:
+        """Back the pool's chunks ahead of need, PREFAULT_STEP bytes per C call, niced."""
+        try:  # Linux: a thread's own nice value (the app's other threads keep theirs)
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFAULT_NICE)
+        except (AttributeError, OSError):
+            pass
+        if self._prefault_stop.wait(PREFAULT_DELAY_S):
+            return
+        cursor = ffi.new("uint64_t *")
+        while not self._prefault_stop.is_set():
+            if lib.czmp_arena_prefault(self.raw, cursor, PREFAULT_STEP) != 1:
+                return  # every chunk backed, or /dev/shm full (allocs then fail cleanly)
 
     def _init_state(self, o) -> None:
         self.payloads = Payloads(self.seg, o.max_payload_bytes,
@@ -995,6 +1021,7 @@ class ProcessBackend:
         remove_externals(name)
 
     def _unmap(self) -> None:
+        self._prefault_stop.set()
         if self._prefault.is_alive():
             self._prefault.join()  # it must not touch the mapping as it goes
         self.seg.detach()
