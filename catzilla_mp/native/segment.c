@@ -39,6 +39,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -398,6 +399,13 @@ static int fallocate_or_truncate(int fd, uint64_t off, uint64_t len) {
  * start-up, and its pages stayed allocated whether used or not). */
 static int reserve(int fd, const czmp_header_t *h, uint64_t size) {
     uint64_t eager = h->nclasses ? h->classes[0].data_off : size;
+    /* a pool that does not fit what /dev/shm has free now is refused here,
+     * as when it was fallocated whole: memory_pool_mb stays a promise made
+     * at start-up, not a failure found on some later payload */
+    struct statvfs vfs;
+    if (fstatvfs(fd, &vfs) == 0 && vfs.f_bavail &&
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < size)
+        return -ENOSPC;
     int rc = fallocate_or_truncate(fd, 0, eager);
     if (rc == 0 && ftruncate(fd, (off_t)size) != 0)
         rc = -errno;
