@@ -136,6 +136,18 @@ int czmp_arena_alloc(czmp_segment_t *seg, uint64_t size, uint32_t holder, uint64
 }
 
 int czmp_arena_prefault(czmp_segment_t *seg, uint64_t *cursor, uint64_t max_bytes) {
+    if (*cursor == 0 && seg->nclasses) {
+        /* first the bookkeeping (slots, records, tags; fallocated at create,
+         * so this cannot fail for want of pages): a crash's reap scans every
+         * slot and tag, and faulting them in one by one then took ~30 ms */
+        madvise(seg->base, (uint64_t)(class_of(seg, 0)->data - (char *)seg->base),
+                MADV_POPULATE_WRITE);
+        for (uint32_t k = 1; k < seg->nclasses; k++) {
+            uintptr_t t = (uintptr_t)class_of(seg, k)->tags & ~(uintptr_t)(page_bytes() - 1);
+            madvise((void *)t, (uint64_t)((uintptr_t)class_of(seg, k)->data - t),
+                    MADV_POPULATE_WRITE);
+        }
+    }
     uint32_t c = (uint32_t)(*cursor >> 32), i = (uint32_t)*cursor;
     uint64_t done = 0;
     for (; c < seg->nclasses; c++, i = 0) {
