@@ -65,19 +65,21 @@ def test_a_killed_zygote_is_replaced_and_its_workers_replaced_with_it(make_engin
 
 
 def test_workers_are_spawned_when_the_zygote_keeps_failing(make_engine, monkeypatch):
-    def refuse(self, cfg):
+    def refuse(self, cfgs):
         raise zygote_mod.ZygoteError("refused for the test")
 
-    monkeypatch.setattr(zygote_mod.Zygote, "fork", refuse)
+    monkeypatch.setattr(zygote_mod.Zygote, "fork_many", refuse)
     engine = make_engine(workers=2)
     wait_until(lambda: len(worker_pids(engine)) == 2, 60, "two workers serving")
     sup = engine._backend.supervisor
     assert psutil.Process(worker_pids(engine)[0]).ppid() == os.getpid()  # spawned by us
     assert engine.add_task(fault_jobs.triple, 2).wait(30) == 7
-    os.kill(worker_pids(engine)[0], signal.SIGKILL)
-    wait_until(lambda: len(worker_pids(engine)) == 2 and sup.crashes == 1, 60,
-               "a spawned replacement")
+    for crashes in range(1, zygote_mod.ZYGOTE_FAILURES_FALLBACK + 1):
+        os.kill(worker_pids(engine)[0], signal.SIGKILL)
+        wait_until(lambda: len(worker_pids(engine)) == 2 and sup.crashes == crashes, 60,
+                   "a spawned replacement")
     assert not sup.use_zygote  # after ZYGOTE_FAILURES_FALLBACK failures in a row
+    assert {psutil.Process(p).ppid() for p in worker_pids(engine)} == {os.getpid()}
     assert engine.add_task(fault_jobs.triple, 3).wait(30) == 10
 
 

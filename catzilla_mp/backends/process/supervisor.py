@@ -193,17 +193,25 @@ class Supervisor:
             self._last_slow = now
             lib.czmp_rings_repair(self.seg.raw, self.cookies)
             self._recycle_by_memory()
-        while (len(self._live()) < self.target and self.free_indices
-               and time.monotonic() >= self._next_spawn):
-            self._spawn()
+        if time.monotonic() >= self._next_spawn:
+            wanted = min(self.target - len(self._live()), len(self.free_indices))
+            if wanted > 0:
+                self._spawn(wanted)
 
     def _live(self) -> list[WorkerProcess]:
         return [w for w in self.procs.values() if not w.stopping]
 
     # -- spawning and reaping -------------------------------------------------------
 
-    def _spawn(self) -> None:
-        index = self.free_indices.pop()
+    def _spawn(self, count: int = 1) -> None:
+        """Start ``count`` workers: all asked of the zygote at once, else spawned."""
+        cfgs = [self._worker_cfg(self.free_indices.pop()) for _ in range(count)]
+        popens = self._fork(cfgs) if self.use_zygote else [None] * count
+        for cfg, popen in zip(cfgs, popens):
+            self._start(cfg, popen)
+
+    def _worker_cfg(self, index: int) -> dict:
+        """Reset worker record ``index`` for a new incarnation; the new worker's config."""
         rec = self.seg.worker(index)
         rec.pid = 0
         rec.state = lib.CZMP_WORKER_STARTING
@@ -220,7 +228,11 @@ class Supervisor:
             "niceness": o.worker_niceness, "max_external_bytes": o.max_external_bytes,
             **self.host.worker_extras,  # compat: logs, initializer (the engine's worker setup)
         }
-        popen = self._fork(cfg) if self.use_zygote else None
+        return cfg
+
+    def _start(self, cfg: dict, popen: Optional[Any]) -> None:
+        """Register a forked worker, or spawn one (``popen`` None)."""
+        index = cfg["index"]
         pidfd = -1
         if popen is None:
             popen = subprocess.Popen(
@@ -240,15 +252,16 @@ class Supervisor:
         log.info("worker %d started (pid %d)", index, popen.pid,
                  extra={"event": "worker_started", "worker": index, "pid": popen.pid})
 
-    def _fork(self, cfg: dict) -> Optional[Any]:
-        """A worker forked by the zygote (started here if need be); None: spawn it instead."""
+    def _fork(self, cfgs: list[dict]) -> list[Optional[Any]]:
+        """Workers forked by the zygote (started here if need be); None entries: spawn those."""
+        forked: list[Optional[Any]] = []
         try:
             if self.zygote is None or not self.zygote.alive:
                 if self.zygote is not None:
                     self.zygote.stop(0)  # reap the dead one
                 self.zygote = Zygote(self._env)
                 self.zygote.start()
-            popen = self.zygote.fork(cfg)
+            forked = self.zygote.fork_many(cfgs)
         except (ZygoteError, OSError) as exc:
             self.zygote_failures += 1
             if self.zygote is not None:
@@ -260,9 +273,9 @@ class Supervisor:
                         extra={"event": "zygote_failed", "failures": self.zygote_failures})
             if fallback:
                 self.use_zygote = False
-            return None
+            return [None] * len(cfgs)
         self.zygote_failures = 0
-        return popen
+        return forked
 
     def _reap(self) -> None:
         for w in list(self.procs.values()):

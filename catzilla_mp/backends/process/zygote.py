@@ -119,20 +119,36 @@ class Zygote:
         Raises:
             ZygoteError: the zygote is dead, hung (ZYGOTE_REPLY_S) or refused.
         """
+        return self.fork_many([cfg])[0]
+
+    def fork_many(self, cfgs: list[dict]) -> list["ForkedWorker"]:
+        """Ask for a worker per config, all requests first (the zygote forks them back to back).
+
+        Raises:
+            ZygoteError: as fork(); workers forked before the failure die with
+                the zygote, which is then killed.
+        """
         if not self.alive:
             raise ZygoteError("the zygote is not running")
+        for cfg in cfgs:
+            try:
+                self.sock.send(json.dumps({"fork": cfg}).encode())
+            except OSError as exc:
+                self.kill()
+                if exc.errno == errno.EMSGSIZE:  # a config larger than a packet
+                    raise ZygoteError(f"the worker config does not fit a packet: {exc}") from None
+                raise ZygoteError(f"the zygote is gone: {exc}") from None
         try:
-            self.sock.send(json.dumps({"fork": cfg}).encode())
-        except OSError as exc:
-            if exc.errno == errno.EMSGSIZE:  # a config larger than a packet: spawn this one
-                raise ZygoteError(f"the worker config does not fit a packet: {exc}") from None
-            self._dead()
-            raise ZygoteError(f"the zygote is gone: {exc}") from None
+            return [self._await_forked() for _ in cfgs]
+        except ZygoteError:
+            self.kill()
+            raise
+
+    def _await_forked(self) -> "ForkedWorker":
         deadline = time.monotonic() + ZYGOTE_REPLY_S
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.sock], [], [], left)[0]:
-                self.kill()
                 raise ZygoteError(f"the zygote did not answer within {ZYGOTE_REPLY_S:.0f} s")
             msg, fds = self._recv()
             if msg is None:
