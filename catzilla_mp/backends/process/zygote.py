@@ -3,32 +3,41 @@
 Starting a worker as a fresh interpreter (``python -m catzilla_mp.workers``)
 costs ~60 ms on a quiet machine and 0.2-0.5 s on a busy one: the interpreter
 starts, runs site, imports the package. With ``start_method="forkserver"``
-(the default) the supervisor starts ONE fresh interpreter, the zygote, which
-imports everything a worker needs and then forks a worker per request: a
-worker serves a few milliseconds after it is asked for, and so does the
-replacement of a crashed one.
+(the default) the workers come from a zygote, a process that has imported
+everything a worker needs and forks a worker per request: a worker serves a
+few milliseconds after it is asked for, and so does the replacement of a
+crashed one.
 
-    app: supervisor thread                   zygote (one thread)               worker
-    ──────────────────────                   ───────────────────               ──────
-    Zygote.start()  ── spawn (once) ───────► import worker module; "ready"
-    Zygote.fork(cfg) ── {"fork": cfg} ─────► os.fork() ──────────────────────► worker.main(cfg)
-       ForkedWorker ◄── {"forked": pid} ───┘  + the child's pidfd (SCM_RIGHTS)   ...
-    supervisor wakes ◄── {"exit": pid, ───── waitpid (its pidfd readable)      os._exit(code)
-    on the socket         "code": c}
+    app                                      zygote (one thread)               worker
+    ───                                      ───────────────────               ──────
+    engine constructor: fork_from_app() ───► (or, app threaded: supervisor
+                                              spawns python -m ...zygote)
+                                             drop the app's state, preload
+    supervisor: fork_many(cfgs) ── {"fork": cfg} ─► os.fork() ─────────────────► worker.main(cfg)
+       ForkedWorker ◄── {"forked": pid} + its pidfd (SCM_RIGHTS) ┘                 ...
+    supervisor wakes ◄── {"exit": pid, "code": c} ── waitpid (pidfd readable)   os._exit(code)
 
-Why a fresh zygote and not a fork of the app: the app may run threads (a web
-server's, the engine's own), and a fork copies whatever locks they hold at
-that instant into a child that has none of those threads -- a logging or
-allocator lock held then never comes free in the child. The zygote is spawned
-from a clean interpreter and stays single-threaded, so every fork of it is
-safe, and nothing of the app (its signal handlers, open sockets, threads,
-atexit hooks) reaches a worker. The price is one interpreter start per engine,
-paid while the constructor returns and the app goes on.
+Where the zygote comes from (the default, chosen by measurement, see
+docs/deploy.md): forked from the app when the app has ONE thread at the
+engine's construction (counted by the kernel, /proc/self/task), which is
+before the engine starts threads of its own. Then no lock can be held by a
+thread the child lacks, no interpreter starts at all (start-up to the first
+result drops from ~0.65 s to tens of ms), and workers inherit the app's
+imports, task modules included. The child drops what is the app's (signal
+handlers, inherited descriptors, stdio buffers, logging handlers,
+half-imported modules; _become_zygote). When the app already runs threads, a
+fork could copy a lock some thread holds (logging's, an allocator's) into a
+child where it never comes free, so the supervisor spawns a fresh interpreter
+as the zygote instead: safe, and it pays one interpreter start per engine,
+in parallel with the rest of start-up. Either way the zygote is
+single-threaded, so each fork of it is safe.
 
 Lifetimes (a worker never outlives its app, tests/faults):
-  * the zygote asks for SIGKILL when the supervisor thread that spawned it
-    ends (PR_SET_PDEATHSIG), checks that its parent is the app, and exits on
-    EOF of its socket or when it finds itself re-parented;
+  * the zygote asks for SIGKILL when the thread that started it ends
+    (PR_SET_PDEATHSIG: the supervisor thread, or for a fork the app's main
+    thread; a fork from another thread skips it), checks that its parent is
+    the app, and exits on EOF of its socket or when it finds itself
+    re-parented (checked every PARENT_CHECK_S);
   * a worker asks for SIGKILL when the zygote dies, and its heartbeat thread
     exits the process if it is re-parented: app gone -> zygote gone ->
     workers gone.
