@@ -166,3 +166,15 @@ def inherited(fd, link):
     except OSError:
         same = False
     return signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL, same
+
+
+def register_exit_marker(path):
+    """Register an exit hook in this worker that appends its pid to ``path``."""
+    import atexit
+
+    def mark_exit(pid=os.getpid()):
+        with open(path, "a") as f:
+            f.write(f"{pid}\n")
+
+    atexit.register(mark_exit)
+    return os.getpid()

@@ -141,8 +141,9 @@ def test_the_zygote_forked_from_the_app_dies_with_the_app_and_its_workers_with_i
 
 
 ISOLATION = """
-import os, signal, socket, sys, threading
+import atexit, os, signal, socket, sys, threading
 sys.path.insert(0, sys.argv[1])
+atexit.register(lambda: open(sys.argv[3], "a").write(f"app {os.getpid()}\\n"))
 import fault_jobs
 from catzilla_mp import BackgroundTasks
 listener = socket.socket()
@@ -163,9 +164,10 @@ engine.shutdown()
 
 
 @pytest.mark.parametrize("mode", ["single", "threaded"])
-def test_workers_inherit_neither_the_apps_handlers_nor_its_sockets(spawn, mode):
-    # Given an app with a listening socket and a SIGUSR2 handler
-    app = spawn(ISOLATION, os.path.dirname(fault_jobs.__file__), mode,
+def test_workers_inherit_neither_the_apps_handlers_nor_its_sockets(spawn, mode, tmp_path):
+    # Given an app with a listening socket, a SIGUSR2 handler and an exit hook
+    exits = tmp_path / "exits"
+    app = spawn(ISOLATION, os.path.dirname(fault_jobs.__file__), mode, str(exits),
                 stdout=subprocess.PIPE, text=True)
     out, _ = app.communicate(timeout=120)
     forked, seen = out.split("\n")[:2]
@@ -173,3 +175,14 @@ def test_workers_inherit_neither_the_apps_handlers_nor_its_sockets(spawn, mode):
     assert forked == ("1" if mode == "single" else "0")
     # then a task sees the default handler and no socket at that descriptor
     assert seen == "(True, False)", out
+    # and the app's exit hook ran once, in the app (not in its zygote or workers)
+    assert exits.read_text() == f"app {app.pid}\n"
+
+
+def test_exit_hooks_a_task_registers_run_when_its_worker_stops(make_engine, tmp_path):
+    # as they do in a spawned interpreter: an engine a task built is shut down
+    engine = make_engine(workers=1)
+    marks = tmp_path / "marks"
+    pid = engine.add_task(fault_jobs.register_exit_marker, str(marks)).wait(30)
+    engine.shutdown()
+    assert marks.read_text() == f"{pid}\n"

@@ -342,6 +342,9 @@ def _become_zygote(sock: socket.socket, app: int, deathsig: bool) -> int:
             continue
         setattr(sys, name, new)
         setattr(sys, f"__{name}__", new)
+    # nor the app's exit hooks (its engine's shutdown, its pid files...)
+    import atexit
+    atexit._clear()
     # a fresh interpreter has no logging handlers; workers add their own
     import logging
     for logger in [logging.getLogger()] + [
@@ -480,8 +483,16 @@ def _child(sock: socket.socket, pidfds: dict, cfg: dict) -> None:
         traceback.print_exc()
         code = 1
     finally:
-        # As multiprocessing's forked children do: no interpreter finalization
-        # (the zygote's state is not ours to tear down, and it took ~50 ms).
+        # The exit hooks registered in this worker's life run, as in a spawned
+        # worker (an engine a task built shuts down and removes its segment);
+        # the app's were dropped in the zygote (_become_zygote). Then, as
+        # multiprocessing's forked children do, no interpreter finalization:
+        # the zygote's state is not ours to tear down, and it took ~50 ms.
+        try:
+            import atexit
+            atexit._run_exitfuncs()
+        except BaseException:  # noqa: BLE001 - the exit goes on
+            pass
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
