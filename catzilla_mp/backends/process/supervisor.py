@@ -14,11 +14,12 @@ Every tick it
 All workers are started from this thread, and only from it: a worker asks
 the kernel for SIGKILL when the thread that forked it ends (PR_SET_PDEATHSIG
 follows the thread, not the process), so this thread must live exactly as
-long as the engine. With start_method="forkserver" (the default) the thread
-spawns one zygote (zygote.py) and the workers are forked from it; the zygote
-dies with this thread and the workers with the zygote.
+long as the engine. With start_method="forkserver" (the default) the workers
+are forked from a zygote (zygote.py): the one the engine forked from the app
+in its constructor, or else one this thread spawns (and so the zygote dies
+with this thread); the workers die with the zygote.
 
-Between passes the thread sleeps in select() on every worker's exit (a pidfd,
+Between passes the thread sleeps in poll() on every worker's exit (a pidfd,
 or the zygote's socket, which carries its workers' exit codes) and on a wake
 pipe that stop() writes: a crash is handled, and its replacement started, as
 soon as it happens, and shutdown does not wait for a tick (issue 18).
@@ -28,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -41,7 +41,7 @@ import psutil
 
 from ... import _core
 from ..._native import lib
-from .zygote import ZYGOTE_FAILURES_FALLBACK, Zygote, ZygoteError
+from .zygote import ZYGOTE_FAILURES_FALLBACK, Zygote, ZygoteError, wait_readable
 
 if TYPE_CHECKING:
     from ...lifecycle.host import TaskHost
@@ -171,10 +171,7 @@ class Supervisor:
                 fds.add(fd)
         if self.zygote is not None and self.zygote.alive:
             fds.add(self.zygote.fileno())
-        try:
-            ready = select.select(list(fds), [], [], timeout)[0]
-        except (OSError, ValueError):  # a descriptor closed under us: just pass
-            return
+        ready = wait_readable(fds, timeout)
         if self._wake_r in ready:
             try:
                 os.read(self._wake_r, 512)

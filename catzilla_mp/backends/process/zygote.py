@@ -157,7 +157,7 @@ class Zygote:
         deadline = time.monotonic() + ZYGOTE_REPLY_S
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            if left <= 0 or not wait_readable([self.sock.fileno()], left):
                 raise ZygoteError(f"the zygote did not answer within {ZYGOTE_REPLY_S:.0f} s")
             msg, fds = self._recv()
             if msg is None:
@@ -171,11 +171,7 @@ class Zygote:
     def drain(self) -> None:
         """Take every message waiting (exit reports) without blocking."""
         while self.alive:
-            try:
-                ready = select.select([self.sock], [], [], 0)[0]
-            except (OSError, ValueError):
-                ready = True
-            if not ready:
+            if not wait_readable([self.sock.fileno()], 0):
                 return
             if self._recv()[0] is None:
                 return
@@ -425,7 +421,7 @@ class ForkedWorker:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
-            select.select([self.fileno()], [], [], min(0.05, left) if left else 0.05)
+            wait_readable([self.fileno()], min(0.05, left) if left else 0.05)
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -442,10 +438,20 @@ class ForkedWorker:
 
 
 def _readable(fd: int) -> bool:
-    try:
-        return bool(select.select([fd], [], [], 0)[0])
-    except (OSError, ValueError):
-        return True
+    return bool(wait_readable([fd], 0))
+
+
+def wait_readable(fds, timeout: Optional[float]) -> set:
+    """The descriptors of ``fds`` readable (or hung up, or invalid) within ``timeout`` s.
+
+    poll(), not select(): an app with a thousand connections open hands out
+    descriptors above FD_SETSIZE, which select() refuses.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+    return {fd for fd, _ in poller.poll(ms)}
 
 
 def _exit_of(proc: subprocess.Popen) -> str:
@@ -506,17 +512,17 @@ def serve(sock: socket.socket, parent: int) -> int:
     pidfds: dict[int, int] = {}  # pidfd -> pid of a live child
     _send(sock, {"ready": os.getpid()})
     while True:
-        ready = select.select([sock, *pidfds], [], [], PARENT_CHECK_S)[0]
+        ready = wait_readable([sock.fileno(), *pidfds], PARENT_CHECK_S)
         if os.getppid() != parent:
             return 0  # the app is gone (re-parented): our workers go with us
         for fd in ready:
-            if fd is sock:
+            if fd == sock.fileno():
                 continue
             pid = pidfds.pop(fd)
             os.close(fd)
             _, status = os.waitpid(pid, 0)
             _send(sock, {"exit": pid, "code": os.waitstatus_to_exitcode(status)})
-        if sock not in ready:
+        if sock.fileno() not in ready:
             continue
         try:
             data = sock.recv(MAX_MESSAGE)
