@@ -186,3 +186,29 @@ def test_exit_hooks_a_task_registers_run_when_its_worker_stops(make_engine, tmp_
     pid = engine.add_task(fault_jobs.register_exit_marker, str(marks)).wait(30)
     engine.shutdown()
     assert marks.read_text() == f"{pid}\n"
+
+
+PREFORK = """
+import os, sys, time
+sys.path.insert(0, sys.argv[1])
+import fault_jobs
+from catzilla_mp import BackgroundTasks
+engine = BackgroundTasks(workers=1, memory_pool_mb=16, queue_size=64)
+assert engine.add_task(fault_jobs.triple, 1).wait(60) == 4
+zygote = engine._backend.supervisor.zygote
+child = os.fork()  # as a pre-fork server does: the child holds a copy of every descriptor
+if child == 0:
+    time.sleep(60)
+    os._exit(0)
+engine.shutdown()
+print(int(zygote.forked_from_app), zygote.proc.returncode, flush=True)
+os.kill(child, 9)
+os.waitpid(child, 0)
+"""
+
+
+def test_the_zygote_stops_when_told_even_if_a_forked_child_holds_its_socket(spawn):
+    app = spawn(PREFORK, os.path.dirname(fault_jobs.__file__), stdout=subprocess.PIPE, text=True)
+    out, _ = app.communicate(timeout=120)
+    # exit code 0: it left on the stop message, not SIGKILLed after the grace period
+    assert out.split() == ["1", "0"], out

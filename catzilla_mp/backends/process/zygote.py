@@ -209,7 +209,16 @@ class Zygote:
             self.proc.wait()
 
     def stop(self, timeout: float) -> None:
-        """Close the socket (the zygote exits on EOF) and reap it; SIGKILL after ``timeout``."""
+        """Tell the zygote to exit and reap it; SIGKILL after ``timeout``.
+
+        Told, not only hung up on: a process the app forked (a pre-fork
+        server's workers) holds a copy of our end, so closing ours is no EOF.
+        """
+        if self.alive:
+            try:
+                self.sock.send(b'{"stop": true}')
+            except OSError:
+                pass
         self._dead()
         if self.proc is None:
             return
@@ -530,7 +539,10 @@ def serve(sock: socket.socket, parent: int) -> int:
             data = b""
         if not data:
             return 0  # the app closed its end: shutdown, or the app died
-        cfg = json.loads(data)["fork"]
+        msg = json.loads(data)
+        if "stop" in msg:
+            return 0
+        cfg = msg["fork"]
         cfg["parent"] = os.getpid()  # the worker's parent is the zygote
         try:
             pid = os.fork()
