@@ -84,12 +84,14 @@ static int alloc_in(czmp_segment_t *seg, uint32_t c, uint32_t holder, uint64_t *
 }
 
 static uint64_t page_bytes(void) {
-    static uint64_t page;  /* racing first calls store the same value */
-    if (!page) {
+    static uint64_t page;  /* racing first calls store the same value: relaxed is enough */
+    uint64_t v = czmp_load_relaxed(&page);
+    if (!v) {
         long p = sysconf(_SC_PAGESIZE);
-        page = p > 0 ? (uint64_t)p : 4096;
+        v = p > 0 ? (uint64_t)p : 4096;
+        czmp_store_relaxed(&page, v);
     }
-    return page;
+    return v;
 }
 
 /* Back the first `size` bytes of chunk i of class ci with tmpfs pages.
@@ -136,7 +138,8 @@ int czmp_arena_alloc(czmp_segment_t *seg, uint64_t size, uint32_t holder, uint64
 }
 
 int czmp_arena_prefault(czmp_segment_t *seg, uint64_t *cursor, uint64_t max_bytes) {
-    if (*cursor == 0 && seg->nclasses) {
+    const uint64_t meta_done = 1ULL << 63;  /* cursor bit: the bookkeeping is done */
+    if (!(*cursor & meta_done) && seg->nclasses) {
         /* first the bookkeeping (slots, records, tags; fallocated at create,
          * so this cannot fail for want of pages): a crash's reap scans every
          * slot and tag, and faulting them in one by one then took ~30 ms */
@@ -148,24 +151,25 @@ int czmp_arena_prefault(czmp_segment_t *seg, uint64_t *cursor, uint64_t max_byte
                     MADV_POPULATE_WRITE);
         }
     }
-    uint32_t c = (uint32_t)(*cursor >> 32), i = (uint32_t)*cursor;
+    *cursor |= meta_done;
+    uint32_t c = (uint32_t)((*cursor & ~meta_done) >> 32), i = (uint32_t)*cursor;
     uint64_t done = 0;
     for (; c < seg->nclasses; c++, i = 0) {
         struct czmp_class_local *ci = class_of(seg, c);
         for (; i < ci->nchunks; i++) {
             if (done >= max_bytes) {
-                *cursor = ((uint64_t)c << 32) | i;
+                *cursor = meta_done | ((uint64_t)c << 32) | i;
                 return 1;
             }
             int rc = back_chunk(ci, i, ci->chunk_size);
             if (rc != 0) {
-                *cursor = ((uint64_t)c << 32) | i;
+                *cursor = meta_done | ((uint64_t)c << 32) | i;
                 return rc;
             }
             done += ci->chunk_size;
         }
     }
-    *cursor = (uint64_t)seg->nclasses << 32;
+    *cursor = meta_done | ((uint64_t)seg->nclasses << 32);
     return 0;
 }
 

@@ -537,8 +537,10 @@ void czmp_segment_shutdown(czmp_segment_t *seg);
  * left for it (nothing is then allocated). */
 int czmp_arena_alloc(czmp_segment_t *seg, uint64_t size, uint32_t holder, uint64_t *handle);
 /* Back (populate) whole chunks ahead of need, about max_bytes per call,
- * from *cursor (start at 0; advanced). 1: more to do, 0: every chunk is
- * backed, -ENOSPC: /dev/shm is full (stop; allocs still fail cleanly). */
+ * from *cursor (start at 0; advanced). The first call also faults in the
+ * slot table, records and tags (max_bytes 0: only that). 1: more to do,
+ * 0: every chunk is backed, -ENOSPC: /dev/shm is full (stop; allocs still
+ * fail cleanly). */
 int czmp_arena_prefault(czmp_segment_t *seg, uint64_t *cursor, uint64_t max_bytes);
 /* Address of a chunk handle, or NULL if the handle is not a valid chunk. */
 void *czmp_arena_ptr(czmp_segment_t *seg, uint64_t handle);

@@ -266,9 +266,11 @@ class ProcessBackend:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFAULT_NICE)
         except (AttributeError, OSError):
             pass
+        cursor = ffi.new("uint64_t *")
+        # the slot table and tags now (a crash's reap scans them all), the pool later
+        lib.czmp_arena_prefault(self.raw, cursor, 0)
         if self._prefault_stop.wait(PREFAULT_DELAY_S):
             return
-        cursor = ffi.new("uint64_t *")
         while not self._prefault_stop.is_set():
             if lib.czmp_arena_prefault(self.raw, cursor, PREFAULT_STEP) != 1:
                 return  # every chunk backed, or /dev/shm full (allocs then fail cleanly)
