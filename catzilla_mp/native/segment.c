@@ -15,7 +15,7 @@
  * the chunk data is a sparse range of the file, backed chunk by chunk by
  * whichever process allocates the chunk (arena.c, MADV_POPULATE_WRITE, which
  * fails instead of SIGBUS when /dev/shm is full), and optionally ahead of
- * need by the app's low-priority pre-fault thread (czmp_arena_prefault).
+ * need by the app's background pre-fault thread (czmp_arena_prefault).
  * Kernels without MADV_POPULATE_WRITE get the whole file fallocated, as
  * before issue 18.
  *

@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import os
 import struct
 import threading
 import time
@@ -86,11 +85,11 @@ _SLOT_HELD = _core.SLOT_HELD
 #: close() waits for at most one step (~2 ms), large enough that the calls
 #: cost nothing next to the page allocations.
 PREFAULT_STEP = 4 << 20
-#: Seconds the pre-fault thread waits before it starts: the workers' start-up
-#: (and the first tasks) come first.
+#: Seconds the pre-fault thread waits before it backs the pool: the workers'
+#: start-up (and the first tasks) come first. At normal priority, not niced:
+#: on a busy host a nice-19 thread was still backing the pool 15 s later, and
+#: every large payload until then paid for its pages itself.
 PREFAULT_DELAY_S = 0.5
-#: The pre-fault thread's nice value: it only uses CPU nothing else wants.
-PREFAULT_NICE = 19
 #: How long close() waits for the collector thread to end.
 COLLECTOR_JOIN_S = 5.0
 #: How long close() waits for threads still inside the mapping (a listener
@@ -247,7 +246,7 @@ class ProcessBackend:
         self.gate = MappingGate()
         # The pool's chunks are backed on first use (native/arena.c); with
         # populate=True this thread backs them ahead of need, a few MiB at a
-        # time at the lowest priority, so it neither delays start-up (a
+        # time from PREFAULT_DELAY_S on, so it neither delays start-up (a
         # 500 MiB pool takes ~0.3 s of CPU) nor shutdown (_unmap stops it).
         self._prefault_stop = threading.Event()
         self._prefault = threading.Thread(target=self._prefault_pool, name="czmp-prefault",
@@ -261,11 +260,7 @@ class ProcessBackend:
             raise
 
     def _prefault_pool(self) -> None:
-        """Back the pool's chunks ahead of need, PREFAULT_STEP bytes per C call, niced."""
-        try:  # Linux: a thread's own nice value (the app's other threads keep theirs)
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREFAULT_NICE)
-        except (AttributeError, OSError):
-            pass
+        """Back the pool's chunks ahead of need, PREFAULT_STEP bytes per C call."""
         cursor = ffi.new("uint64_t *")
         # the slot table and tags now (a crash's reap scans them all), the pool later
         lib.czmp_arena_prefault(self.raw, cursor, 0)
