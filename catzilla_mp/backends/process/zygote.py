@@ -21,9 +21,10 @@ Where the zygote comes from (the default, chosen by measurement, see
 docs/deploy.md): forked from the app when the app has ONE thread at the
 engine's construction (counted by the kernel, /proc/self/task), which is
 before the engine starts threads of its own. Then no lock can be held by a
-thread the child lacks, no interpreter starts at all (start-up to the first
-result drops from ~0.65 s to tens of ms), and workers inherit the app's
-imports, task modules included. The child drops what is the app's (signal
+thread the child lacks, no interpreter starts at all, and workers inherit
+the app's imports, task modules included (bench.engine --quick, A/B on a
+loaded 2-core host: first result 351 ms vs 1,299 ms with a fresh interpreter
+per worker, a killed worker's replacement serving 16 ms vs 242 ms). The child drops what is the app's (signal
 handlers, inherited descriptors, stdio buffers, logging handlers,
 half-imported modules; _become_zygote). When the app already runs threads, a
 fork could copy a lock some thread holds (logging's, an allocator's) into a
