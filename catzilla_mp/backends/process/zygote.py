@@ -22,9 +22,9 @@ docs/deploy.md): forked from the app when the app has ONE thread at the
 engine's construction (counted by the kernel, /proc/self/task), which is
 before the engine starts threads of its own. Then no lock can be held by a
 thread the child lacks, no interpreter starts at all, and workers inherit
-the app's imports, task modules included (bench.engine --quick, A/B on a
-loaded 2-core host: first result 351 ms vs 1,299 ms with a fresh interpreter
-per worker, a killed worker's replacement serving 16 ms vs 242 ms). The child drops what is the app's (signal
+the app's imports, task modules included (python -m bench --quick, A/B on
+the 2-core VM: first result 64 ms vs 398 ms with a fresh interpreter per
+worker, a killed worker's replacement serving 12 ms vs 92 ms). The child drops what is the app's (signal
 handlers, inherited descriptors, stdio buffers, logging handlers,
 half-imported modules; _become_zygote). When the app already runs threads, a
 fork could copy a lock some thread holds (logging's, an allocator's) into a
