@@ -14,6 +14,10 @@ interleaved, and prints a table (or ``--json``: one JSON object) with the median
     idle_cpu_percent        app process + all its children, engine idle (% of one core)
     payload_mib_per_s       16 MiB bytes arguments delivered to workers
     numpy_payload_mib_per_s 16 MiB NumPy arrays delivered to workers
+    first_result_ms         a new engine (2 workers): constructor to the first result
+    replacement_ms          one of 2 workers SIGKILLed while tasks are queued: until a
+                            new worker completes a task (PPE: none, it breaks)
+    shutdown_ms             shutdown of the idle engine after all the above
 
 each also as ``ppe_<key>`` for ProcessPoolExecutor. ``--quick`` runs in under 60 s.
 """
@@ -43,6 +47,9 @@ KEYS = {
     "idle_cpu_percent": ("idle_cpu", "cpu_percent"),
     "payload_mib_per_s": ("payload_bytes", "mib_per_s"),
     "numpy_payload_mib_per_s": ("payload_numpy", "mib_per_s"),
+    "first_result_ms": ("startup", "first_result_ms"),
+    "replacement_ms": ("replacement", "replacement_ms"),
+    "shutdown_ms": ("shutdown", "shutdown_ms"),
 }
 
 #: The targets of the process-engine issue, as (kind, bound): "min"/"max" absolute, or
@@ -56,10 +63,16 @@ TARGETS = {
     "idle_cpu_percent": ("max", 1.0),
     "payload_mib_per_s": ("x_ppe", 5.0),
     "numpy_payload_mib_per_s": ("x_ppe", 5.0),
+    # issue 18: start-up to the first result, a killed worker's replacement
+    # serving (ProcessPoolExecutor has none: it breaks), shutdown after the run
+    "first_result_ms": ("max", 60.0),
+    "replacement_ms": ("max", 30.0),
+    "shutdown_ms": ("max", 30.0),
 }
 
-WORKLOADS = ["noop_single", "noop_batch", "round_trip", "cpu_speedup", "cpu_ceiling",
-             "payload_bytes", "payload_numpy", "idle_cpu"]
+#: In running order: "startup" makes the engine the others use, "shutdown" ends it.
+WORKLOADS = ["startup", "noop_single", "noop_batch", "round_trip", "cpu_speedup", "cpu_ceiling",
+             "payload_bytes", "payload_numpy", "idle_cpu", "replacement", "shutdown"]
 
 #: (params, repetitions, time budget for the repetitions in seconds)
 MODES = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -299,6 +300,57 @@ def startup(peer_cls, p: Params, deadline: float):
     return {"first_result_ms": (time.perf_counter() - t0) * 1e3}, peer
 
 
+def stamp(ms):
+    """Sleep ``ms`` ms; (this worker's pid, CLOCK_MONOTONIC now: comparable across processes)."""
+    time.sleep(ms / 1000)
+    return os.getpid(), time.monotonic()
+
+
+def _serving_pids(peer):
+    """Pids of the peer's worker processes serving now; None if the peer cannot say."""
+    backend = getattr(getattr(peer, "engine", None), "_backend", None)
+    if backend is not None and hasattr(backend, "supervisor"):  # catzilla_mp, process mode
+        return [w.pid for w, rec in backend.supervisor.snapshot() if rec.pid == w.pid]
+    # ProcessPoolExecutor breaks when a worker dies; multiprocessing.Pool replaces it but
+    # may hang for good (a worker killed holding its task queue's lock): neither is measured
+    return None
+
+
+def replacement(peer_cls, p: Params, deadline: float) -> dict:
+    """SIGKILL one of 2 workers while tasks are queued: until a new worker completes a task.
+
+    Peers that do not replace a dead worker safely report nothing (see _serving_pids).
+    """
+    peer = peer_cls(workers=2)
+    peer.start()
+    try:
+        peer.wait(peer.submit(noop, 0), left(deadline))
+        pids = _serving_pids(peer)
+        if pids is None:
+            return {}
+        while len(pids) < 2:
+            time.sleep(0.001)
+            left(deadline)
+            pids = _serving_pids(peer)
+        old = set(pids)
+        handles = [peer.submit(stamp, 2) for _ in range(300)]  # ~0.3 s of work for 2 workers
+        time.sleep(0.02)
+        killed = time.monotonic()
+        os.kill(min(old), signal.SIGKILL)
+        first_new = None
+        for h in handles:
+            budget = min(2.0, left(deadline))  # past the workload's deadline: TimeoutError
+            try:  # a peer may lose the dead worker's task (multiprocessing.Pool does)
+                pid, done = peer.wait(h, budget)
+            except Exception:  # noqa: BLE001 - that task's loss is not what is measured
+                continue
+            if pid not in old:
+                first_new = done if first_new is None else min(first_new, done)
+        return {} if first_new is None else {"replacement_ms": (first_new - killed) * 1e3}
+    finally:
+        peer.shutdown()
+
+
 def shutdown(peer, p: Params, deadline: float) -> dict:
     """Shutdown of the engine after all the workloads before it, now idle."""
     t0 = time.perf_counter()
@@ -351,6 +403,8 @@ ALL = (
        ("all_tasks_s", "s", "lower", "mixed load: time to finish all")),
     _w("idle_cpu", idle_cpu, ("cpu_percent", "% core", "lower", "idle engine CPU"),
        ("processes", "", "lower", "processes measured")),
+    _w("replacement", replacement, ("replacement_ms", "ms", "lower",
+                                    "a killed worker's replacement serving"), engine="own"),
     _w("shutdown", shutdown, ("shutdown_ms", "ms", "lower", "shutdown after the run"),
        engine="ends"),
 )

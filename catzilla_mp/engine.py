@@ -102,6 +102,10 @@ log = logging.getLogger("catzilla_mp")
 PriorityLike = Union[TaskPriority, Enum, str, int]
 
 MODES = ("process", "thread")
+#: How worker processes start (backends/process/zygote.py): "forkserver" forks
+#: them from a fresh, preloaded zygote process (milliseconds per worker);
+#: "spawn" starts each as a fresh interpreter (~60 ms, 0.2-0.5 s on a busy host).
+START_METHODS = ("forkserver", "spawn")
 #: How often shutdown() looks whether every task has finished.
 SHUTDOWN_POLL_S = 0.01
 
@@ -203,9 +207,10 @@ class EngineOptions:
                  result_ttl_s=3600.0, native_threads_per_worker=None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        if start_method != "spawn":
-            raise ValueError("start_method must be 'spawn': workers are fresh interpreters; "
-                             "forking a threaded app is unsafe")
+        if start_method not in START_METHODS:
+            raise ValueError(f"start_method must be one of {START_METHODS}, not {start_method!r}: "
+                             "workers are forked from a fresh zygote process or spawned as fresh "
+                             "interpreters; forking a threaded app is unsafe")
         cpus = os.cpu_count() or 1
         _int_at_least("workers", workers, 1, allow_none=True, most=MAX_WORKERS)
         _int_at_least("min_workers", min_workers, 0, most=MAX_WORKERS)
@@ -301,7 +306,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
         *,
         mode: str = "process",
         threads_per_worker: int = 1,
-        start_method: str = "spawn",
+        start_method: str = "forkserver",
         max_payload_bytes: int = 256 << 20,
         queue_full_timeout: float = 10.0,
         retry_backoff_base: float = 0.1,
@@ -353,6 +358,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self.enable_profiling = enable_profiling
         self.mode = mode
 
+        # First, while this process may still have a single thread: fork the
+        # zygote that will fork the workers (backends/process/zygote.py); None
+        # if the app runs threads already (the supervisor then spawns one).
+        self.worker_zygote = self._fork_zygote()
         self._init_lifecycle()
         # set in a child process forked after this engine was made: its backend
         # is the parent's, and the first use here makes a new one (_adopt_fork)
@@ -377,6 +386,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         try:
             self._backend = self._make_backend()
         except BaseException:
+            if self.worker_zygote is not None:
+                self.worker_zygote.kill()
             self._delays.stop()
             if self._logs is not None:
                 self._logs.close()
@@ -384,6 +395,13 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self._atexit = _register_atexit(self)
         self._orphan_finalizer = _finalize_orphan(self)
         _live_engines.add(self)
+
+    def _fork_zygote(self):
+        """A zygote forked from this process (process mode, forkserver), if it is safe now."""
+        if self.options.mode != "process" or self.options.start_method != "forkserver":
+            return None
+        from .backends.process.zygote import fork_from_app
+        return fork_from_app()
 
     def _worker_setup(self, forward_logs: bool) -> dict[str, Any]:
         """The worker config of compat's options: log forwarding, initializer."""
@@ -451,6 +469,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
                 f"task {task.task_id} was submitted before this process (pid {os.getpid()}) "
                 "was forked: its result goes to the parent process only"), TaskStatus.FAILED)
         # the parent's threads did not come along: nothing of theirs is ours
+        # (and its zygote is the parent's: fork our own while single-threaded)
+        self.worker_zygote = self._fork_zygote() if start else None
         self._start_lifecycle(listeners=self.monitor._listeners)
         forward_logs = self._logs is not None
         if self._logs is not None:

@@ -14,14 +14,34 @@
  * crash recovery is one reclaim call and needs no ring repair. The cost is a
  * scan when a class is nearly full; the hint keeps the common case O(1).
  *
+ * Lazy backing (issue 18): the creator reserves the chunk data only as a
+ * sparse range of the tmpfs file (segment.c), so start-up does not allocate
+ * the whole pool. The process that allocates a chunk backs the bytes it
+ * asked for before it writes them: MADV_POPULATE_WRITE allocates the tmpfs
+ * pages and maps them, or fails with EFAULT where a touch would SIGBUS (a
+ * full /dev/shm); the chunk is then freed again and the alloc fails with
+ * -ENOSPC, which the payload layer turns into SharedMemoryFullError. Pages
+ * once backed stay in the file until the segment goes, so the per-process
+ * `backed` cache (struct czmp_class_local) only saves the syscall: a process
+ * that never saw a chunk re-populates it, which for pages another process
+ * backed already only maps them. Readers of a chunk never need to: its
+ * writer backed every byte they may read.
+ *
  * Bounds: class sizes, counts and addresses come from the process-local copy
  * of the validated layout (struct czmp_class_local), never from the header,
  * so a handle is decoded against numbers no other process can change. The
  * shared hint is only ever used modulo that local count.
  */
 #include <errno.h>
+#include <stdint.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "internal.h"
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
 
 static inline struct czmp_class_local *class_of(czmp_segment_t *seg, uint32_t c) {
     return &seg->classes[c];
@@ -63,6 +83,40 @@ static int alloc_in(czmp_segment_t *seg, uint32_t c, uint32_t holder, uint64_t *
     return -ENOMEM;
 }
 
+static uint64_t page_bytes(void) {
+    static uint64_t page;  /* racing first calls store the same value: relaxed is enough */
+    uint64_t v = czmp_load_relaxed(&page);
+    if (!v) {
+        long p = sysconf(_SC_PAGESIZE);
+        v = p > 0 ? (uint64_t)p : 4096;
+        czmp_store_relaxed(&page, v);
+    }
+    return v;
+}
+
+/* Back the first `size` bytes of chunk i of class ci with tmpfs pages.
+ * 0 (also on a kernel without MADV_POPULATE_WRITE: the creator then
+ * fallocated the whole file, see segment.c), or -ENOSPC when the pages
+ * cannot be had (EFAULT: a write would SIGBUS). Nothing is written. */
+static int back_chunk(struct czmp_class_local *ci, uint32_t i, uint64_t size) {
+    uint64_t page = page_bytes();
+    uintptr_t start = (uintptr_t)(ci->data + (uint64_t)i * ci->chunk_size);
+    uintptr_t lo = start & ~(uintptr_t)(page - 1);
+    uintptr_t hi = (start + size + page - 1) & ~(uintptr_t)(page - 1);
+    uint32_t want = (uint32_t)((hi - lo) / page);
+    /* relaxed: a hint only -- a stale value costs one redundant madvise */
+    if (ci->backed && czmp_load_relaxed(&ci->backed[i]) >= want)
+        return 0;
+    if (madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE) != 0 && errno != EINVAL)
+        return -ENOSPC;
+    if (ci->backed) {
+        uint32_t had = czmp_load_relaxed(&ci->backed[i]);
+        while (had < want && !czmp_cas(&ci->backed[i], &had, want))
+            ;
+    }
+    return 0;
+}
+
 int czmp_arena_alloc(czmp_segment_t *seg, uint64_t size, uint32_t holder, uint64_t *handle) {
     if (holder == CZMP_HOLDER_FREE)
         return -EINVAL;
@@ -72,10 +126,51 @@ int czmp_arena_alloc(czmp_segment_t *seg, uint64_t size, uint32_t holder, uint64
             continue;
         /* a full class spills into the next larger one */
         rc = alloc_in(seg, c, holder, handle);
-        if (rc == 0)
-            return 0;
+        if (rc == 0) {
+            if (back_chunk(class_of(seg, c), (uint32_t)*handle, size) == 0)
+                return 0;
+            /* no page to be had: hand the chunk back (it was never written) */
+            czmp_arena_free(seg, *handle, holder);
+            return -ENOSPC;
+        }
     }
     return rc;
+}
+
+int czmp_arena_prefault(czmp_segment_t *seg, uint64_t *cursor, uint64_t max_bytes) {
+    const uint64_t meta_done = 1ULL << 63;  /* cursor bit: the bookkeeping is done */
+    if (!(*cursor & meta_done) && seg->nclasses) {
+        /* first the bookkeeping (slots, records, tags; fallocated at create,
+         * so this cannot fail for want of pages): a crash's reap scans every
+         * slot and tag, and faulting them in one by one then took ~30 ms */
+        madvise(seg->base, (uint64_t)(class_of(seg, 0)->data - (char *)seg->base),
+                MADV_POPULATE_WRITE);
+        for (uint32_t k = 1; k < seg->nclasses; k++) {
+            uintptr_t t = (uintptr_t)class_of(seg, k)->tags & ~(uintptr_t)(page_bytes() - 1);
+            madvise((void *)t, (uint64_t)((uintptr_t)class_of(seg, k)->data - t),
+                    MADV_POPULATE_WRITE);
+        }
+    }
+    *cursor |= meta_done;
+    uint32_t c = (uint32_t)((*cursor & ~meta_done) >> 32), i = (uint32_t)*cursor;
+    uint64_t done = 0;
+    for (; c < seg->nclasses; c++, i = 0) {
+        struct czmp_class_local *ci = class_of(seg, c);
+        for (; i < ci->nchunks; i++) {
+            if (done >= max_bytes) {
+                *cursor = meta_done | ((uint64_t)c << 32) | i;
+                return 1;
+            }
+            int rc = back_chunk(ci, i, ci->chunk_size);
+            if (rc != 0) {
+                *cursor = meta_done | ((uint64_t)c << 32) | i;
+                return rc;
+            }
+            done += ci->chunk_size;
+        }
+    }
+    *cursor = meta_done | ((uint64_t)seg->nclasses << 32);
+    return 0;
 }
 
 void *czmp_arena_ptr(czmp_segment_t *seg, uint64_t handle) {

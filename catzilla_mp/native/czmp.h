@@ -275,11 +275,11 @@ int czmp_segment_create(const char *name, const czmp_config_t *cfg,
  * -CZMP_ETRUNC, -CZMP_EOWNER, -CZMP_ELAYOUT, -errno. */
 int czmp_segment_attach(const char *name, czmp_segment_t **out);
 
-/* Pre-fault the whole mapping for writing in this process (page tables
- * only: the pages themselves were allocated and zeroed by fallocate at
- * creation; contents are never changed). Slow (~0.3 s for 500 MiB here), so
- * the app runs it in a thread of its own after start-up instead of with
- * MAP_POPULATE at creation. 0, or -errno (-EINVAL: kernel before 5.14). */
+/* Pre-fault the whole mapping for writing in this process (allocating the
+ * pool's pages that are not yet; contents are never changed). Slow (~0.3 s
+ * for 500 MiB here); the engine uses czmp_arena_prefault in small steps
+ * instead. 0, or -errno (-EINVAL: kernel before 5.14; -EFAULT: /dev/shm is
+ * full). */
 int czmp_segment_prefault(czmp_segment_t *seg);
 
 /* Stop this process's heartbeat thread if it writes into this mapping
@@ -543,10 +543,18 @@ void czmp_segment_shutdown(czmp_segment_t *seg);
 
 /* ---- arena.c: size-class chunk pools ------------------------------------ */
 
-/* Allocate a chunk of the smallest class >= size, tagged `holder`.
- * 0 and *handle; -EFBIG if size exceeds the largest class; -ENOMEM if every
- * fitting chunk is taken. */
+/* Allocate a chunk of the smallest class >= size, tagged `holder`, its
+ * first `size` bytes backed by tmpfs pages (populated now if this process
+ * has not yet). 0 and *handle; -EFBIG if size exceeds the largest class;
+ * -ENOMEM if every fitting chunk is taken; -ENOSPC if /dev/shm has no page
+ * left for it (nothing is then allocated). */
 int czmp_arena_alloc(czmp_segment_t *seg, uint64_t size, uint32_t holder, uint64_t *handle);
+/* Back (populate) whole chunks ahead of need, about max_bytes per call,
+ * from *cursor (start at 0; advanced). The first call also faults in the
+ * slot table, records and tags (max_bytes 0: only that). 1: more to do,
+ * 0: every chunk is backed, -ENOSPC: /dev/shm is full (stop; allocs still
+ * fail cleanly). */
+int czmp_arena_prefault(czmp_segment_t *seg, uint64_t *cursor, uint64_t max_bytes);
 /* Address of a chunk handle, or NULL if the handle is not a valid chunk. */
 void *czmp_arena_ptr(czmp_segment_t *seg, uint64_t handle);
 uint64_t czmp_arena_chunk_size(czmp_segment_t *seg, uint64_t handle);  /* 0 if invalid */

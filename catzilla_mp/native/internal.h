@@ -60,6 +60,9 @@ struct czmp_class_local {
     uint32_t *tags;       /* nchunks holder tags, inside the mapping */
     char *data;           /* nchunks * chunk_size bytes, inside the mapping */
     uint64_t *hint;       /* the shared next-fit hint (any value is harmless: taken % nchunks) */
+    uint32_t *backed;     /* process-local, nchunks entries: pages of each chunk known to be
+                             backed by tmpfs (populated by this process); relaxed atomics,
+                             only ever raised; NULL (calloc failed): populate every alloc */
 };
 
 /* A process's handle on a mapped segment. Everything below `hdr` is the

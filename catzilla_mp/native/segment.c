@@ -10,6 +10,15 @@
  * geometry (struct czmp_segment in internal.h): no later write into the
  * shared header can move a bound, an offset or a divisor this process uses.
  *
+ * Memory: only the pages outside the arena's chunk data are allocated at
+ * creation (fallocate: a full /dev/shm is ENOSPC here, never SIGBUS later);
+ * the chunk data is a sparse range of the file, backed chunk by chunk by
+ * whichever process allocates the chunk (arena.c, MADV_POPULATE_WRITE, which
+ * fails instead of SIGBUS when /dev/shm is full), and optionally ahead of
+ * need by the app's background pre-fault thread (czmp_arena_prefault).
+ * Kernels without MADV_POPULATE_WRITE get the whole file fallocated, as
+ * before issue 18.
+ *
  * Ownership and liveness: the creator keeps the segment's file descriptor
  * open with flock(LOCK_EX) for as long as it has the segment mapped. The
  * lock lives with the open file, not with a pid, so it proves the owner
@@ -30,6 +39,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -265,6 +275,8 @@ static void adopt(czmp_segment_t *seg, const czmp_header_t *h) {
         cl->tags = czmp_at(seg, h->classes[c].tags_off);
         cl->data = czmp_at(seg, h->classes[c].data_off);
         cl->hint = &seg->hdr->classes[c].hint;
+        /* NULL on failure is allowed: arena.c then populates on every alloc */
+        cl->backed = calloc(cl->nchunks, sizeof *cl->backed);
     }
 }
 
@@ -357,6 +369,52 @@ static int create_locked(const char *name, int *fd_out) {
     return -EAGAIN;
 }
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+/* posix_fallocate [off, off + len), or ftruncate to off + len where the file
+ * system cannot fallocate at all. 0 or -errno (-ENOSPC: /dev/shm is full). */
+static int fallocate_or_truncate(int fd, uint64_t off, uint64_t len) {
+    /* fallocate, unlike ftruncate, makes tmpfs reserve the pages now: a full
+     * /dev/shm fails here with ENOSPC instead of SIGBUS on first touch. Only
+     * a file system that cannot fallocate at all falls back to ftruncate;
+     * falling back on ENOSPC would create exactly the sparse file we avoid. */
+    int frc = posix_fallocate(fd, (off_t)off, (off_t)len);
+    if (frc == EOPNOTSUPP || frc == ENOSYS || frc == EINVAL) {
+        struct stat st;
+        if (fstat(fd, &st) != 0)
+            return -errno;
+        if ((uint64_t)st.st_size >= off + len)
+            return 0;
+        return ftruncate(fd, (off_t)(off + len)) == 0 ? 0 : -errno;
+    }
+    return -frc;
+}
+
+/* Size the file: every page outside the arena's chunk data (header, rings,
+ * slots, worker records, function table, each class's tags) is allocated
+ * now; the chunk data stays a sparse range, backed chunk by chunk on first
+ * alloc (arena.c, issue 18: fallocating a 500 MiB pool took ~0.15 s of the
+ * start-up, and its pages stayed allocated whether used or not). */
+static int reserve(int fd, const czmp_header_t *h, uint64_t size) {
+    uint64_t eager = h->nclasses ? h->classes[0].data_off : size;
+    /* a pool that does not fit what /dev/shm has free now is refused here,
+     * as when it was fallocated whole: memory_pool_mb stays a promise made
+     * at start-up, not a failure found on some later payload */
+    struct statvfs vfs;
+    if (fstatvfs(fd, &vfs) == 0 && vfs.f_bavail &&
+        (uint64_t)vfs.f_bavail * vfs.f_frsize < size)
+        return -ENOSPC;
+    int rc = fallocate_or_truncate(fd, 0, eager);
+    if (rc == 0 && ftruncate(fd, (off_t)size) != 0)
+        rc = -errno;
+    for (uint32_t c = 1; rc == 0 && c < h->nclasses; c++)
+        rc = fallocate_or_truncate(fd, h->classes[c].tags_off,
+                                   h->classes[c].data_off - h->classes[c].tags_off);
+    return rc;
+}
+
 int czmp_segment_create(const char *name, const czmp_config_t *cfg, czmp_segment_t **out) {
     czmp_header_t tmpl;
     header_from_config(&tmpl, cfg);
@@ -367,17 +425,19 @@ int czmp_segment_create(const char *name, const czmp_config_t *cfg, czmp_segment
     int rc = create_locked(name, &fd);
     if (rc != 0)
         return rc;
-    /* fallocate, unlike ftruncate, makes tmpfs reserve the pages now: a full
-     * /dev/shm fails here with ENOSPC instead of SIGBUS on first touch. Only
-     * a file system that cannot fallocate at all falls back to ftruncate;
-     * falling back on ENOSPC would create exactly the sparse file we avoid. */
-    int frc = posix_fallocate(fd, 0, (off_t)size);
-    if (frc == EOPNOTSUPP || frc == ENOSYS || frc == EINVAL)
-        rc = ftruncate(fd, (off_t)size) == 0 ? 0 : -errno;
-    else if (frc != 0)
-        rc = -frc;
+    rc = reserve(fd, &tmpl, size);
     if (rc == 0)
         rc = map_fd(fd, size, cfg->populate, out);
+    /* a kernel without MADV_POPULATE_WRITE (before 5.14) cannot back chunks
+     * on first use without risking SIGBUS: allocate the whole pool now */
+    if (rc == 0 &&
+        madvise((*out)->base, 4096, MADV_POPULATE_WRITE) != 0 && errno == EINVAL) {
+        rc = fallocate_or_truncate(fd, 0, size);
+        if (rc != 0) {
+            munmap((*out)->base, size);
+            free(*out);
+        }
+    }
     if (rc != 0) {
         shm_unlink(name);
         close(fd);
@@ -449,10 +509,6 @@ int czmp_segment_attach(const char *name, czmp_segment_t **out) {
     return 0;
 }
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23
-#endif
-
 int czmp_segment_prefault(czmp_segment_t *seg) {
     return madvise(seg->base, seg->size, MADV_POPULATE_WRITE) == 0 ? 0 : -errno;
 }
@@ -464,6 +520,8 @@ void czmp_segment_detach(czmp_segment_t *seg) {
      * (issue 10.10; a worker whose serve() raised never stopped it) */
     czmp_heartbeat_stop_for(seg);
     munmap(seg->base, seg->size);
+    for (uint32_t c = 0; c < seg->nclasses; c++)
+        free(seg->classes[c].backed);
     if (seg->lock_fd >= 0)
         close(seg->lock_fd);  /* releases the owner lock */
     free(seg);

@@ -40,6 +40,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -670,7 +673,9 @@ static void *heartbeat_main(void *arg) {
          * that forked us, so also watch for re-parenting ourselves */
         if (hb.parent && getppid() != hb.parent)
             _exit(70);
-        nanosleep(&ts, NULL);
+        /* a futex wait, not nanosleep: czmp_heartbeat_stop wakes it at once
+         * (a sleep made every worker's exit wait up to a period, issue 18) */
+        syscall(SYS_futex, &hb.stop, FUTEX_WAIT_PRIVATE, 0, &ts, NULL, 0);
     }
     return NULL;
 }
@@ -698,6 +703,7 @@ void czmp_heartbeat_stop(void) {
     if (!hb.running)
         return;
     czmp_store_release(&hb.stop, 1);
+    syscall(SYS_futex, &hb.stop, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     pthread_join(hb.thread, NULL);
     hb.running = 0;
     hb.seg = NULL;

@@ -22,7 +22,7 @@ from catzilla_mp import BackgroundTasks, errors
 import deploy_jobs
 Full = getattr(errors, "SharedMemoryFullError", Exception)
 engine = BackgroundTasks(workers=1, memory_pool_mb=2, queue_size=64)
-size = 15 << 20  # more than the tmpfs has left
+size = 17 << 20  # more than the tmpfs holds (the pool's chunks are backed on first use)
 try:
     engine.add_task(len, b"x" * size)
     print("ARGS: accepted")
@@ -38,6 +38,50 @@ print("STATS:", engine.get_stats().total_queued)
 engine.shutdown()
 print("LEFT:", sorted(os.listdir("/dev/shm")))
 """
+
+
+#: The pool is backed chunk by chunk on first use (issue 18): a chunk that
+#: cannot be backed because /dev/shm filled up after the engine started is a
+#: SharedMemoryFullError for that payload, never a SIGBUS, and the engine
+#: goes on once there is room again.
+LAZY_APP = r"""
+import os, sys
+sys.path.insert(0, {here!r})
+from catzilla_mp import BackgroundTasks, errors
+import deploy_jobs
+engine = BackgroundTasks(workers=1, memory_pool_mb=8, queue_size=64, populate=False)
+filler = "/dev/shm/filler"
+with open(filler, "wb") as f:  # another program takes what is left of /dev/shm
+    try:
+        while True:
+            f.write(b"f" * (256 << 10))
+            f.flush()
+    except OSError:
+        pass
+try:
+    engine.add_task(len, b"x" * (600 << 10))  # fits a 1 MiB chunk not yet backed
+    print("ARGS: accepted")
+except errors.SharedMemoryFullError as exc:
+    print("ARGS:", type(exc).__name__)
+try:
+    engine.add_task(deploy_jobs.big, 600 << 10, max_retries=0).wait(60)
+    print("RESULT: ok")
+except errors.SharedMemoryFullError as exc:
+    print("RESULT:", type(exc).__name__)
+os.unlink(filler)  # room again: the same chunk can now be backed
+print("AFTER:", engine.add_task(len, b"x" * (600 << 10)).wait(60))
+engine.shutdown()
+print("LEFT:", sorted(os.listdir("/dev/shm")))
+"""
+
+
+def _run_in_small_dev_shm(app: str, size: str = "16m") -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    return subprocess.run(
+        ["unshare", "-m", "sh", "-c",
+         f'mount -t tmpfs -o size={size} tmpfs /dev/shm && exec "$0" -c "$1"',
+         sys.executable, app.format(here=HERE)],
+        capture_output=True, text=True, timeout=240, env=env)
 
 
 def _unshare_works() -> bool:
@@ -63,4 +107,16 @@ def test_a_payload_that_does_not_fit_dev_shm_is_a_typed_error_and_the_app_lives(
     assert "ARGS: SharedMemoryFullError" in out and "no room" in out
     assert "RESULT: SharedMemoryFullError" in out
     assert "SMALL: 49" in out and "STATS: 0" in out
+    assert "LEFT: []" in out
+
+
+def test_a_pool_chunk_that_cannot_be_backed_is_a_typed_error_and_the_engine_recovers():
+    if not _unshare_works():
+        pytest.skip("needs `unshare -m` and mount (root or user namespaces) for a private /dev/shm")
+    p = _run_in_small_dev_shm(LAZY_APP)
+    out = p.stdout
+    assert p.returncode == 0, f"exit {p.returncode} (135 or -7 is SIGBUS)\n{out}\n{p.stderr[-3000:]}"
+    assert "ARGS: SharedMemoryFullError" in out
+    assert "RESULT: SharedMemoryFullError" in out
+    assert f"AFTER: {600 << 10}" in out
     assert "LEFT: []" in out

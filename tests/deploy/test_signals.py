@@ -29,6 +29,9 @@ from catzilla_mp import BackgroundTasks
 import deploy_jobs
 engine = BackgroundTasks(workers=2, memory_pool_mb=8, queue_size=64, shutdown_timeout=5)
 assert engine.add_task(deploy_jobs.square, 3).wait(60) == 9
+# both workers serving (a worker forked by the zygote may serve before the next is forked)
+while len([r for w, r in engine._backend.supervisor.snapshot() if r.pid == w.pid]) < 2:
+    time.sleep(0.01)
 pids = [w.pid for w, _ in engine._backend.supervisor.snapshot()]
 print(json.dumps({{"segment": engine._backend.seg.name, "workers": pids}}), flush=True)
 while True:

@@ -156,3 +156,25 @@ def catch_timeout_then_finish(path, seconds):
             _trace(path, "soft")
     _trace(path, "end")
     return "finished"
+
+
+def inherited(fd, link):
+    """What a worker sees of its app: its SIGUSR2 handler, and whether ``fd`` is the
+    app's socket (``link``: what /proc/<app>/fd/<fd> links to)."""
+    try:
+        same = os.readlink(f"/proc/self/fd/{fd}") == link
+    except OSError:
+        same = False
+    return signal.getsignal(signal.SIGUSR2) == signal.SIG_DFL, same
+
+
+def register_exit_marker(path):
+    """Register an exit hook in this worker that appends its pid to ``path``."""
+    import atexit
+
+    def mark_exit(pid=os.getpid()):
+        with open(path, "a") as f:
+            f.write(f"{pid}\n")
+
+    atexit.register(mark_exit)
+    return os.getpid()

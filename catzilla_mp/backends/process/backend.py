@@ -84,6 +84,15 @@ _SLOT_FREE = _core.SLOT_FREE
 _RELEASE_OK = lib.CZMP_COLLECT_RELEASE_OK
 
 
+#: Bytes of the pool the pre-fault thread backs per C call: small enough that
+#: close() waits for at most one step (~2 ms), large enough that the calls
+#: cost nothing next to the page allocations.
+PREFAULT_STEP = 4 << 20
+#: Seconds the pre-fault thread waits before it backs the pool: the workers'
+#: start-up (and the first tasks) come first. At normal priority, not niced:
+#: on a busy host a nice-19 thread was still backing the pool 15 s later, and
+#: every large payload until then paid for its pages itself.
+PREFAULT_DELAY_S = 0.5
 #: How long close() waits for the collector thread to end.
 COLLECTOR_JOIN_S = 5.0
 #: How long close() waits for threads still inside the mapping (a listener
@@ -240,10 +249,13 @@ class ProcessBackend:
             populate=False)
         self.raw = self.seg.raw
         self.gate = MappingGate()
-        # Page tables for the pool are built in the background: with
-        # MAP_POPULATE a 500 MiB pool held the constructor up for ~0.3 s.
-        self._prefault = threading.Thread(target=lib.czmp_segment_prefault, args=(self.raw,),
-                                          name="czmp-prefault", daemon=True)
+        # The pool's chunks are backed on first use (native/arena.c); with
+        # populate=True this thread backs them ahead of need, a few MiB at a
+        # time from PREFAULT_DELAY_S on, so it neither delays start-up (a
+        # 500 MiB pool takes ~0.3 s of CPU) nor shutdown (_unmap stops it).
+        self._prefault_stop = threading.Event()
+        self._prefault = threading.Thread(target=self._prefault_pool, name="czmp-prefault",
+                                          daemon=True)
         if o.populate:
             self._prefault.start()
         try:
@@ -251,6 +263,17 @@ class ProcessBackend:
         except BaseException:
             self._destroy_segment()
             raise
+
+    def _prefault_pool(self) -> None:
+        """Back the pool's chunks ahead of need, PREFAULT_STEP bytes per C call."""
+        cursor = ffi.new("uint64_t *")
+        # the slot table and tags now (a crash's reap scans them all), the pool later
+        lib.czmp_arena_prefault(self.raw, cursor, 0)
+        if self._prefault_stop.wait(PREFAULT_DELAY_S):
+            return
+        while not self._prefault_stop.is_set():
+            if lib.czmp_arena_prefault(self.raw, cursor, PREFAULT_STEP) != 1:
+                return  # every chunk backed, or /dev/shm full (allocs then fail cleanly)
 
     def _init_state(self, o) -> None:
         self.payloads = Payloads(self.seg, o.max_payload_bytes,
@@ -1042,6 +1065,9 @@ class ProcessBackend:
         remove_externals(name)
 
     def _unmap(self) -> None:
+        self._prefault_stop.set()
         if self._prefault.is_alive():
             self._prefault.join()  # it must not touch the mapping as it goes
-        self.seg.detach()
+        # Unmapping frees every backed page of the pool once the name is gone
+        # (~0.1 s for 500 MiB): off the caller's path, in C without the GIL.
+        threading.Thread(target=self.seg.detach, name="czmp-unmap", daemon=True).start()

@@ -14,7 +14,15 @@ Every tick it
 All workers are started from this thread, and only from it: a worker asks
 the kernel for SIGKILL when the thread that forked it ends (PR_SET_PDEATHSIG
 follows the thread, not the process), so this thread must live exactly as
-long as the engine.
+long as the engine. With start_method="forkserver" (the default) the workers
+are forked from a zygote (zygote.py): the one the engine forked from the app
+in its constructor, or else one this thread spawns (and so the zygote dies
+with this thread); the workers die with the zygote.
+
+Between passes the thread sleeps in poll() on every worker's exit (a pidfd,
+or the zygote's socket, which carries its workers' exit codes) and on a wake
+pipe that stop() writes: a crash is handled, and its replacement started, as
+soon as it happens, and shutdown does not wait for a tick (issue 18).
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import psutil
 
 from ... import _core
 from ..._native import lib
+from .zygote import ZYGOTE_FAILURES_FALLBACK, Zygote, ZygoteError, wait_readable
 
 if TYPE_CHECKING:
     from ...lifecycle.host import TaskHost
@@ -72,10 +81,15 @@ class WorkerProcess:
     stopping: bool = False          # asked to exit (scale-down, recycling)
     cancels: dict = field(default_factory=dict)  # slot -> TaskResult killed for cancel(force=True)
     ps: Optional[psutil.Process] = field(default=None, repr=False)
+    pidfd: int = -1                 # a spawned worker's pidfd (readable once it exits)
 
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def waitable(self) -> int:
+        """A file descriptor that becomes readable when this worker exits (-1: none)."""
+        return self.pidfd if self.pidfd >= 0 else getattr(self.popen, "fileno", lambda: -1)()
 
 
 class Supervisor:
@@ -106,6 +120,17 @@ class Supervisor:
         self._env = _worker_env()
         self.start_failures = 0        # workers in a row that exited before serving
         self._next_spawn = 0.0         # monotonic time before which no worker is started
+        # stop() writes a byte here to end the sleep between passes at once
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        # the zygote the engine forked from the app before it started threads,
+        # if it could (engine._fork_zygote); else one is spawned when needed
+        self.zygote: Optional[Zygote] = getattr(self.host, "worker_zygote", None)
+        if self.zygote is not None:
+            self.host.worker_zygote = None  # ours now: stopped with the workers
+        self.use_zygote = o.start_method == "forkserver"
+        self.zygote_failures = 0       # zygotes in a row that failed to fork a worker
         self._thread = threading.Thread(target=self._guarded_run, name="czmp-supervisor",
                                         daemon=True)
         self._thread.start()
@@ -130,10 +155,32 @@ class Supervisor:
                 self._tick()
             except BaseException:  # noqa: BLE001 - the supervisor must outlive any one bug (sys.exit in a listener too)
                 log.exception("supervisor pass failed")
-            self._stop.wait(TICK_S)
-        self._shutdown_workers()
+            self._sleep(TICK_S)
+        try:
+            self._shutdown_workers()
+        finally:
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _sleep(self, timeout: float) -> None:
+        """Until a worker exits, stop() is called, or ``timeout`` seconds pass."""
+        fds = {self._wake_r}
+        for w in list(self.procs.values()):
+            fd = w.waitable()
+            if fd >= 0:
+                fds.add(fd)
+        if self.zygote is not None and self.zygote.alive:
+            fds.add(self.zygote.fileno())
+        ready = wait_readable(fds, timeout)
+        if self._wake_r in ready:
+            try:
+                os.read(self._wake_r, 512)
+            except BlockingIOError:
+                pass
 
     def _tick(self) -> None:
+        if self.zygote is not None:
+            self.zygote.drain()  # exit reports; also notices a dead zygote
         self._reap()
         now = time.monotonic()
         self._enforce_timeouts()
@@ -143,17 +190,25 @@ class Supervisor:
             self._last_slow = now
             lib.czmp_rings_repair(self.seg.raw, self.cookies)
             self._recycle_by_memory()
-        while (len(self._live()) < self.target and self.free_indices
-               and time.monotonic() >= self._next_spawn):
-            self._spawn()
+        if time.monotonic() >= self._next_spawn:
+            wanted = min(self.target - len(self._live()), len(self.free_indices))
+            if wanted > 0:
+                self._spawn(wanted)
 
     def _live(self) -> list[WorkerProcess]:
         return [w for w in self.procs.values() if not w.stopping]
 
     # -- spawning and reaping -------------------------------------------------------
 
-    def _spawn(self) -> None:
-        index = self.free_indices.pop()
+    def _spawn(self, count: int = 1) -> None:
+        """Start ``count`` workers: all asked of the zygote at once, else spawned."""
+        cfgs = [self._worker_cfg(self.free_indices.pop()) for _ in range(count)]
+        popens = self._fork(cfgs) if self.use_zygote else [None] * count
+        for cfg, popen in zip(cfgs, popens):
+            self._start(cfg, popen)
+
+    def _worker_cfg(self, index: int) -> dict:
+        """Reset worker record ``index`` for a new incarnation; the new worker's config."""
         rec = self.seg.worker(index)
         rec.pid = 0
         rec.state = lib.CZMP_WORKER_STARTING
@@ -170,18 +225,54 @@ class Supervisor:
             "niceness": o.worker_niceness, "max_external_bytes": o.max_external_bytes,
             **self.host.worker_extras,  # compat: logs, initializer (the engine's worker setup)
         }
-        popen = subprocess.Popen(
-            [sys.executable, "-m", "catzilla_mp.workers", json.dumps(cfg)],
-            env=self._env, stdin=subprocess.DEVNULL, close_fds=True,
-            # each worker leads a process group of its own, so that killing it
-            # kills what its tasks started too (issue 11.7; see _signal)
-            process_group=0)
+        return cfg
+
+    def _start(self, cfg: dict, popen: Optional[Any]) -> None:
+        """Register a forked worker, or spawn one (``popen`` None)."""
+        index = cfg["index"]
+        pidfd = -1
+        if popen is None:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "catzilla_mp.workers", json.dumps(cfg)],
+                env=self._env, stdin=subprocess.DEVNULL, close_fds=True,
+                # each worker leads a process group of its own, so that killing it
+                # kills what its tasks started too (issue 11.7; see _signal)
+                process_group=0)
+            try:
+                pidfd = os.pidfd_open(popen.pid)
+            except OSError:
+                pidfd = -1  # (Linux < 5.3) noticed on the next tick instead
         now = time.monotonic()
         with self._lock:
-            self.procs[index] = WorkerProcess(index, popen, now, now)
+            self.procs[index] = WorkerProcess(index, popen, now, now, pidfd=pidfd)
         self.spawned += 1
         log.info("worker %d started (pid %d)", index, popen.pid,
                  extra={"event": "worker_started", "worker": index, "pid": popen.pid})
+
+    def _fork(self, cfgs: list[dict]) -> list[Optional[Any]]:
+        """Workers forked by the zygote (started here if need be); None entries: spawn those."""
+        forked: list[Optional[Any]] = []
+        try:
+            if self.zygote is None or not self.zygote.alive:
+                if self.zygote is not None:
+                    self.zygote.stop(0)  # reap the dead one
+                self.zygote = Zygote(self._env)
+                self.zygote.start()
+            forked = self.zygote.fork_many(cfgs)
+        except (ZygoteError, OSError) as exc:
+            self.zygote_failures += 1
+            if self.zygote is not None:
+                self.zygote.kill()
+            fallback = self.zygote_failures >= ZYGOTE_FAILURES_FALLBACK
+            log.warning("worker zygote failed (%s)%s", exc,
+                        "; starting workers as fresh interpreters from now on" if fallback
+                        else "; starting this worker as a fresh interpreter",
+                        extra={"event": "zygote_failed", "failures": self.zygote_failures})
+            if fallback:
+                self.use_zygote = False
+            return [None] * len(cfgs)
+        self.zygote_failures = 0
+        return forked
 
     def _reap(self) -> None:
         for w in list(self.procs.values()):
@@ -190,6 +281,9 @@ class Supervisor:
                 self._on_exit(w, code)
 
     def _on_exit(self, w: WorkerProcess, code: int) -> None:
+        if w.pidfd >= 0:
+            os.close(w.pidfd)
+            w.pidfd = -1
         if code != 0:
             _kill_group(w)  # what its tasks started must not outlive it
             self.backend.free_dead_worker_externals(w.index)  # the reap forgets them
@@ -371,19 +465,31 @@ class Supervisor:
         """Stop every worker (the segment's shutdown flag is already set) and end the thread."""
         self._closing = True
         self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")  # end its sleep now, not at the next tick
+        except OSError:
+            pass  # the pipe is full (it is awake anyway) or closed (it has ended)
         self._thread.join(timeout=STOP_GRACE_S + 10)
 
     def _shutdown_workers(self) -> None:
+        """SIGTERM every worker, wait for their exits (no polling), SIGKILL stragglers."""
         for w in list(self.procs.values()):
             _signal(w, signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_S
-        while self.procs and time.monotonic() < deadline:
+        while True:
+            if self.zygote is not None:
+                self.zygote.drain()
             self._reap()
-            time.sleep(0.01)
+            left = deadline - time.monotonic()
+            if not self.procs or left <= 0:
+                break
+            self._sleep(min(left, TICK_S))
         for w in list(self.procs.values()):
             _signal(w, signal.SIGKILL)
             w.popen.wait()
         self._reap()
+        if self.zygote is not None:
+            self.zygote.stop(STOP_GRACE_S)
 
 
 def _wait_stopped(pid: int, timeout: float) -> bool:

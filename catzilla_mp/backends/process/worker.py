@@ -1,7 +1,9 @@
 """The worker process: take tasks from shared memory, run them, publish outcomes.
 
-Started by the supervisor as ``python -m catzilla_mp.workers '<json>'``
-(a fresh interpreter: never a fork of a threaded app). Its threads:
+Forked by the zygote (zygote.py, start_method="forkserver": a preloaded
+process that is never a fork of a threaded app), or started by the
+supervisor as ``python -m catzilla_mp.workers '<json>'`` (start_method=
+"spawn", and the fallback); main() is the same either way. Its threads:
 
   executor thread(s)  the main thread, plus threads_per_worker - 1 more; each
                       loops: take a slot (C, GIL released while it sleeps),
