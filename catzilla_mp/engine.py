@@ -101,7 +101,7 @@ log = logging.getLogger("catzilla_mp")
 #: what add_task accepts as a priority (see TaskPriority.parse)
 PriorityLike = Union[TaskPriority, Enum, str, int]
 
-MODES = ("process", "thread")
+MODES = ("process", "thread", "ray")
 #: How often shutdown() looks whether every task has finished.
 SHUTDOWN_POLL_S = 0.01
 
@@ -200,9 +200,10 @@ class EngineOptions:
                  worker_niceness, shutdown_timeout, keep_finished, populate,
                  initializer=None, initargs=(),
                  max_external_bytes=1 << 30, keep_finished_bytes=64 << 20,
-                 result_ttl_s=3600.0) -> None:
+                 result_ttl_s=3600.0, address=None, ray_task_options=None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.address, self.ray_task_options = _ray_options(mode, address, ray_task_options)
         if start_method != "spawn":
             raise ValueError("start_method must be 'spawn': workers are fresh interpreters; "
                              "forking a threaded app is unsafe")
@@ -211,7 +212,7 @@ class EngineOptions:
         _int_at_least("min_workers", min_workers, 0, most=MAX_WORKERS)
         _int_at_least("max_workers", max_workers, 1, allow_none=True, most=MAX_WORKERS)
         initial = workers if workers is not None else \
-            min(MAX_WORKERS, cpus if mode == "process" else cpus * 2)
+            min(MAX_WORKERS, cpus if mode != "thread" else cpus * 2)
         if max_workers is not None and min_workers > max_workers:
             if min_workers != CATZILLA_MIN_WORKERS:
                 raise ValueError(f"min_workers ({min_workers}) is above max_workers ({max_workers})")
@@ -316,6 +317,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         max_external_bytes: int = 1 << 30,
         keep_finished_bytes: int = 64 << 20,
         result_ttl_s: float = 3600.0,
+        address: Optional[str] = None,
+        ray_task_options: Optional[dict] = None,
     ) -> None:
         # Catzilla's docs also spell the starting pool size initial_workers
         if initial_workers is not None:
@@ -335,7 +338,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             shutdown_timeout=shutdown_timeout, keep_finished=keep_finished, populate=populate,
             initializer=initializer, initargs=initargs,
             max_external_bytes=max_external_bytes, keep_finished_bytes=keep_finished_bytes,
-            result_ttl_s=result_ttl_s)
+            result_ttl_s=result_ttl_s, address=address, ray_task_options=ray_task_options)
         # Catzilla's attribute names, kept for code that reads them
         self.workers = self.options.workers
         self.min_workers = self.options.min_workers
@@ -394,6 +397,9 @@ class BackgroundTasks(TaskLifecycle, Executor):
         if self.options.mode == "thread":
             from .backends.thread import ThreadBackend
             return ThreadBackend(engine)
+        if self.options.mode == "ray":
+            from .backends.ray import RayBackend  # ImportError naming the extra without Ray
+            return RayBackend(engine)
         from .backends.process.backend import ProcessBackend
         return ProcessBackend(engine)
 
@@ -1069,6 +1075,24 @@ def _register_atexit(engine: BackgroundTasks):
 
     atexit.register(_at_exit)
     return _at_exit
+
+
+def _ray_options(mode: str, address: Any, task_options: Any) -> tuple:
+    """Validate mode="ray"'s options: the cluster address and options of every Ray task.
+
+    Raises:
+        ValueError: either given in another mode. TypeError: a wrong type.
+    """
+    if mode != "ray":
+        if address is not None or task_options is not None:
+            raise ValueError("address and ray_task_options apply to mode='ray' only")
+        return None, None
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"address must be a str ('local', 'auto', 'host:port' or "
+                        f"'ray://host:port'), not {type(address).__name__}")
+    if task_options is not None and not isinstance(task_options, dict):
+        raise TypeError(f"ray_task_options must be a dict, not {type(task_options).__name__}")
+    return address or "local", dict(task_options or {})
 
 
 def _int_at_least(name: str, value: Any, least: int, allow_none: bool = False,
