@@ -98,6 +98,9 @@ TASK_OPTIONS = dict(max_retries=0, retry_exceptions=False, num_cpus=1)
 CRASHES = (ray_errors.WorkerCrashedError, ray_errors.NodeDiedError,
            ray_errors.LocalRayletDiedError, ray_errors.OutOfMemoryError)
 
+#: How long a local Ray's processes get to exit after ray.shutdown() before they are killed.
+LOCAL_EXIT_WAIT_S = 10.0
+
 _STOP = object()
 
 
@@ -111,6 +114,7 @@ class _Connection:
         self.owned = owned          # we called ray.init: the last user calls ray.shutdown
         self.temp_dir = temp_dir    # address="local": Ray's session files, removed at the end
         self.users = 0
+        self.procs: list = []       # address="local": the processes ray.init started here
 
 
 _conn_lock = threading.Lock()
@@ -144,13 +148,15 @@ def connect(address: Optional[str] = None, *, num_cpus: Optional[int] = None) ->
                 conn = _Connection("existing", False, None)  # the application's own
             elif address == "local":
                 temp_dir = tempfile.mkdtemp(prefix="czmp-ray-")
+                before = _children()
                 try:
                     ray.init(address="local", num_cpus=num_cpus, _temp_dir=temp_dir,
                              runtime_env=_local_runtime_env(), **LOCAL_INIT)
                 except BaseException:
-                    shutil.rmtree(temp_dir, ignore_errors=True)
+                    _reap([p for pid, p in _children().items() if pid not in before], temp_dir)
                     raise
                 conn = _Connection("local", True, temp_dir)
+                conn.procs = [p for pid, p in _children().items() if pid not in before]
             else:
                 ray.init(address=address, configure_logging=False)
                 conn = _Connection(address, True, None)
@@ -184,7 +190,32 @@ def disconnect() -> None:
         if conn.owned and ray.is_initialized():
             ray.shutdown()
         if conn.temp_dir:
-            shutil.rmtree(conn.temp_dir, ignore_errors=True)
+            _reap(conn.procs, conn.temp_dir)
+
+
+def _children() -> dict:
+    import psutil
+
+    try:
+        return {p.pid: p for p in psutil.Process().children()}
+    except psutil.Error:
+        return {}
+
+
+def _reap(procs: list, temp_dir: str) -> None:
+    """After a local Ray's shutdown: wait for its processes (ray.shutdown returns before
+    they are gone, and a late one would write into the directory again), then remove it."""
+    import psutil
+
+    procs = list(procs.values()) if isinstance(procs, dict) else list(procs)
+    _, alive = psutil.wait_procs(procs, timeout=LOCAL_EXIT_WAIT_S)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=LOCAL_EXIT_WAIT_S)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 # -- the worker side (runs in a Ray worker process) -----------------------------------
