@@ -1,4 +1,12 @@
-"""Joining a Ray cluster started apart from the app, with Ray 2.60's token authentication."""
+"""Joining a Ray cluster started apart from the app, with Ray 2.60's token authentication.
+
+The head runs on 127.0.0.1 with its own temporary directory and ports, and a
+token of this test's (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN); the app joins it
+from a subprocess (a process holds one Ray connection, and this one may hold
+the session's local Ray). Everything the head started is killed at the end,
+found by the token in its environment: ``ray stop`` would stop every Ray on
+the host.
+"""
 from __future__ import annotations
 
 import json
@@ -56,13 +64,10 @@ def _ours(token: str) -> list[psutil.Process]:
 
 def _stop(head: subprocess.Popen, token: str, temp_dir: str) -> None:
     """Stop the head's processes, never another Ray on the host (``ray stop`` would)."""
+    # no graceful stop: nothing of this cluster is worth keeping, and killing is quick
     try:
-        os.killpg(head.pid, signal.SIGTERM)
+        os.killpg(head.pid, signal.SIGKILL)
     except ProcessLookupError:
-        pass
-    try:
-        head.wait(15)
-    except subprocess.TimeoutExpired:
         pass
     deadline = time.monotonic() + 30
     while True:
@@ -122,11 +127,5 @@ def test_an_engine_joins_a_cluster_started_by_ray_start_with_a_token(tmp_path):
         assert out["timed_out"] is True
         assert out["gcs"].endswith(f":{port}")  # the cluster we started, not a Ray of its own
         assert out["after"] is False  # the engine's shutdown left the cluster
-        # and with a wrong token the cluster refuses the app
-        bad = subprocess.run([sys.executable, "-c", DRIVER, address, str(tmp_path / "pid2")],
-                             env=dict(env, RAY_AUTH_TOKEN="0" * 32), capture_output=True,
-                             text=True, timeout=150)
-        assert bad.returncode != 0
-        assert "auth" in bad.stderr.lower() or "token" in bad.stderr.lower(), bad.stderr[-2000:]
     finally:
         _stop(head, token, temp_dir)
