@@ -49,3 +49,11 @@ def exit_hard(code):
 
 def square(x):
     return x * x
+
+
+def report(steps):
+    from catzilla_mp import report_progress
+
+    for i in range(steps):
+        report_progress((i + 1) / steps, f"step {i + 1}")
+    return steps
