@@ -200,10 +200,12 @@ class EngineOptions:
                  worker_niceness, shutdown_timeout, keep_finished, populate,
                  initializer=None, initargs=(),
                  max_external_bytes=1 << 30, keep_finished_bytes=64 << 20,
-                 result_ttl_s=3600.0, address=None, ray_task_options=None) -> None:
+                 result_ttl_s=3600.0, address=None, ray_task_options=None,
+                 ray_max_in_flight=None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        self.address, self.ray_task_options = _ray_options(mode, address, ray_task_options)
+        self.address, self.ray_task_options, self.ray_max_in_flight = _ray_options(
+            mode, address, ray_task_options, ray_max_in_flight)
         if start_method != "spawn":
             raise ValueError("start_method must be 'spawn': workers are fresh interpreters; "
                              "forking a threaded app is unsafe")
@@ -319,6 +321,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
         result_ttl_s: float = 3600.0,
         address: Optional[str] = None,
         ray_task_options: Optional[dict] = None,
+        ray_max_in_flight: Optional[int] = None,
     ) -> None:
         # Catzilla's docs also spell the starting pool size initial_workers
         if initial_workers is not None:
@@ -338,7 +341,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
             shutdown_timeout=shutdown_timeout, keep_finished=keep_finished, populate=populate,
             initializer=initializer, initargs=initargs,
             max_external_bytes=max_external_bytes, keep_finished_bytes=keep_finished_bytes,
-            result_ttl_s=result_ttl_s, address=address, ray_task_options=ray_task_options)
+            result_ttl_s=result_ttl_s, address=address, ray_task_options=ray_task_options,
+            ray_max_in_flight=ray_max_in_flight)
         # Catzilla's attribute names, kept for code that reads them
         self.workers = self.options.workers
         self.min_workers = self.options.min_workers
@@ -1077,22 +1081,25 @@ def _register_atexit(engine: BackgroundTasks):
     return _at_exit
 
 
-def _ray_options(mode: str, address: Any, task_options: Any) -> tuple:
-    """Validate mode="ray"'s options: the cluster address and options of every Ray task.
+def _ray_options(mode: str, address: Any, task_options: Any, max_in_flight: Any) -> tuple:
+    """Validate mode="ray"'s options: the cluster address, options of every Ray task, and
+    how many tasks are handed to Ray at once (default: max_workers).
 
     Raises:
-        ValueError: either given in another mode. TypeError: a wrong type.
+        ValueError: one given in another mode, or out of range. TypeError: a wrong type.
     """
     if mode != "ray":
-        if address is not None or task_options is not None:
-            raise ValueError("address and ray_task_options apply to mode='ray' only")
-        return None, None
+        if address is not None or task_options is not None or max_in_flight is not None:
+            raise ValueError("address, ray_task_options and ray_max_in_flight apply to "
+                             "mode='ray' only")
+        return None, None, None
+    _int_at_least("ray_max_in_flight", max_in_flight, 1, allow_none=True, most=MAX_QUEUE_SIZE)
     if address is not None and not isinstance(address, str):
         raise TypeError(f"address must be a str ('local', 'auto', 'host:port' or "
                         f"'ray://host:port'), not {type(address).__name__}")
     if task_options is not None and not isinstance(task_options, dict):
         raise TypeError(f"ray_task_options must be a dict, not {type(task_options).__name__}")
-    return address or "local", dict(task_options or {})
+    return address or "local", dict(task_options or {}), max_in_flight
 
 
 def _int_at_least(name: str, value: Any, least: int, allow_none: bool = False,

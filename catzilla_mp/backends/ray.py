@@ -310,7 +310,7 @@ class RayBackend:
         self._capacity = o.queue_size
         self._in_use = 0
         self._running = True
-        self._slots = [_Slot(i) for i in range(o.max_workers)]
+        self._slots = [_Slot(i) for i in range(o.ray_max_in_flight or o.max_workers)]
         self._free = list(reversed(self._slots))
         self._fns: dict[int, tuple[Any, bytes]] = {}
         self._events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
@@ -417,8 +417,9 @@ class RayBackend:
                     slot.ref, slot.timer, timer = ref, timer, None
             if timer is not None:
                 host.unschedule(timer)
-            ref.future().add_done_callback(
-                lambda fut, s=slot, t=token: self._events.put(("done", s, t, fut)))
+            # _on_completed, not ref.future(): the future's lock and condition
+            # cost ~10% of the no-op rate, and the value is all we need
+            ref._on_completed(lambda value, s=slot, t=token: self._events.put(("done", s, t, value)))
 
     def _park(self, task: TaskResult, delay_s: float) -> None:
         # parked holds the timer (truthy), so cancel() can drop it
@@ -471,12 +472,19 @@ class RayBackend:
 
     def _collect_loop(self) -> None:
         try:
+            events = self._events
             while True:
-                event = self._events.get()
-                if event is _STOP:
-                    return
-                self._handle(event)
-                event = None  # an idle collector must not keep the last task alive
+                event = events.get()
+                # drain what arrived meanwhile, then refill the free slots in one go
+                while event is not None:
+                    if event is _STOP:
+                        return
+                    self._handle(event)
+                    try:
+                        event = events.get_nowait()
+                    except queue.Empty:
+                        event = None  # an idle collector must not keep the last task alive
+                self._refill()
         except BaseException as exc:  # noqa: BLE001 - the engine is broken: waiters must know
             self.host.thread_died(threading.current_thread().name, exc)
             raise
@@ -513,7 +521,6 @@ class RayBackend:
                 "its Ray worker was killed (ray.cancel(force=True))")
         elif kind == "terminate":
             _kill(ref)
-            self._refill()
             self._unreserve(task)
             self.host.finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
             return
@@ -521,12 +528,13 @@ class RayBackend:
             ok, value = False, event[3]
         slot.tasks_done += 1
         slot.tasks_failed += not ok
-        self._refill()
         self._settle(task, ok, value)
 
-    def _outcome(self, task: TaskResult, fut: Any) -> tuple[bool, Any]:
+    def _outcome(self, task: TaskResult, value: Any) -> tuple[bool, Any]:
         try:
-            flags, data, exec_ns, last, measured = fut.result()
+            if isinstance(value, BaseException):
+                raise value  # Ray hands its errors over as the value
+            flags, data, exec_ns, last, measured = value
         except CRASHES as exc:
             err = WorkerCrashedError(f"the Ray worker running task {task.task_id} died: "
                                      f"{type(exc).__name__}: {exc}")

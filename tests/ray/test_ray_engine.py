@@ -17,6 +17,7 @@ from catzilla_mp import BackgroundTasks, TaskStatus, TaskTimeoutError
     (dict(mode="thread", ray_task_options={"num_cpus": 1}), ValueError),
     (dict(mode="ray", address=5), TypeError),
     (dict(mode="ray", ray_task_options=["num_cpus"]), TypeError),
+    (dict(mode="process", ray_max_in_flight=4), ValueError),
 ])
 def test_ray_options_are_refused_where_they_do_not_apply(options, error):
     with pytest.raises(error):
@@ -89,3 +90,12 @@ def test_the_last_progress_report_comes_back_with_the_outcome(engine):
     r = engine.add_task(jobs.report, 3)
     assert r.wait(60) == 3
     assert r.progress == (1.0, "step 3")
+
+
+def test_more_tasks_may_be_handed_to_ray_than_the_engine_has_workers(make_engine):
+    engine = make_engine(workers=1, ray_max_in_flight=3)
+    assert engine.get_stats().total_workers == 3
+    results = [engine.add_task(jobs.square, i) for i in range(30)]
+    assert [r.wait(60) for r in results] == [i * i for i in range(30)]
+    with pytest.raises(ValueError, match="ray_max_in_flight"):
+        make_engine(ray_max_in_flight=0)
