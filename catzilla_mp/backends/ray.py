@@ -102,6 +102,7 @@ CRASHES = (ray_errors.WorkerCrashedError, ray_errors.NodeDiedError,
 LOCAL_EXIT_WAIT_S = 10.0
 
 _STOP = object()
+_TICK = ("tick",)  # wakes the collector to look at the deadlines again
 
 
 # -- the connection (one per process) ------------------------------------------------
@@ -271,7 +272,7 @@ def run_attempt(fn_bytes: bytes, call: bytes, extras: Optional[dict]) -> tuple:
 class _Slot:
     """One Ray task in flight, and what monitor.py reads of a "worker" (pid 0: not ours)."""
 
-    __slots__ = ("index", "pid", "task", "ref", "token", "timer", "t0", "busy_ns",
+    __slots__ = ("index", "pid", "task", "ref", "token", "deadline", "t0", "busy_ns",
                  "tasks_done", "tasks_failed", "current_slot", "current")
 
     def __init__(self, index: int) -> None:
@@ -280,7 +281,7 @@ class _Slot:
         self.task: Optional[TaskResult] = None
         self.ref: Any = None
         self.token = 0
-        self.timer: Any = None
+        self.deadline = 0.0     # time.monotonic() past which the attempt times out; 0: none
         self.t0 = 0
         self.busy_ns = 0
         self.tasks_done = 0
@@ -314,6 +315,7 @@ class RayBackend:
         self._free = list(reversed(self._slots))
         self._fns: dict[int, tuple[Any, bytes]] = {}
         self._events: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._next_deadline = float("inf")  # the collector's next wake-up for a timeout
         self._collector = threading.Thread(target=self._collect_loop, name="czmp-ray-collector",
                                            daemon=True)
         self._collector.start()
@@ -382,6 +384,9 @@ class RayBackend:
             slot.task = slot.current = task
             slot.current_slot = 1
             slot.t0 = time.perf_counter_ns()
+            slot.deadline = (time.monotonic() + task.timeout_ms / 1000.0) if task.timeout_ms else 0.0
+            if slot.deadline and slot.deadline < self._next_deadline:
+                self._events.put(_TICK)  # the collector sleeps longer than that: wake it
             task.slot = slot.index
             starts.append((slot, task))
         return starts
@@ -397,26 +402,18 @@ class RayBackend:
                     task.started_at = time.time()
                     task.worker_id = slot.index
                     task.progress_value = None
-            timer = None
-            if task.timeout_ms:
-                timer = host.schedule(task.timeout_ms / 1000.0,
-                                      lambda s=slot, t=token: self._events.put(("timeout", s, t)))
             try:
                 ref = self._remote.remote(fn_bytes, call, extras)
             except BaseException as exc:  # noqa: BLE001 - Ray refused it: the task fails
-                if timer is not None:
-                    host.unschedule(timer)
                 err = TaskError(f"Ray did not take task {task.task_id}: {exc!r}")
                 err.__cause__ = exc
                 self._events.put(("failed", slot, token, err))
                 continue
             with self._cond:
                 # the collector may have settled this attempt already (a fast
-                # task): then the slot is another attempt's, and keeps nothing of this one
+                # task): then the slot is another attempt's
                 if slot.token == token:
-                    slot.ref, slot.timer, timer = ref, timer, None
-            if timer is not None:
-                host.unschedule(timer)
+                    slot.ref = ref
             # _on_completed, not ref.future(): the future's lock and condition
             # cost ~10% of the no-op rate, and the value is all we need
             ref._on_completed(lambda value, s=slot, t=token: self._events.put(("done", s, t, value)))
@@ -474,12 +471,17 @@ class RayBackend:
         try:
             events = self._events
             while True:
-                event = events.get()
+                wait = self._time_out_overdue()
+                try:
+                    event = events.get(timeout=wait)
+                except queue.Empty:
+                    event = None
                 # drain what arrived meanwhile, then refill the free slots in one go
                 while event is not None:
                     if event is _STOP:
                         return
-                    self._handle(event)
+                    if event is not _TICK:
+                        self._handle(event)
                     try:
                         event = events.get_nowait()
                     except queue.Empty:
@@ -488,6 +490,32 @@ class RayBackend:
         except BaseException as exc:  # noqa: BLE001 - the engine is broken: waiters must know
             self.host.thread_died(threading.current_thread().name, exc)
             raise
+
+    def _time_out_overdue(self) -> Optional[float]:
+        """Queue a timeout for each attempt past its deadline; seconds to the next one (None: none).
+
+        Deadlines live in the slots and the collector watches them itself: a
+        timer per task on the delay thread would wake that thread (and take
+        the GIL) twice per task for the 30 s default that almost never fires.
+        """
+        now = time.monotonic()
+        nearest = float("inf")
+        overdue = []
+        with self._cond:
+            for slot in self._slots:
+                d = slot.deadline
+                if d and slot.task is not None:
+                    if d <= now:
+                        overdue.append((slot, slot.token))
+                        slot.deadline = 0.0
+                    elif d < nearest:
+                        nearest = d
+            self._next_deadline = nearest
+        for slot, token in overdue:
+            self._events.put(("timeout", slot, token))
+        if overdue:
+            return 0.0
+        return None if nearest == float("inf") else max(0.0, nearest - now)
 
     def _release(self, slot: _Slot, token: int) -> Optional[TaskResult]:
         """Free ``slot`` if its attempt ``token`` is still current; the task it ran, or None."""
@@ -499,11 +527,9 @@ class RayBackend:
             slot.task = slot.current = slot.ref = None
             slot.current_slot = 0
             slot.busy_ns += time.perf_counter_ns() - slot.t0
-            timer, slot.timer = slot.timer, None
+            slot.deadline = 0.0
             task.slot = -1
             self._free.append(slot)
-        if timer is not None:
-            self.host.unschedule(timer)
         return task
 
     def _handle(self, event: tuple) -> None:
