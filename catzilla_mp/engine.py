@@ -12,6 +12,7 @@ docs/architecture.md has the whole picture):
     backends   backends/base.py                  Backend: dispatch, cancel, terminate, observe,
                    │                             live_progress, queue_depths, close, ...
                    ├─ backends/thread.py         threads of this process (mode="thread")
+                   ├─ backends/ray.py            Ray tasks on a cluster (mode="ray")
                    └─ backends/process/          worker processes (mode="process", the default):
                           backend.py, supervisor.py, payloads.py, worker.py (catzilla_mp.workers)
     values     results, compat, compat_worker, serialization
@@ -59,7 +60,9 @@ or failed with WorkerCrashedError, and its chunks are reclaimed by holder
 tag; the backend frees a task's resources, the lifecycle decides its fate.
 
 Thread mode (``mode="thread"``) runs the same API and the same lifecycle on
-threads of the app process (backends/thread.py), for I/O-bound work.
+threads of the app process (backends/thread.py), for I/O-bound work. Ray
+mode (``mode="ray"``, ``address=``) runs it on a Ray cluster
+(backends/ray.py, docs/scale-out.md).
 """
 from __future__ import annotations
 
