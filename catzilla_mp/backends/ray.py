@@ -375,7 +375,7 @@ class RayBackend:
             starts = self._take_locked()
         self._start(starts)
 
-    def _take_locked(self) -> list[tuple[_Slot, TaskResult]]:
+    def _take_locked(self) -> list[tuple[_Slot, TaskResult, int]]:
         """Pair free slots with the most urgent waiting tasks; the caller starts them."""
         starts = []
         while self._heap and self._free and self._running:
@@ -388,14 +388,18 @@ class RayBackend:
             if slot.deadline and slot.deadline < self._next_deadline:
                 self._events.put(_TICK)  # the collector sleeps longer than that: wake it
             task.slot = slot.index
-            starts.append((slot, task))
+            # the token is taken here, under the lock: a forced cancel or a
+            # timeout may settle the attempt before _start hands it to Ray
+            starts.append((slot, task, slot.token))
         return starts
 
-    def _start(self, starts: list[tuple[_Slot, TaskResult]]) -> None:
+    def _start(self, starts: list[tuple[_Slot, TaskResult, int]]) -> None:
         host = self.host
-        for slot, task in starts:
-            fn_bytes, call, extras = task.payload
-            token = slot.token
+        for slot, task, token in starts:
+            payload = task.payload
+            if payload is None:
+                continue  # settled (cancelled by force) before it was handed over
+            fn_bytes, call, extras = payload
             with host.lock:
                 if not task.done():
                     task.status = TaskStatus.RUNNING
@@ -410,12 +414,16 @@ class RayBackend:
                 self._events.put(("failed", slot, token, err))
                 continue
             with self._cond:
-                # the collector may have settled this attempt already (a fast
-                # task): then the slot is another attempt's
-                if slot.token == token:
+                current = slot.token == token
+                if current:
                     slot.ref = ref
-            # _on_completed, not ref.future(): the future's lock and condition
-            # cost ~10% of the no-op rate, and the value is all we need
+            if not current:
+                # settled while being handed over (a forced cancel, a timeout,
+                # close): the slot may be another attempt's already; stop this one
+                _kill(ref)
+                continue
+            # _on_completed, not ref.future(): a concurrent Future per task adds
+            # a lock and a condition, and the value is all the collector needs
             ref._on_completed(lambda value, s=slot, t=token: self._events.put(("done", s, t, value)))
 
     def _park(self, task: TaskResult, delay_s: float) -> None:

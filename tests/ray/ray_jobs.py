@@ -57,3 +57,29 @@ def report(steps):
     for i in range(steps):
         report_progress((i + 1) / steps, f"step {i + 1}")
     return steps
+
+
+_marker = None
+
+
+def set_marker(value):
+    """The engine's initializer: runs once per Ray worker process before its first task."""
+    global _marker
+    _marker = value
+
+
+def read_marker():
+    return _marker
+
+
+def request_id():
+    from ray_context import request
+
+    return request.get("unset")
+
+
+def fail_once_then(path, value):
+    if not os.path.exists(path):
+        open(path, "w").close()
+        raise ConnectionError("first attempt fails")
+    return value

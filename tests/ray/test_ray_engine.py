@@ -99,3 +99,29 @@ def test_more_tasks_may_be_handed_to_ray_than_the_engine_has_workers(make_engine
     assert [r.wait(60) for r in results] == [i * i for i in range(30)]
     with pytest.raises(ValueError, match="ray_max_in_flight"):
         make_engine(ray_max_in_flight=0)
+
+
+def test_the_initializer_and_propagated_context_reach_ray_workers(make_engine):
+    import ray_context
+
+    engine = make_engine(workers=1, initializer=jobs.set_marker, initargs=("ready",))
+    assert engine.add_task(jobs.read_marker).wait(60) == "ready"
+    token = ray_context.request.set("req-42")
+    try:
+        r = engine.add_task(jobs.request_id)
+    finally:
+        ray_context.request.reset(token)
+    assert r.wait(60) == "req-42"
+
+
+def test_retry_on_and_back_off_decide_on_ray_as_in_process_mode(engine, tmp_path):
+    r = engine.add_task(jobs.fail_once_then, str(tmp_path / "a"), "ok", max_retries=2,
+                        retry_on=ConnectionError, retry_backoff="fixed")
+    assert r.wait(60) == "ok" and r.get_stats().retries == 1
+    no = engine.add_task(jobs.fail_once_then, str(tmp_path / "b"), "ok", max_retries=2,
+                         retry_on=KeyError)
+    with pytest.raises(ConnectionError):
+        no.wait(60)
+    assert no.get_stats().retries == 0
+    with pytest.raises(ValueError, match="memory_limit_mb"):
+        engine.add_task(jobs.add, 1, memory_limit_mb=100)
