@@ -2,6 +2,7 @@
 timeouts and forced cancels that stop the work, crashes re-run or reported (issue 16)."""
 from __future__ import annotations
 
+import os
 import time
 
 import psutil
@@ -120,3 +121,21 @@ def test_a_forced_cancel_kills_the_running_task_s_worker(engine, tmp_path):
     assert r.status is TaskStatus.CANCELLED
     _wait_dead(pid)
     assert engine.add_task(jobs.add, 2, 2).wait(60) == 4
+
+
+def test_forced_cancels_racing_the_hand_over_settle_once_and_free_their_slot(make_engine):
+    engine = make_engine(workers=1)
+    outcomes = []
+    for _ in range(6):
+        r = engine.add_task(jobs.record_span, os.devnull, "x", 0.2)
+        r.cancel(force=True)   # before, during or after the hand-over to Ray
+        try:
+            r.wait(60)
+            outcomes.append("completed")
+        except TaskCancelledError:
+            outcomes.append("cancelled")
+    assert outcomes.count("cancelled") >= 1
+    assert engine.add_task(jobs.add, 1, 1).wait(60) == 2  # the one slot is free again
+    s = engine.get_stats()
+    assert s.active_workers == 0 and s.total_queued == 0
+    assert s.total_tasks_processed + engine.monitor.cancelled == 7
