@@ -279,7 +279,7 @@ class EngineOptions:
 
 
 class BackgroundTasks(TaskLifecycle, Executor):
-    """Run Python functions in the background: in worker processes (default) or threads.
+    """Run Python functions in the background: in worker processes (default), threads or Ray.
 
     The constructor's first eight arguments are Catzilla's; the rest,
     keyword-only, are catzilla_mp's (see the README's configuration table).
