@@ -117,6 +117,9 @@ def run(mode: str = "process", threads_per_worker: int = 1, seconds: float = 4.0
     from catzilla_mp.segment_janitor import parse_segment_name
 
     rng_seed = seed if seed is not None else random.randrange(1 << 30)
+    # processes this run did not start (a test session's local Ray, which
+    # starts and stops its workers under its own parent meanwhile) are not its leftovers
+    already = psutil.Process().children(recursive=True)
     tmp = tempfile.TemporaryDirectory(dir=workdir)
     path = os.path.join(tmp.name, "runs")
     books = _Books()
@@ -308,8 +311,14 @@ def run(mode: str = "process", threads_per_worker: int = 1, seconds: float = 4.0
     me = os.getpid()
     shm_left = [n for n in os.listdir("/dev/shm")
                 if (p := parse_segment_name(n)) is not None and p.pid == me]
+    theirs = {p.pid for p in already}
+    for p in already:
+        try:
+            theirs.update(c.pid for c in p.children(recursive=True))
+        except psutil.Error:
+            pass
     children = [c for c in psutil.Process().children(recursive=True)
-                if c.status() != psutil.STATUS_ZOMBIE]
+                if c.pid not in theirs and c.status() != psutil.STATUS_ZOMBIE]
     report.update(statuses=statuses, not_final=not_final, wrong=wrong, over_run=over_run,
                   ran_cancelled=ran_cancelled, callbacks_off=callbacks_off,
                   unexpected=len(books.unexpected), thread_deaths=len(books.thread_deaths),

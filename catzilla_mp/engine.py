@@ -12,6 +12,7 @@ docs/architecture.md has the whole picture):
     backends   backends/base.py                  Backend: dispatch, cancel, terminate, observe,
                    │                             live_progress, queue_depths, close, ...
                    ├─ backends/thread.py         threads of this process (mode="thread")
+                   ├─ backends/ray.py            Ray tasks on a cluster (mode="ray")
                    └─ backends/process/          worker processes (mode="process", the default):
                           backend.py, supervisor.py, payloads.py, worker.py (catzilla_mp.workers)
     values     results, compat, compat_worker, serialization
@@ -59,7 +60,9 @@ or failed with WorkerCrashedError, and its chunks are reclaimed by holder
 tag; the backend frees a task's resources, the lifecycle decides its fate.
 
 Thread mode (``mode="thread"``) runs the same API and the same lifecycle on
-threads of the app process (backends/thread.py), for I/O-bound work.
+threads of the app process (backends/thread.py), for I/O-bound work. Ray
+mode (``mode="ray"``, ``address=``) runs it on a Ray cluster
+(backends/ray.py, docs/scale-out.md).
 """
 from __future__ import annotations
 
@@ -101,7 +104,7 @@ log = logging.getLogger("catzilla_mp")
 #: what add_task accepts as a priority (see TaskPriority.parse)
 PriorityLike = Union[TaskPriority, Enum, str, int]
 
-MODES = ("process", "thread")
+MODES = ("process", "thread", "ray")
 #: How worker processes start (backends/process/zygote.py): "forkserver" forks
 #: them from a fresh, preloaded zygote process (milliseconds per worker);
 #: "spawn" starts each as a fresh interpreter (~60 ms, 0.2-0.5 s on a busy host).
@@ -204,9 +207,12 @@ class EngineOptions:
                  worker_niceness, shutdown_timeout, keep_finished, populate,
                  initializer=None, initargs=(),
                  max_external_bytes=1 << 30, keep_finished_bytes=64 << 20,
-                 result_ttl_s=3600.0, native_threads_per_worker=None) -> None:
+                 result_ttl_s=3600.0, native_threads_per_worker=None, address=None,
+                 ray_task_options=None, ray_max_in_flight=None) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.address, self.ray_task_options, self.ray_max_in_flight = _ray_options(
+            mode, address, ray_task_options, ray_max_in_flight)
         if start_method not in START_METHODS:
             raise ValueError(f"start_method must be one of {START_METHODS}, not {start_method!r}: "
                              "workers are forked from a fresh zygote process or spawned as fresh "
@@ -216,7 +222,7 @@ class EngineOptions:
         _int_at_least("min_workers", min_workers, 0, most=MAX_WORKERS)
         _int_at_least("max_workers", max_workers, 1, allow_none=True, most=MAX_WORKERS)
         initial = workers if workers is not None else \
-            min(MAX_WORKERS, cpus if mode == "process" else cpus * 2)
+            min(MAX_WORKERS, cpus if mode != "thread" else cpus * 2)
         if max_workers is not None and min_workers > max_workers:
             if min_workers != CATZILLA_MIN_WORKERS:
                 raise ValueError(f"min_workers ({min_workers}) is above max_workers ({max_workers})")
@@ -283,7 +289,7 @@ class EngineOptions:
 
 
 class BackgroundTasks(TaskLifecycle, Executor):
-    """Run Python functions in the background: in worker processes (default) or threads.
+    """Run Python functions in the background: in worker processes (default), threads or Ray.
 
     The constructor's first eight arguments are Catzilla's; the rest,
     keyword-only, are catzilla_mp's (see the README's configuration table).
@@ -327,6 +333,9 @@ class BackgroundTasks(TaskLifecycle, Executor):
         keep_finished_bytes: int = 64 << 20,
         result_ttl_s: float = 3600.0,
         native_threads_per_worker: Optional[int] = None,
+        address: Optional[str] = None,
+        ray_task_options: Optional[dict] = None,
+        ray_max_in_flight: Optional[int] = None,
     ) -> None:
         # Catzilla's docs also spell the starting pool size initial_workers
         if initial_workers is not None:
@@ -346,7 +355,9 @@ class BackgroundTasks(TaskLifecycle, Executor):
             shutdown_timeout=shutdown_timeout, keep_finished=keep_finished, populate=populate,
             initializer=initializer, initargs=initargs,
             max_external_bytes=max_external_bytes, keep_finished_bytes=keep_finished_bytes,
-            result_ttl_s=result_ttl_s, native_threads_per_worker=native_threads_per_worker)
+            result_ttl_s=result_ttl_s, native_threads_per_worker=native_threads_per_worker,
+            address=address, ray_task_options=ray_task_options,
+            ray_max_in_flight=ray_max_in_flight)
         # Catzilla's attribute names, kept for code that reads them
         self.workers = self.options.workers
         self.min_workers = self.options.min_workers
@@ -426,6 +437,9 @@ class BackgroundTasks(TaskLifecycle, Executor):
         if self.options.mode == "thread":
             from .backends.thread import ThreadBackend
             return ThreadBackend(engine)
+        if self.options.mode == "ray":
+            from .backends.ray import RayBackend  # ImportError naming the extra without Ray
+            return RayBackend(engine)
         from .backends.process.backend import ProcessBackend
         return ProcessBackend(engine)
 
@@ -1315,6 +1329,27 @@ def _register_atexit(engine: BackgroundTasks):
 
     atexit.register(_at_exit)
     return _at_exit
+
+
+def _ray_options(mode: str, address: Any, task_options: Any, max_in_flight: Any) -> tuple:
+    """Validate mode="ray"'s options: the cluster address, options of every Ray task, and
+    how many tasks are handed to Ray at once (default: max_workers).
+
+    Raises:
+        ValueError: one given in another mode, or out of range. TypeError: a wrong type.
+    """
+    if mode != "ray":
+        if address is not None or task_options is not None or max_in_flight is not None:
+            raise ValueError("address, ray_task_options and ray_max_in_flight apply to "
+                             "mode='ray' only")
+        return None, None, None
+    _int_at_least("ray_max_in_flight", max_in_flight, 1, allow_none=True, most=MAX_QUEUE_SIZE)
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"address must be a str ('local', 'auto', 'host:port' or "
+                        f"'ray://host:port'), not {type(address).__name__}")
+    if task_options is not None and not isinstance(task_options, dict):
+        raise TypeError(f"ray_task_options must be a dict, not {type(task_options).__name__}")
+    return address or "local", dict(task_options or {}), max_in_flight
 
 
 def _int_at_least(name: str, value: Any, least: int, allow_none: bool = False,

@@ -41,6 +41,8 @@ SHM_DIR = "/dev/shm"
 def pytest_configure(config):
     config.addinivalue_line("markers", "timeout_guard(seconds): per-test watchdog override")
     config.addinivalue_line("markers", "slow: large sizes, skipped unless CZMP_STRESS_ITEMS is set")
+    config.addinivalue_line("markers", "modes(*modes): run an engine test in these modes "
+                            "(process, thread, ray); tests/engine/conftest.py")
 
 
 def shm_entries() -> set[str]:
@@ -88,6 +90,23 @@ def _helper_pids() -> set[int]:
             pids.add(pid)
     except Exception:
         pass
+    return pids | _ray_pids()
+
+
+#: Processes of the session's local Ray (ray_session): they and their
+#: descendants (Ray starts and replaces its workers under its raylet, e.g.
+#: after a task's worker is killed) belong to the session, not to a test.
+_RAY_ROOTS: set[int] = set()
+
+
+def _ray_pids() -> set[int]:
+    pids = set()
+    for pid in list(_RAY_ROOTS):
+        try:
+            pids.add(pid)
+            pids.update(c.pid for c in psutil.Process(pid).children(recursive=True))
+        except psutil.Error:
+            pass
     return pids
 
 
@@ -252,6 +271,23 @@ def spawn():
 
 
 # ---- engines ----------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray (2 CPUs, its own temporary directory) for the whole run; engines of
+    mode="ray" made meanwhile share it. Skipped where Ray is not installed."""
+    pytest.importorskip("ray")
+    from catzilla_mp.backends import ray as ray_backend
+
+    before = set(live_children())
+    ray_backend.connect("local", num_cpus=2)
+    _RAY_ROOTS.update(set(live_children()) - before)
+    try:
+        yield ray_backend
+    finally:
+        ray_backend.disconnect()
+        _RAY_ROOTS.clear()
+
 
 @pytest.fixture
 def engine_defaults() -> dict:

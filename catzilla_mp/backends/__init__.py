@@ -2,6 +2,7 @@
 
     base.py        Backend: the protocol every backend implements
     thread.py      ThreadBackend: threads of the app process (mode="thread")
+    ray.py         RayBackend: Ray tasks on a cluster (mode="ray"; imports Ray)
     process/       ProcessBackend: worker processes over one shared-memory
                    segment (mode="process"): backend, supervisor, payloads,
                    the worker loop

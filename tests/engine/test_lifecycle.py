@@ -33,6 +33,7 @@ def test_invalid_engine_options_are_refused_before_anything_starts(options, erro
     assert _our_segments() == before
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_shutdown_drains_everything_and_leaves_no_process_or_segment(make_engine):
     engine = make_engine()
     pids = {p.pid for p in psutil.Process().children()}
@@ -45,6 +46,7 @@ def test_shutdown_drains_everything_and_leaves_no_process_or_segment(make_engine
                 and p.status() != psutil.STATUS_ZOMBIE]
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_shutdown_without_waiting_cancels_what_has_not_started(make_engine):
     engine = make_engine(workers=1)
     running = engine.add_task(jobs.sleep_then, 0.5, "done")
@@ -59,6 +61,7 @@ def test_shutdown_without_waiting_cancels_what_has_not_started(make_engine):
             r.wait(0)
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_tasks_still_running_at_the_shutdown_timeout_fail_clearly(make_engine):
     engine = make_engine(workers=1)
     r = engine.add_task(jobs.block_in_c, 30)
@@ -70,6 +73,7 @@ def test_tasks_still_running_at_the_shutdown_timeout_fail_clearly(make_engine):
         r.wait(0)
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_submitting_after_shutdown_raises(make_engine):
     engine = make_engine()
     engine.shutdown()
@@ -84,12 +88,14 @@ def test_the_context_manager_shuts_down():
     assert engine.closed and _our_segments() == []
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_executor_submit_map_and_chunked_map(engine):
     assert engine.submit(jobs.add, 1, 2).result(10) == 3
     assert list(engine.map(jobs.square, range(100))) == [i * i for i in range(100)]
     assert list(engine.map(jobs.add, range(50), range(50), chunksize=7)) == [2 * i for i in range(50)]
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_executor_cancel_of_a_queued_future(make_engine):
     engine = make_engine(workers=1)
     wait_running(engine.add_task(jobs.sleep_then, 0.4))
@@ -121,6 +127,7 @@ def test_engine_stats_are_measured(make_engine):
     assert s.tasks_per_second > 0
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_queue_sizes_are_reported_per_priority(make_engine):
     engine = make_engine(workers=1)
     wait_running(engine.add_task(jobs.sleep_then, 0.5))
@@ -160,12 +167,14 @@ def test_progress_reported_by_a_task_is_visible_while_it_runs(engine):
     assert r.progress == (1.0, "step 5")  # the last report outlives the task
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_the_last_progress_report_of_a_quick_task_is_kept(engine):
     r = engine.add_task(jobs.report, 2, 0)
     assert r.wait(10) == 2
     assert r.progress == (1.0, "step 2")
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_listeners_see_every_task_event_once(engine, tmp_path):
     import threading
 

@@ -13,16 +13,19 @@ from catzilla_mp import (
     RemoteTraceback, SerializationError, TaskError, TaskFuture, TaskStatus, UnknownTaskError)
 
 
+@pytest.mark.modes("process", "ray")
 def test_a_task_runs_in_a_worker_process_and_returns_its_value(engine):
     assert engine.add_task(jobs.add, 2, b=3).wait(10) == 5
     assert engine.add_task(jobs.pid).wait(10) != os.getpid()
 
 
+@pytest.mark.modes("process", "thread")
 def test_many_tasks_all_come_back_correct(engine):
     results = [engine.add_task(jobs.square, i) for i in range(3000)]
     assert [r.wait(30) for r in results] == [i * i for i in range(3000)]
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_lambdas_closures_partials_and_bound_methods_run(engine):
     base = 10
     assert engine.add_task(lambda x: x + 1, 1).wait(10) == 2
@@ -41,6 +44,7 @@ def test_a_module_function_is_sent_once_not_with_every_task(engine):
     assert engine._backend.slots[0].args_len < 64  # and the payload carries only the arguments
 
 
+@pytest.mark.modes("process", "ray")
 def test_the_tasks_own_exception_comes_back_with_the_remote_traceback(engine):
     r = engine.add_task(jobs.fail, "bad input", max_retries=0)
     with pytest.raises(ValueError, match="bad input") as info:
@@ -50,12 +54,14 @@ def test_the_tasks_own_exception_comes_back_with_the_remote_traceback(engine):
     assert r.get_stats().status is TaskStatus.FAILED
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_custom_exception_keeps_its_type_and_attributes(engine):
     with pytest.raises(jobs.CustomError) as info:
         engine.add_task(jobs.fail_custom, max_retries=0).wait(10)
     assert (info.value.code, info.value.detail) == (42, "custom detail")
 
 
+@pytest.mark.modes("process", "ray")
 @pytest.mark.parametrize("fn", [jobs.fail_unrecreatable, jobs.fail_unpicklable])
 def test_an_exception_that_cannot_travel_becomes_a_serialization_error(engine, fn):
     with pytest.raises(SerializationError, match="cannot be sent back"):
@@ -63,12 +69,14 @@ def test_an_exception_that_cannot_travel_becomes_a_serialization_error(engine, f
     assert engine.add_task(jobs.add, 1, 1).wait(10) == 2
 
 
+@pytest.mark.modes("process", "ray")
 def test_a_result_that_cannot_be_pickled_is_a_clear_error(engine):
     with pytest.raises(SerializationError, match="result"):
         engine.add_task(jobs.return_unpicklable).wait(10)
     assert engine.add_task(jobs.add, 1, 1).wait(10) == 2
 
 
+@pytest.mark.modes("process", "ray")
 def test_arguments_that_cannot_be_pickled_are_refused_at_submit(engine):
     import threading
 
@@ -80,6 +88,7 @@ def test_arguments_that_cannot_be_pickled_are_refused_at_submit(engine):
     assert engine.add_task(jobs.add, 1, 1).wait(10) == 2
 
 
+@pytest.mark.modes("process", "thread", "ray")
 @pytest.mark.parametrize("kind", ["exit", "kbd", "gen"])
 def test_base_exceptions_in_a_task_are_reported_not_raised_into_the_app(engine, kind):
     with pytest.raises(TaskError, match=("SystemExit" if kind == "exit" else
@@ -88,12 +97,14 @@ def test_base_exceptions_in_a_task_are_reported_not_raised_into_the_app(engine, 
     assert engine.add_task(jobs.add, 2, 2).wait(10) == 4
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_deep_recursion_fails_the_task_only(engine):
     with pytest.raises(RecursionError):
         engine.add_task(jobs.recurse, 0, max_retries=0).wait(20)
     assert engine.add_task(jobs.add, 2, 2).wait(10) == 4
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_wait_with_a_timeout_raises_the_builtin_timeout_error(engine):
     r = engine.add_task(jobs.sleep_then, 1.0, "late")
     with pytest.raises(TimeoutError):
@@ -103,6 +114,7 @@ def test_wait_with_a_timeout_raises_the_builtin_timeout_error(engine):
     assert r.is_ready()
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_callbacks_get_the_result_or_the_exception(engine):
     import threading
 
@@ -119,6 +131,7 @@ def test_callbacks_get_the_result_or_the_exception(engine):
     assert done2.wait(10) and isinstance(failed[0], ValueError)
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_stats_of_a_task_have_real_times_and_the_worker(engine):
     r = engine.add_task(jobs.sleep_then, 0.05, 1)
     r.wait(10)
@@ -130,6 +143,7 @@ def test_stats_of_a_task_have_real_times_and_the_worker(engine):
     assert s.retries == 0
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_get_task_result_finds_tasks_by_id_and_refuses_unknown_ids(engine):
     r = engine.add_task(jobs.add, 4, 4)
     assert engine.get_task_result(r.task_id) is r
@@ -140,6 +154,7 @@ def test_get_task_result_finds_tasks_by_id_and_refuses_unknown_ids(engine):
         engine.get_task_result("task_nope")
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_task_future_is_a_concurrent_future_with_then_and_catch(engine):
     fut = engine.add_task(jobs.add, 20, 1).future
     assert isinstance(fut, concurrent.futures.Future) and isinstance(fut, TaskFuture)
@@ -149,6 +164,7 @@ def test_task_future_is_a_concurrent_future_with_then_and_catch(engine):
     assert engine.add_task(jobs.add, 1, 1).future.catch(lambda e: 0).result(10) == 2
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_results_are_awaitable_without_blocking_the_event_loop(engine):
     async def main():
         ticks = 0
@@ -170,6 +186,7 @@ def test_results_are_awaitable_without_blocking_the_event_loop(engine):
     assert ticks >= 10  # the loop kept running while the task did
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_add_tasks_submits_a_batch(engine):
     results = engine.add_tasks(jobs.add, [(i, i) for i in range(2000)])
     assert [r.wait(30) for r in results] == [2 * i for i in range(2000)]
@@ -202,6 +219,7 @@ def test_functions_and_classes_of_main_travel_inside_arguments(engine, tmp_path)
     assert out.stdout.split("\n")[:2] == ["25", "[2, 2, 2]"]
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_big_bytes_and_arrays_travel_out_of_band_both_ways(make_engine):
     import numpy as np
 

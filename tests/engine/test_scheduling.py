@@ -11,6 +11,7 @@ from catzilla_mp import (
     QueueFullError, TaskCancelledError, TaskPriority, TaskStatus, TaskTimeoutError)
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_a_critical_task_overtakes_a_thousand_queued_low_ones(make_engine):
     engine = make_engine(workers=1, queue_size=2048)
     blocker = engine.add_task(jobs.sleep_then, 0.5)
@@ -25,6 +26,7 @@ def test_a_critical_task_overtakes_a_thousand_queued_low_ones(make_engine):
     assert started_before <= 2  # at most what the worker held when it arrived
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_priorities_accept_names_and_refuse_unknown_ones(engine):
     assert engine.add_task(jobs.add, 1, 1, priority="HIGH").wait(10) == 2
     assert engine.add_task(jobs.add, 1, 1, priority=TaskPriority.LOW).wait(10) == 2
@@ -32,6 +34,7 @@ def test_priorities_accept_names_and_refuse_unknown_ones(engine):
         engine.add_task(jobs.add, 1, 1, priority="urgent")
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_a_delayed_task_waits_and_blocks_nothing_else(engine):
     wait_running(engine.add_task(jobs.sleep_then, 0.1))  # workers are up
     t0 = time.monotonic()
@@ -45,6 +48,7 @@ def test_a_delayed_task_waits_and_blocks_nothing_else(engine):
     assert time.monotonic() - t0 >= 0.39
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_a_failing_task_is_retried_with_backoff_then_succeeds(engine, tmp_path):
     r = engine.add_task(jobs.flaky, str(tmp_path / "count"), 2, max_retries=3)
     assert r.wait(20) == 3
@@ -52,6 +56,7 @@ def test_a_failing_task_is_retried_with_backoff_then_succeeds(engine, tmp_path):
     assert engine.get_stats().retry_count == 2
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_the_last_attempts_error_is_raised_after_retries_run_out(engine, tmp_path):
     seen = []
     r = engine.add_task(jobs.flaky, str(tmp_path / "count"), 10, max_retries=2)
@@ -73,6 +78,7 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap(make_engine):
     assert len({round(engine._backoff_s(3), 6) for _ in range(20)}) > 1  # jittered
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_a_task_past_its_timeout_is_interrupted_and_others_keep_running(engine):
     slow = engine.add_task(jobs.spin, 30, timeout_ms=300, max_retries=3)
     fine = [engine.add_task(jobs.add, i, 1) for i in range(20)]
@@ -84,6 +90,7 @@ def test_a_task_past_its_timeout_is_interrupted_and_others_keep_running(engine):
     assert engine.get_stats().timeout_count == 1
 
 
+@pytest.mark.modes("process", "ray")
 def test_a_task_that_ignores_its_timeout_has_its_worker_killed(make_engine):
     engine = make_engine(timeout_grace_ms=300)
     stuck = engine.add_task(jobs.block_in_c, 60, timeout_ms=200)
@@ -92,6 +99,7 @@ def test_a_task_that_ignores_its_timeout_has_its_worker_killed(make_engine):
     assert engine.add_task(jobs.add, 2, 3).wait(20) == 5
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_a_queued_task_can_be_cancelled_and_never_runs(make_engine, tmp_path):
     engine = make_engine(workers=1)
     blocker = engine.add_task(jobs.sleep_then, 0.5)
@@ -107,6 +115,7 @@ def test_a_queued_task_can_be_cancelled_and_never_runs(make_engine, tmp_path):
     assert not blocker.cancel()  # finished tasks cannot be cancelled
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_a_delayed_task_can_be_cancelled(engine, tmp_path):
     r = engine.add_task(jobs.record_start, str(tmp_path / "log"), "x", delay_ms=300)
     assert r.cancel()
@@ -114,6 +123,7 @@ def test_a_delayed_task_can_be_cancelled(engine, tmp_path):
     assert not (tmp_path / "log").exists()
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_a_full_queue_waits_then_raises_instead_of_dropping(make_engine):
     engine = make_engine(workers=1, queue_size=4, queue_full_timeout=0.2)
     held = [engine.add_task(jobs.sleep_then, 0.6) for _ in range(4)]
@@ -126,6 +136,7 @@ def test_a_full_queue_waits_then_raises_instead_of_dropping(make_engine):
     assert engine.add_task(jobs.add, 1, 1).wait(10) == 2
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_a_full_queue_accepts_again_as_soon_as_a_slot_frees(make_engine):
     engine = make_engine(workers=1, queue_size=2, queue_full_timeout=10)
     first = [engine.add_task(jobs.sleep_then, 0.2, i) for i in range(2)]
@@ -137,12 +148,14 @@ def test_a_full_queue_accepts_again_as_soon_as_a_slot_frees(make_engine):
     ("delay_ms", -1, ValueError), ("timeout_ms", -5, ValueError),
     ("max_retries", -1, ValueError), ("max_retries", 1.5, TypeError),
 ])
+@pytest.mark.modes("process", "thread", "ray")
 def test_invalid_task_options_are_refused(engine, option, value, error):
     with pytest.raises(error, match=option):
         engine.add_task(jobs.noop, **{option: value})
     assert engine.get_stats().total_queued == 0
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_non_callables_are_refused(engine):
     with pytest.raises(TypeError, match="callable"):
         engine.add_task(42)
@@ -169,6 +182,7 @@ def test_add_tasks_that_runs_out_of_room_says_how_many_went_and_leaks_nothing(ma
     assert engine._in_flight() == 0
 
 
+@pytest.mark.modes("process", "thread", "ray")
 def test_add_tasks_mixes_small_and_large_calls(engine):
     calls = [(b"x" * n,) for n in (1, 500, 3, 70_000, 2)]
     assert [r.wait(30)[0] for r in engine.add_tasks(jobs.echo_bytes, calls)] == [1, 500, 3, 70_000, 2]
