@@ -98,9 +98,12 @@ def _get(port: int, n: int) -> dict:
         return json.loads(resp.read())
 
 
-def _descendants() -> list[psutil.Process]:
+def _descendants(ignore: frozenset = frozenset()) -> list[psutil.Process]:
+    """Our live descendants but those in ``ignore`` (alive before the test: a session's Ray)."""
     out = []
     for p in psutil.Process().children(recursive=True):
+        if p.pid in ignore:
+            continue
         try:
             if p.status() != psutil.STATUS_ZOMBIE:
                 out.append(p)
@@ -114,6 +117,7 @@ def test_gunicorn_preload_with_three_workers_answers_every_request_right(tmp_pat
     """Issue 11.1, with a real `gunicorn --preload -w 3` app (tests/deploy/gunicorn_app.py):
     each web worker gets an engine of its own, every answer is right, and a
     SIGTERM to the master leaves no process and no segment behind."""
+    before = frozenset(p.pid for p in _descendants())
     pytest.importorskip("gunicorn")
     port = free_port()
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([HERE] + [p for p in sys.path if p]))
@@ -168,6 +172,6 @@ def test_gunicorn_preload_with_three_workers_answers_every_request_right(tmp_pat
         output = log.read()
         log.close()
     assert server.returncode == 0, output[-3000:]
-    wait_until(lambda: not _descendants(), timeout=30, what="every process gone")
+    wait_until(lambda: not _descendants(before), timeout=30, what="every process gone")
     segments = {seg for pairs in by_server.values() for _, seg in pairs}
     assert not [n for n in os.listdir("/dev/shm") if n in segments or str(server.pid) in n]

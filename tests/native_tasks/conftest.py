@@ -16,6 +16,9 @@ def native_engine():
 
     engine = BackgroundTasks(workers=1, min_workers=1, max_workers=1, enable_auto_scaling=False,
                              threads_per_worker=2, memory_pool_mb=32, queue_size=256)
+    # its worker (and, in a threaded app such as one running a session's Ray,
+    # the zygote spawned for it) starts now, not inside the first test
+    engine.add_task(sum, (1, 2)).wait(120)
     yield engine
     engine.shutdown(wait_for_completion=False, timeout=10)
 
