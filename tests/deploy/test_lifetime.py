@@ -148,6 +148,8 @@ def test_an_engine_dropped_without_shutdown_stops_its_workers_and_removes_its_se
     assert engine.add_task(deploy_jobs.square, 4).wait(60) == 16
     assert engine.submit(deploy_jobs.square, 5).result(60) == 25
     seg = engine._backend.seg.name
+    # a worker forked by the zygote can serve before the supervisor reads its pid
+    wait_until(lambda: engine._backend.supervisor.snapshot(), what="the worker registered")
     procs = [psutil.Process(w.pid) for w, _ in engine._backend.supervisor.snapshot()]
     assert procs and os.path.exists(f"/dev/shm/{seg}")
     ref = weakref.ref(engine)
