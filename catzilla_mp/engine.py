@@ -316,6 +316,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
         max_external_bytes: int = 1 << 30,
         keep_finished_bytes: int = 64 << 20,
         result_ttl_s: float = 3600.0,
+        durable: Union[str, "os.PathLike[str]", None] = None,
     ) -> None:
         # Catzilla's docs also spell the starting pool size initial_workers
         if initial_workers is not None:
@@ -346,6 +347,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self.enable_c_compilation = enable_c_compilation
         self.enable_profiling = enable_profiling
         self.mode = mode
+        # durable=: the SQLite journal that wraps the backend (backends/journal.py, issue 14)
+        if durable is not None and not isinstance(durable, (str, os.PathLike)):
+            raise TypeError(f"durable must be a file path, not {type(durable).__name__}")
+        self._durable = os.fspath(durable) if durable is not None else None
 
         self._init_lifecycle()
         # set in a child process forked after this engine was made: its backend
@@ -364,6 +369,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self._start_lifecycle()
         try:
             self._backend = self._make_backend()
+            if self._durable is not None:
+                self._resume_journal()
         except BaseException:
             self._delays.stop()
             if self._logs is not None:
@@ -385,12 +392,16 @@ class BackgroundTasks(TaskLifecycle, Executor):
             extras["log_level"] = compat.worker_log_level()
         return extras
 
-    def _make_backend(self):
+    def _make_backend(self, host: Any = None):
+        if host is None and self._durable is not None:
+            # durable=: the journal wraps the backend and gives it its TaskHost (issue 14)
+            from .backends.journal import JournalBackend
+            return JournalBackend(weakref.proxy(self), self._durable, self._make_backend)
         # The backend's threads hold the backend, and it holds the engine only
         # weakly: an engine dropped without shutdown() can be collected, and
         # its finalizer (_finalize_orphan) then stops the backend, as
         # ProcessPoolExecutor's manager thread does (issue 11.14).
-        engine = weakref.proxy(self)
+        engine = host if host is not None else weakref.proxy(self)
         if self.options.mode == "thread":
             from .backends.thread import ThreadBackend
             return ThreadBackend(engine)
@@ -792,6 +803,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
         task = self._tasks.get(task_id) or self._weak_tasks.get(task_id)
         if task is not None:
             return task
+        if self._durable is not None and isinstance(task_id, str):
+            task = self._journaled_result(task_id)
+            if task is not None:
+                return task
         gone = self._expired.get(task_id)
         if gone is not None:
             status, completed_at, code = gone
@@ -802,6 +817,42 @@ class BackgroundTasks(TaskLifecycle, Executor):
                 f"holds its result: {why}. The TaskResult add_task returned keeps it.")
         raise UnknownTaskError(f"no task {task_id!r} in this engine (a submit() or map() task "
                                "is kept only while its future is)")
+
+    def _resume_journal(self) -> None:
+        """durable=: admit again, under their ids, the tasks the journal holds unfinished."""
+        backend = self._backend
+        pairs = []
+        for rec in backend.recovered():
+            task = TaskResult(rec.task_id, self, rec.priority, rec.max_retries, rec.timeout_ms,
+                              rec.delay_ms)
+            task.name = rec.name
+            task.seq = self._last_seq = next(self._ids)
+            task.attempt = rec.attempt
+            task.created_at = rec.created_at
+            if rec.opts is not None:
+                task.opts = rec.opts
+                task.wextras = rec.opts.extras
+            self._tasks[task.task_id] = task
+            pairs.append((task, rec))
+        if pairs:
+            log.info("durable journal: %d unfinished tasks resumed", len(pairs),
+                     extra={"event": "journal_resumed", "count": len(pairs)})
+        backend.resume(pairs)
+
+    def _journaled_result(self, task_id: str) -> Optional[TaskResult]:
+        """A task finished before this engine started, from the journal (durable=), or None."""
+        backend = self._backend
+        found = backend.outcome(task_id) if backend is not None else None
+        if found is None:
+            return None
+        task = TaskResult(task_id, self)
+        task.name = found.name
+        task.attempt = found.attempt
+        task.created_at = found.created_at
+        task.completed_at = found.completed_at
+        task._final = True
+        task._finish(found.ok, found.value, found.status)
+        return task
 
     def get_stats(self) -> EngineStats:
         return self.monitor.snapshot()

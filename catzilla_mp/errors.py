@@ -151,3 +151,12 @@ class SharedMemoryFullError(CatzillaMPError):
     Raised by add_task (the task was not queued), or a task's outcome when
     its result did not fit (the task may be retried).
     """
+
+
+class JournalError(CatzillaMPError):
+    """The durable journal (``durable=``) cannot be opened or written.
+
+    Raised by the engine's constructor (the file is another user's, open to
+    other users, or in use by another engine) or by add_task (the task's row
+    could not be committed: it was not queued).
+    """
