@@ -317,6 +317,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
         keep_finished_bytes: int = 64 << 20,
         result_ttl_s: float = 3600.0,
         durable: Union[str, "os.PathLike[str]", None] = None,
+        server: Optional[str] = None,
     ) -> None:
         # Catzilla's docs also spell the starting pool size initial_workers
         if initial_workers is not None:
@@ -351,6 +352,13 @@ class BackgroundTasks(TaskLifecycle, Executor):
         if durable is not None and not isinstance(durable, (str, os.PathLike)):
             raise TypeError(f"durable must be a file path, not {type(durable).__name__}")
         self._durable = os.fspath(durable) if durable is not None else None
+        # server=: run the tasks in a `catzilla-mp serve` process (backends/remote.py, issue 14)
+        if server is not None and not isinstance(server, (str, os.PathLike)):
+            raise TypeError(f"server must be a socket path, not {type(server).__name__}")
+        if server is not None and durable is not None:
+            raise ValueError("durable= belongs to the server (catzilla-mp serve --durable), "
+                             "not to its clients")
+        self._server = os.fspath(server) if server is not None else None
 
         self._init_lifecycle()
         # set in a child process forked after this engine was made: its backend
@@ -393,6 +401,9 @@ class BackgroundTasks(TaskLifecycle, Executor):
         return extras
 
     def _make_backend(self, host: Any = None):
+        if host is None and self._server is not None:
+            from .backends.remote import RemoteBackend
+            return RemoteBackend(weakref.proxy(self), self._server)
         if host is None and self._durable is not None:
             # durable=: the journal wraps the backend and gives it its TaskHost (issue 14)
             from .backends.journal import JournalBackend
@@ -805,6 +816,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
             return task
         if self._durable is not None and isinstance(task_id, str):
             task = self._journaled_result(task_id)
+            if task is not None:
+                return task
+        if self._server is not None and isinstance(task_id, str) and self._backend is not None:
+            task = self._backend.find_task(self, task_id)  # submitted by another process
             if task is not None:
                 return task
         gone = self._expired.get(task_id)
