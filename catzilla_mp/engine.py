@@ -543,6 +543,33 @@ class BackgroundTasks(TaskLifecycle, Executor):
             self.monitor.emit("submitted", task)
         return task
 
+    def add_task_with_id(self, task_id: str, func: Callable[..., T], args: tuple = (),
+                         kwargs: Optional[dict] = None, *,
+                         priority: PriorityLike = TaskPriority.NORMAL, delay_ms: int = 0,
+                         max_retries: int = 3, timeout_ms: int = 30000,
+                         options: Optional[Any] = None) -> TaskResult[T]:
+        """``add_task(func, *args, **kwargs)`` under an id made elsewhere.
+
+        For ``catzilla-mp serve`` (catzilla_mp/server.py): a client's task keeps
+        the id its app process made, so every process, and the server's
+        journal after a restart, know it by that id. ``options`` is the
+        client task's compat.TaskOptions (retry_backoff, retry_on, ...).
+
+        Raises:
+            ValueError: ``task_id`` is not a task id, or this engine holds it already.
+            As add_task otherwise (the task was not queued).
+        """
+        if not isinstance(task_id, str) or not task_id.startswith("task_") or len(task_id) > 64:
+            raise ValueError(f"not a task id: {task_id!r}")
+        if task_id in self._tasks:
+            raise ValueError(f"task {task_id} is already in this engine")
+        task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
+        task.task_id = task_id
+        if options is not None:
+            task.opts = options
+            task.wextras = options.extras
+        return self._submit_task(task, func, args, kwargs or {})
+
     async def add_task_async(
         self,
         func: Callable[..., T],

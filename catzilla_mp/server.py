@@ -40,8 +40,7 @@ import threading
 import time
 from typing import Any, Optional
 
-from .backends.remote import (PROTOCOL_VERSION, call_with, outcome_message, peer_uid,
-                              recv_frame, send_frame)
+from .backends.remote import PROTOCOL_VERSION, outcome_message, peer_uid, recv_frame, send_frame
 from .engine import BackgroundTasks
 from .errors import QueueFullError
 from .records import TaskStatus
@@ -123,6 +122,13 @@ class TaskServer:
         self.client_limit = client_limit or max(1, o.queue_size // 2)
         self.window = max(1, WINDOW_PER_WORKER * o.max_workers * o.threads_per_worker)
         self._keep = keep_finished_lookups
+        # a durable server keeps a vanished client's tasks: they run, their outcome is journaled
+        self._durable = engine_options.get("durable") is not None
+        if self._durable:
+            # a task must be in the journal once its client was told it is queued: a
+            # durable server hands every task to the engine at once (fair share is
+            # then the per-client limit only; see docs/deploy.md)
+            self.window = 1 << 30
         self._cond = threading.Condition()
         self._clients: dict[int, _Client] = {}
         self._order: list[int] = []  # client ids in turn order
@@ -177,7 +183,8 @@ class TaskServer:
                 self._order.append(client.cid)
             o = self.engine.options
             client.send(("welcome", {"pid": os.getpid(), "workers": o.max_workers,
-                                     "client_limit": self.client_limit}))
+                                     "client_limit": self.client_limit,
+                                     "ack": self._durable}))
             while True:
                 msg = recv_frame(client.sock)
                 kind = msg[0]
@@ -206,6 +213,17 @@ class TaskServer:
             if self._clients.pop(client.cid, None) is None:
                 return
             self._order.remove(client.cid)
+            if self._closed or self._durable:
+                # the server is closing (its tasks stay journaled if durable), or a
+                # durable server keeps what the client left: its tasks still run
+                # (a durable server queues nothing of its own: see __init__)
+                for entry in self._index.values():
+                    if entry.owner is client:
+                        entry.owner = None
+                        client.held = 0
+                    if client in entry.watchers:
+                        entry.watchers.remove(client)
+                return
             for q in client.queues:
                 while q:
                     entry = q.popleft()
@@ -236,7 +254,7 @@ class TaskServer:
                                          f"server, its limit ({self.client_limit}); not queued")
                     self._finish_unsent(entry, "FAILED", err)
                     continue
-                if spec[5]:  # delay_ms: parked in the engine, outside the window
+                if spec[5] or self._durable:  # delayed: parked in the engine, outside the window
                     direct.append(entry)
                 else:
                     client.queues[spec[4]].append(entry)
@@ -279,15 +297,11 @@ class TaskServer:
 
     def _hand_over(self, entry: _Entry) -> None:
         tid, fn, args, kwargs, prio, delay_ms, max_retries, timeout_ms, opts = entry.spec
-        extra = {}
-        if opts is not None:
-            extra = dict(retry_backoff=opts.backoff, retry_on=opts.retry_on,
-                         retry_if=opts.retry_if, memory_limit_mb=opts.memory_limit_mb,
-                         enable_profiling=opts.profile or None)
         try:
-            task = self.engine.add_task(call_with, fn, args, kwargs, priority=prio,
-                                        delay_ms=delay_ms, max_retries=max_retries,
-                                        timeout_ms=timeout_ms, **extra)
+            # under the client's id: every process, and the journal after a restart, know it
+            task = self.engine.add_task_with_id(tid, fn, args, kwargs, priority=prio,
+                                                delay_ms=delay_ms, max_retries=max_retries,
+                                                timeout_ms=timeout_ms, options=opts)
         except Exception as exc:  # noqa: BLE001 - this task fails, the server goes on
             with self._cond:
                 if entry.counted:
@@ -295,7 +309,6 @@ class TaskServer:
                     self._in_engine -= 1
                 self._finish_unsent(entry, "FAILED", exc)
             return
-        task.name = getattr(fn, "__qualname__", task.name)
         with self._cond:
             entry.task = task
             entry.spec = None  # the arguments are the engine's now
@@ -361,6 +374,9 @@ class TaskServer:
     # -- requests ---------------------------------------------------------------------
 
     def _answer(self, client: _Client, what: str, payload: tuple) -> Any:
+        if what == "submit":  # a durable server's: answered once journaled
+            self._submit(client, payload[0])
+            return True
         if what == "watch":
             return self._watch(client, payload[0])
         if what == "cancel":
@@ -372,8 +388,11 @@ class TaskServer:
     def _watch(self, client: _Client, tid: str) -> Optional[tuple]:
         with self._cond:
             entry = self._index.get(tid)
+        if entry is None:
+            entry = self._adopt(tid)  # resumed from the journal, or finished before a restart
             if entry is None:
                 return None
+        with self._cond:
             task = entry.task
             if entry.final is None and client not in entry.watchers and entry.owner is not client:
                 entry.watchers.append(client)
@@ -385,6 +404,20 @@ class TaskServer:
                 head = ("PENDING", spec[4] if spec else 2, spec[6] if spec else 0,
                         spec[7] if spec else 0, 0, entry.created_at, None)
             return head + (entry.final,)
+
+    def _adopt(self, tid: str) -> Optional[_Entry]:
+        """An entry for a task the engine knows and the index does not (durable restarts)."""
+        try:
+            task = self.engine.get_task_result(tid)
+        except (KeyError, ValueError):
+            return None
+        entry = _Entry(tid, None, None)  # type: ignore[arg-type]
+        entry.task = task
+        with self._cond:
+            found = self._index.setdefault(tid, entry)
+        if found is entry:
+            task.add_callback(lambda value, entry=entry: self._on_final(entry, value))
+        return found
 
     def _cancel(self, client: _Client, tid: str, force: bool) -> bool:
         with self._cond:

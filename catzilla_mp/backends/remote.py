@@ -143,6 +143,9 @@ class RemoteBackend:
         #: what the server told us: its pid, workers, this client's limit of tasks in flight
         self.server_info: dict = info
         self.limit = int(info["client_limit"])
+        # a durable server answers each submission once it is journaled: add_task
+        # returns only then (a round trip per submission)
+        self._ack = bool(info.get("ack"))
         self._tasks: dict[str, "TaskResult"] = {}  # ours, in flight
         self._watched: collections.OrderedDict[str, "TaskResult"] = collections.OrderedDict()
         self._room = threading.Condition()
@@ -199,7 +202,7 @@ class RemoteBackend:
         self._reserve(1)
         self._tasks[task.task_id] = task
         try:
-            send_frame(self.sock, self._send_lock, ("submit", [self._entry(task, fn, args, kwargs)]))
+            self._send_submit([self._entry(task, fn, args, kwargs)])
         except BaseException as exc:
             self._tasks.pop(task.task_id, None)
             self._unreserve(1)
@@ -216,8 +219,8 @@ class RemoteBackend:
             for t in chunk:
                 self._tasks[t.task_id] = t
             try:
-                send_frame(self.sock, self._send_lock, ("submit", [
-                    self._entry(t, fn, c, {}) for t, c in zip(chunk, calls[done[0]:])]))
+                self._send_submit([self._entry(t, fn, c, {})
+                                   for t, c in zip(chunk, calls[done[0]:])])
             except BaseException as exc:
                 for t in chunk:
                     self._tasks.pop(t.task_id, None)
@@ -226,6 +229,12 @@ class RemoteBackend:
                     raise EngineBrokenError(f"the catzilla-mp server went away: {exc}") from exc
                 raise
             done[0] += take
+
+    def _send_submit(self, entries: list[tuple]) -> None:
+        if self._ack:
+            self._request("submit", entries)
+        else:
+            send_frame(self.sock, self._send_lock, ("submit", entries))
 
     # -- requests -----------------------------------------------------------
 
@@ -399,7 +408,3 @@ class RemoteBackend:
         for task in self.host.unfinished():
             abandon(task)
 
-
-def call_with(fn: Callable, args: tuple, kwargs: dict) -> Any:
-    """What the server queues for a client's task: its keywords never meet add_task's options."""
-    return fn(*args, **kwargs)
