@@ -35,3 +35,14 @@ def fail_always(x: int) -> int:
 def slow(seconds: float) -> str:
     time.sleep(seconds)
     return "slept"
+
+
+def fail_first(log_dir: str, key: str) -> str:
+    """Fails on its first run, succeeds on later ones."""
+    note_run(log_dir, key)
+    marker = os.path.join(log_dir, f"failed-{key}")
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        raise RuntimeError("first attempt fails")
+    return "second time lucky"

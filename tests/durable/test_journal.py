@@ -225,3 +225,37 @@ def test_durable_passes_through_enable_background_tasks(journal_path):
         app.tasks.shutdown()
     with sqlite3.connect(journal_path) as db:
         assert db.execute("SELECT COUNT(*) FROM outcomes").fetchone()[0] == 1
+
+
+def test_a_task_waiting_for_its_retry_survives_a_restart_with_its_attempt_count(tmp_path,
+                                                                               journal_path):
+    opts = dict(SMALL, retry_backoff_base=3.0, retry_backoff_cap=3.0)
+    engine = BackgroundTasks(**opts, durable=journal_path)
+    t = engine.add_task(durable_jobs.fail_first, str(tmp_path), "r", max_retries=2)
+    deadline = time.monotonic() + 60
+    while t.status is not TaskStatus.RETRYING and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert t.status is TaskStatus.RETRYING
+    engine.shutdown(timeout=0)  # backing off: it stays in the journal
+    engine = BackgroundTasks(**opts, durable=journal_path)
+    try:
+        again = engine.get_task_result(t.task_id)
+        assert again.wait(60) == "second time lucky"
+        assert again.attempt == 1
+    finally:
+        engine.shutdown()
+    assert runs(tmp_path)["r"] == 2
+
+
+def test_shutdown_without_waiting_leaves_unstarted_tasks_for_the_next_start(journal_path):
+    engine = BackgroundTasks(**SMALL, durable=journal_path)
+    blocker = engine.add_task(durable_jobs.slow, 1.0)
+    queued = [engine.add_task(durable_jobs.slow, 0) for _ in range(3)]
+    engine.shutdown(wait_for_completion=False)
+    assert all(q.status is TaskStatus.CANCELLED for q in queued)  # this engine's copies
+    engine = BackgroundTasks(**SMALL, durable=journal_path)
+    try:
+        assert [engine.get_task_result(q.task_id).wait(60) for q in queued] == ["slept"] * 3
+        assert engine.get_task_result(blocker.task_id).status is TaskStatus.COMPLETED
+    finally:
+        engine.shutdown()
