@@ -74,6 +74,12 @@ log = logging.getLogger("catzilla_mp")
 #: the window in which a finished task's outcome may be lost (it then runs
 #: again) and a just-started attempt may go uncounted.
 FLUSH_S = 0.02
+#: Tasks the writer thread asks "running?" per FLUSH_S: the oldest HEAD_SCAN (tasks
+#: start roughly in submission order) plus a window that rotates over the rest (a
+#: delayed task submitted early must not hide the others). Bounds the scan's cost
+#: with thousands of tasks queued; a start it misses is seen within a few rounds.
+HEAD_SCAN = 128
+ROTATING_SCAN = 384
 #: How often outcomes older than result_ttl_s are deleted.
 PURGE_EVERY_S = 30.0
 #: Tasks dispatched per pass of the resume thread before it looks at close().
@@ -337,6 +343,7 @@ class JournalBackend:
         # id -> task, for tasks dispatched and not final: the started scan
         self._in_flight: dict[str, "TaskResult"] = {}
         self._seen_started: set[str] = set()
+        self._scan_at = 0  # where the rotating part of the started scan goes on
         # tasks whose failure is the shutdown's doing (no retry while closing): not final
         self._not_final: set[str] = set()
         self._closing = False
@@ -500,7 +507,8 @@ class JournalBackend:
         self._stop.set()
         try:
             if self._resumer is not None:
-                self._resumer.join()
+                # it may wait for room in the queue; what it has not re-queued stays journaled
+                self._resumer.join(1.0)
             self.inner.close(abandon)
         finally:
             self._writer.join()
@@ -593,8 +601,13 @@ class JournalBackend:
     def _note_started(self) -> None:
         running = self.inner.is_running
         seen = self._seen_started
+        items = list(self._in_flight.items())
+        if len(items) > HEAD_SCAN + ROTATING_SCAN:
+            start = HEAD_SCAN + self._scan_at % (len(items) - HEAD_SCAN)
+            self._scan_at += ROTATING_SCAN
+            items = items[:HEAD_SCAN] + items[start:start + ROTATING_SCAN]
         ops = []
-        for tid, task in list(self._in_flight.items()):
+        for tid, task in items:
             if tid not in seen and running(task):
                 seen.add(tid)
                 ops.append((_STARTED, (tid,)))

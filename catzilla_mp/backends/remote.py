@@ -59,6 +59,9 @@ REQUEST_TIMEOUT_S = 30.0
 #: Finished tasks of other processes remembered here (get_task_result of a watched id).
 WATCHED_KEEP = 10_000
 PROTOCOL_VERSION = 1
+#: How long a client tries to connect again after its server went away (a restart).
+RECONNECT_S = 30.0
+RECONNECT_PAUSE_S = 0.1
 
 
 def send_frame(sock: socket.socket, lock: threading.Lock, obj: Any) -> None:
@@ -106,6 +109,33 @@ def outcome_message(tid: str, task: "TaskResult", value: Any) -> tuple:
             task.completed_at, task.exec_ms, task.worker_id)
 
 
+def _connect(address: str, send_lock: threading.Lock) -> tuple[socket.socket, tuple]:
+    """Connect and say hello; (socket, the server's welcome).
+
+    Raises:
+        EngineBrokenError: nobody answers, the server is another user's, or it refused us.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(address)
+        uid = peer_uid(sock)
+        if uid != os.getuid():
+            raise EngineBrokenError(f"the server at {address} runs as uid {uid}, not "
+                                    f"{os.getuid()}: refused (SECURITY.md)")
+        send_frame(sock, send_lock, ("hello", PROTOCOL_VERSION, os.getpid()))
+        welcome = recv_frame(sock)
+    except (OSError, EOFError) as exc:
+        sock.close()
+        raise EngineBrokenError(f"no catzilla-mp server answers at {address}: {exc}") from exc
+    except BaseException:
+        sock.close()
+        raise
+    if welcome[0] != "welcome":
+        sock.close()
+        raise EngineBrokenError(f"the server at {address} refused this client: {welcome[1]}")
+    return sock, welcome
+
+
 class RemoteBackend:
     """A Backend whose attempts run in a ``catzilla-mp serve`` process (see the module docstring).
 
@@ -119,25 +149,8 @@ class RemoteBackend:
     def __init__(self, host: "TaskHost", address: str) -> None:
         self.host = host
         self.address = address
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(address)
-            uid = peer_uid(sock)
-            if uid != os.getuid():
-                raise EngineBrokenError(f"the server at {address} runs as uid {uid}, not "
-                                        f"{os.getuid()}: refused (SECURITY.md)")
-            self._send_lock = threading.Lock()
-            send_frame(sock, self._send_lock, ("hello", PROTOCOL_VERSION, os.getpid()))
-            welcome = recv_frame(sock)
-        except (OSError, EOFError) as exc:
-            sock.close()
-            raise EngineBrokenError(f"no catzilla-mp server answers at {address}: {exc}") from exc
-        except BaseException:
-            sock.close()
-            raise
-        if welcome[0] != "welcome":
-            sock.close()
-            raise EngineBrokenError(f"the server at {address} refused this client: {welcome[1]}")
+        self._send_lock = threading.Lock()
+        sock, welcome = _connect(address, self._send_lock)
         self.sock = sock
         info = welcome[1]
         #: what the server told us: its pid, workers, this client's limit of tasks in flight
@@ -155,6 +168,7 @@ class RemoteBackend:
         self._reply_cond = threading.Condition()
         self._closing = False
         self._gone: Optional[BaseException] = None
+        self._rewatch: dict[int, str] = {}  # request id -> task id, after a reconnection
         self._reader = threading.Thread(target=self._read_loop, name="czmp-remote-reader",
                                         daemon=True)
         self._reader.start()
@@ -305,29 +319,87 @@ class RemoteBackend:
     # -- the reader thread ------------------------------------------------------
 
     def _read_loop(self) -> None:
-        try:
-            while True:
-                msg = recv_frame(self.sock)
-                kind = msg[0]
-                if kind == "done":
-                    self._on_done(msg)
-                elif kind == "running":
-                    self._on_running(msg)
-                elif kind == "resp":
-                    with self._reply_cond:
-                        self._replies[msg[1]] = msg[2]
-                        self._reply_cond.notify_all()
-        except BaseException as exc:  # noqa: BLE001 - EOF, a reset: the server is gone
-            if self._closing:
+        while True:
+            try:
+                self._read_until_gone()
+            except BaseException as exc:  # noqa: BLE001 - EOF, a reset: the server is gone
+                if self._closing:
+                    return
+                if self._reconnect():
+                    continue
+                self._gone = exc
+                with self._room:
+                    self._room.notify_all()
+                with self._reply_cond:
+                    self._reply_cond.notify_all()
+                err = ConnectionError(f"the catzilla-mp server at {self.address} closed the "
+                                      f"connection ({exc!r}) and none answered again within "
+                                      f"{RECONNECT_S:g} s")
+                self.host.thread_died("czmp-remote-reader", err)
                 return
-            self._gone = exc
-            with self._room:
-                self._room.notify_all()
-            with self._reply_cond:
-                self._reply_cond.notify_all()
-            err = ConnectionError(f"the catzilla-mp server at {self.address} closed the "
-                                  f"connection ({exc!r})")
-            self.host.thread_died("czmp-remote-reader", err)
+
+    def _read_until_gone(self) -> None:
+        while True:
+            msg = recv_frame(self.sock)
+            kind = msg[0]
+            if kind == "done":
+                self._on_done(msg)
+            elif kind == "running":
+                self._on_running(msg)
+            elif kind == "resp":
+                tid = self._rewatch.pop(msg[1], None)
+                if tid is not None:
+                    self._on_rewatched(tid, msg[2])
+                    continue
+                with self._reply_cond:
+                    self._replies[msg[1]] = msg[2]
+                    self._reply_cond.notify_all()
+
+    def _reconnect(self) -> bool:
+        """The server went away: connect again (a restarted server, systemd Restart=), and ask
+        it about every task of ours in flight. False if none answers within RECONNECT_S."""
+        deadline = time.monotonic() + RECONNECT_S
+        old = self.sock
+        while not self._closing:
+            try:
+                sock, welcome = _connect(self.address, self._send_lock)
+                break
+            except EngineBrokenError:
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(RECONNECT_PAUSE_S)
+        else:
+            return False
+        old.close()
+        with self._send_lock:
+            self.sock = sock
+        self.limit = int(welcome[1]["client_limit"])
+        self._ack = bool(welcome[1].get("ack"))
+        log.warning("reconnected to the catzilla-mp server at %s; asking about %d tasks",
+                    self.address, len(self._tasks) + len(self._watched))
+        # answers come to this (the reader) thread: sent now, handled in _on_rewatched
+        for tid in list(self._tasks) + [t for t, w in self._watched.items() if not w.done()]:
+            rid = next(self._rids)
+            self._rewatch[rid] = tid
+            send_frame(self.sock, self._send_lock, ("req", rid, "watch", (tid,)))
+        return True
+
+    def _on_rewatched(self, tid: str, info: Optional[tuple]) -> None:
+        """The restarted server's answer about a task of ours: wait on, settle, or fail it."""
+        if info is not None:
+            if info[-1] is not None:
+                self._on_done(info[-1])
+            return  # the server watches it for us: "done" comes when it ends
+        err = EngineBrokenError(f"task {tid} was lost when the catzilla-mp server restarted "
+                                "(run it with --durable to keep tasks across restarts)")
+        task = self._tasks.pop(tid, None)
+        if task is not None:
+            self._unreserve(1)
+            self.host.finish(task, False, err, TaskStatus.FAILED)
+            return
+        watched = self._watched.get(tid)
+        if watched is not None and not watched.done():
+            watched._finish(False, err, TaskStatus.FAILED)
 
     def _on_done(self, msg: tuple) -> None:
         (_, tid, ok, blob, status, attempt, started_at, completed_at, exec_ms, worker) = msg

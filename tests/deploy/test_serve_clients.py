@@ -94,7 +94,11 @@ def test_a_killed_client_s_queued_tasks_are_dropped_and_the_others_go_on(spawn, 
         server.close()
 
 
-def test_a_client_whose_server_goes_away_fails_its_tasks_with_engine_broken(sock_path):
+def test_a_client_whose_server_goes_away_fails_its_tasks_with_engine_broken(sock_path,
+                                                                            monkeypatch):
+    from catzilla_mp.backends import remote
+
+    monkeypatch.setattr(remote, "RECONNECT_S", 0.5)  # no new server comes
     server = TaskServer(sock_path, **SERVER)
     client = BackgroundTasks(server=sock_path)
     try:
@@ -148,4 +152,41 @@ def test_a_durable_server_keeps_a_killed_task_for_its_restart(sock_path):
         assert client.get_task_result(tid).wait(60) == 64
         client.shutdown()
     finally:
+        server.close()
+
+
+def test_a_client_reconnects_to_a_restarted_durable_server_and_gets_its_outcomes(sock_path):
+    # Given a client with a task running and one delayed on a durable server
+    journal = os.path.join(os.path.dirname(os.path.dirname(sock_path)), "j.db")
+    server = TaskServer(sock_path, durable=journal, **SERVER)
+    client = BackgroundTasks(server=sock_path)
+    try:
+        running = client.add_task(served_jobs.slow_square, 3, 1.0)
+        delayed = client.add_task(served_jobs.slow_square, 4, 0.0, delay_ms=1_500)
+        wait_until(lambda: running.status is TaskStatus.RUNNING, timeout=60,
+                   what="the task running")
+        # When the server stops and a new one starts on the same socket and journal
+        server.close(timeout=0)
+        server = TaskServer(sock_path, durable=journal, **SERVER)
+        # Then the client's own TaskResults complete: nothing was lost
+        assert running.wait(60) == 9
+        assert delayed.wait(60) == 16
+        assert client.add_task(served_jobs.slow_square, 5, 0.0).wait(60) == 25
+    finally:
+        client.shutdown()
+        server.close()
+
+
+def test_a_restarted_server_without_a_journal_fails_the_clients_lost_tasks(sock_path):
+    server = TaskServer(sock_path, **SERVER)
+    client = BackgroundTasks(server=sock_path)
+    try:
+        lost = client.add_task(served_jobs.slow_square, 3, 0.0, delay_ms=60_000)
+        server.close(timeout=0)
+        server = TaskServer(sock_path, **SERVER)
+        with pytest.raises(EngineBrokenError, match="lost when the catzilla-mp server restarted"):
+            lost.wait(60)
+        assert client.add_task(served_jobs.slow_square, 5, 0.0).wait(60) == 25
+    finally:
+        client.shutdown()
         server.close()
