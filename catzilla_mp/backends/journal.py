@@ -106,7 +106,7 @@ CREATE TABLE IF NOT EXISTS tasks(
     attempt INTEGER NOT NULL DEFAULT 0,
     started INTEGER NOT NULL DEFAULT 0,  -- the current attempt was seen running
     created_at REAL NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outcomes(
     id TEXT PRIMARY KEY,    -- one outcome per task, ever
     name TEXT NOT NULL,
@@ -116,7 +116,7 @@ CREATE TABLE IF NOT EXISTS outcomes(
     attempt INTEGER NOT NULL,
     created_at REAL NOT NULL,
     completed_at REAL NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outcomes_by_age ON outcomes(completed_at);
 """
 
@@ -521,7 +521,7 @@ class JournalBackend:
         now = time.time()
         rows = self.journal.query(
             "SELECT id, name, fn_ref, fn_blob, call, opts, priority, max_retries, timeout_ms, "
-            "due_at, attempt, started, created_at FROM tasks ORDER BY created_at, rowid")
+            "due_at, attempt, started, created_at FROM tasks ORDER BY created_at")
         return [JournalRecord(r, now) for r in rows]
 
     def resume(self, pairs: list[tuple["TaskResult", JournalRecord]]) -> None:
