@@ -142,8 +142,8 @@ def test_a_durable_server_keeps_a_killed_task_for_its_restart(sock_path):
         t = client.add_task(served_jobs.slow_square, 8, 0.5, delay_ms=2_000)
         tid = t.task_id
     finally:
+        client.shutdown(timeout=0)  # the client goes: a durable server keeps its task
         server.close(timeout=0)  # the delayed task is not due: it stays in the journal
-        client.shutdown()
     server = TaskServer(sock_path, durable=journal, **SERVER)
     try:
         assert server.engine.get_task_result(tid).wait(60) == 64
