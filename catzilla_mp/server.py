@@ -53,6 +53,9 @@ POLL_S = 0.05
 #: Tasks in the engine per worker (queued there or running): enough to keep the
 #: workers busy between two turns of the dispatcher, short enough for fairness.
 WINDOW_PER_WORKER = 2
+#: How long a lookup waits for the submitting process to say who owns the task.
+META_WAIT_S = 2.0
+_PENDING = object()
 
 
 class _Entry:
@@ -139,6 +142,8 @@ class TaskServer:
         self._finished: collections.deque[str] = collections.deque()
         self._watching_running: dict[str, _Entry] = {}
         self._next_cid = 0
+        self._next_query = 0
+        self._meta_answers: dict[int, Any] = {}
         self._closed = False
         self._threads = [threading.Thread(target=self._accept_loop, name="czmp-serve-accept",
                                           daemon=True),
@@ -184,7 +189,7 @@ class TaskServer:
             o = self.engine.options
             client.send(("welcome", {"pid": os.getpid(), "workers": o.max_workers,
                                      "client_limit": self.client_limit,
-                                     "ack": self._durable}))
+                                     "ack": True}))
             while True:
                 msg = recv_frame(client.sock)
                 kind = msg[0]
@@ -193,6 +198,11 @@ class TaskServer:
                 elif kind == "req":
                     _, rid, what, payload = msg
                     client.send(("resp", rid, self._answer(client, what, payload)))
+                elif kind == "meta":  # a submitter's answer to _ask_meta
+                    with self._cond:
+                        if msg[1] in self._meta_answers:
+                            self._meta_answers[msg[1]] = msg[2]
+                            self._cond.notify_all()
                 elif kind == "bye":
                     return
         except (EOFError, OSError):
@@ -374,7 +384,7 @@ class TaskServer:
     # -- requests ---------------------------------------------------------------------
 
     def _answer(self, client: _Client, what: str, payload: tuple) -> Any:
-        if what == "submit":  # a durable server's: answered once journaled
+        if what == "submit":  # answered once indexed (and journaled, if durable)
             self._submit(client, payload[0])
             return True
         if what == "watch":
@@ -403,7 +413,27 @@ class TaskServer:
             else:
                 head = ("PENDING", spec[4] if spec else 2, spec[6] if spec else 0,
                         spec[7] if spec else 0, 0, entry.created_at, None)
-            return head + (entry.final,)
+            owner = entry.owner
+        # the web routes' owner check needs the task's meta, which its submitter
+        # recorded after submitting: ask the submitter (not under the lock)
+        meta = self._ask_meta(owner, tid) if owner is not None and owner is not client else None
+        return head + (meta, entry.final)
+
+    def _ask_meta(self, owner: _Client, tid: str) -> Any:
+        with self._cond:
+            self._next_query += 1
+            qid = self._next_query
+            self._meta_answers[qid] = _PENDING
+        owner.send(("ask_meta", qid, tid))
+        deadline = time.monotonic() + META_WAIT_S
+        with self._cond:
+            while self._meta_answers.get(qid) is _PENDING and owner.alive:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            meta = self._meta_answers.pop(qid, None)
+        return None if meta is _PENDING else meta
 
     def _adopt(self, tid: str) -> Optional[_Entry]:
         """An entry for a task the engine knows and the index does not (durable restarts)."""

@@ -39,6 +39,7 @@ import socket
 import struct
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from .. import serialization
@@ -156,8 +157,9 @@ class RemoteBackend:
         #: what the server told us: its pid, workers, this client's limit of tasks in flight
         self.server_info: dict = info
         self.limit = int(info["client_limit"])
-        # a durable server answers each submission once it is journaled: add_task
-        # returns only then (a round trip per submission)
+        # the server answers each submission once it is indexed (and journaled, if
+        # durable): when add_task returns, any process finds the task by its id
+        # (a round trip per add_task; add_tasks sends its batch in one)
         self._ack = bool(info.get("ack"))
         self._tasks: dict[str, "TaskResult"] = {}  # ours, in flight
         self._watched: collections.OrderedDict[str, "TaskResult"] = collections.OrderedDict()
@@ -169,6 +171,9 @@ class RemoteBackend:
         self._closing = False
         self._gone: Optional[BaseException] = None
         self._rewatch: dict[int, str] = {}  # request id -> task id, after a reconnection
+        # our tasks while the engine keeps them: their meta answers other processes' lookups
+        self._own: "weakref.WeakValueDictionary[str, TaskResult]" = \
+            weakref.WeakValueDictionary()
         self._reader = threading.Thread(target=self._read_loop, name="czmp-remote-reader",
                                         daemon=True)
         self._reader.start()
@@ -215,6 +220,7 @@ class RemoteBackend:
         """
         self._reserve(1)
         self._tasks[task.task_id] = task
+        self._own[task.task_id] = task
         try:
             self._send_submit([self._entry(task, fn, args, kwargs)])
         except BaseException as exc:
@@ -232,6 +238,7 @@ class RemoteBackend:
             chunk = tasks[done[0]:done[0] + take]
             for t in chunk:
                 self._tasks[t.task_id] = t
+                self._own[t.task_id] = t
             try:
                 self._send_submit([self._entry(t, fn, c, {})
                                    for t, c in zip(chunk, calls[done[0]:])])
@@ -303,10 +310,12 @@ class RemoteBackend:
         if info is None:
             self._watched.pop(task_id, None)
             return None
-        status, priority, max_retries, timeout_ms, attempt, created_at, started_at, final = info
+        (status, priority, max_retries, timeout_ms, attempt, created_at, started_at, meta,
+         final) = info
         task.priority, task.max_retries, task.timeout_ms = \
             TaskPriority.parse(priority), max_retries, timeout_ms
         task.created_at = created_at
+        task.meta = meta  # the submitter's: its request and owner (the web routes' check)
         if final is not None:
             self._on_done(final)
             return task
@@ -346,6 +355,10 @@ class RemoteBackend:
                 self._on_done(msg)
             elif kind == "running":
                 self._on_running(msg)
+            elif kind == "ask_meta":  # another process looks our task up: who owns it?
+                own = self._own.get(msg[2])
+                send_frame(self.sock, self._send_lock,
+                           ("meta", msg[1], own.meta if own is not None else None))
             elif kind == "resp":
                 tid = self._rewatch.pop(msg[1], None)
                 if tid is not None:

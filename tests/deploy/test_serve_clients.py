@@ -190,3 +190,20 @@ def test_a_restarted_server_without_a_journal_fails_the_clients_lost_tasks(sock_
     finally:
         client.shutdown()
         server.close()
+
+
+def test_a_lookup_from_another_process_carries_the_submitters_owner_for_the_web_routes(
+        sock_path):
+    server = TaskServer(sock_path, **SERVER)
+    a = BackgroundTasks(server=sock_path)
+    b = BackgroundTasks(server=sock_path)
+    try:
+        t = a.add_task(served_jobs.slow_square, 2, 0.0)
+        t.meta = {"owner": "session:abc", "request": {"id": "r1"}}  # as the routes tag it
+        found = b.get_task_result(t.task_id)
+        assert found.meta == t.meta
+        assert found.wait(60) == 4
+    finally:
+        a.shutdown()
+        b.shutdown()
+        server.close()
