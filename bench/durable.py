@@ -13,7 +13,9 @@ temporary directory; WAL, synchronous=NORMAL), ``huey`` (SqliteHuey as shipped: 
 SQLite's default synchronous=FULL, an fsync per commit; a consumer process with 2
 worker threads as ``huey_consumer -w 2``; no-op tasks, so its GIL does not matter) and
 ``huey_nofsync`` (SqliteHuey(fsync=False): synchronous=OFF, weaker than NORMAL), and
-the ratios durable/memory and durable/each Huey. ``--json`` prints one JSON object. Huey is the bench
+the ratios durable/memory and durable/each Huey; and ``served``: the in-memory trial
+from an app process that is a client of a ``catzilla-mp serve`` process (2 workers),
+what one engine per server costs an app process (served/memory). ``--json`` prints one JSON object. Huey is the bench
 extra (``pip install huey``); without it its figures are null.
 
 The journal's file lives where ``--dir`` says (default: a temporary directory, which
@@ -75,6 +77,45 @@ def _catzilla(kind: str, n: int, workdir: str) -> dict:
             "end_to_end_per_s": n / (t2 - t0)}
 
 
+def _served(n: int, workdir: str) -> dict:
+    """The same trial through a `catzilla-mp serve` process (2 workers): an app process's cost."""
+    from catzilla_mp import BackgroundTasks
+
+    sock = os.path.join(workdir, f"s{time.monotonic_ns() % 10**9}", "czmp.sock")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT)] + sys.path))
+    server = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from catzilla_mp.cli import main; sys.exit(main())",
+         "serve", "--socket", sock, "--workers", "2", "--queue-size", str(max(4096, 2 * n)),
+         "--memory-pool-mb", "64"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("catzilla-mp serve did not start")
+            time.sleep(0.05)
+        engine = BackgroundTasks(server=sock)
+        try:
+            engine.add_task(noop, 0).wait(60)
+            t0 = time.perf_counter()
+            tasks = [engine.add_task(noop, i) for i in range(n)]
+            t1 = time.perf_counter()
+            for t in tasks:
+                t.wait(120)
+            t2 = time.perf_counter()
+            b0 = time.perf_counter()
+            batch = engine.add_tasks(noop, [(i,) for i in range(n)])
+            b1 = time.perf_counter()
+            for t in batch:
+                t.wait(120)
+        finally:
+            engine.shutdown()
+    finally:
+        server.terminate()
+        server.wait(60)
+    return {"submit_per_s": n / (t1 - t0), "batch_submit_per_s": n / (b1 - b0),
+            "end_to_end_per_s": n / (t2 - t0)}
+
+
 def make_huey(path: str, fsync: Optional[bool] = None):
     from huey import SqliteHuey
 
@@ -125,11 +166,12 @@ def _huey(n: int, workdir: str, fsync: Optional[bool]) -> Optional[dict]:
 
 
 def run(n: int, reps: int, workdir: str) -> dict:
-    trials: dict[str, list[dict]] = {"memory": [], "durable": [], "huey": [],
+    trials: dict[str, list[dict]] = {"memory": [], "durable": [], "served": [], "huey": [],
                                      "huey_nofsync": []}
     for _ in range(reps):
         trials["memory"].append(_catzilla("memory", n, workdir))
         trials["durable"].append(_catzilla("durable", n, workdir))
+        trials["served"].append(_served(n, workdir))
         for peer, fsync in (("huey", None), ("huey_nofsync", False)):
             h = _huey(n, workdir, fsync)
             if h is not None:
@@ -146,6 +188,8 @@ def run(n: int, reps: int, workdir: str) -> dict:
     for key in keys:
         d, m = out[f"durable_{key}"], out[f"memory_{key}"]
         out[f"durable_over_memory_{key}"] = round(d / m, 3) if d and m else None
+        sv = out[f"served_{key}"]
+        out[f"served_over_memory_{key}"] = round(sv / m, 3) if sv and m else None
         for peer in ("huey", "huey_nofsync"):
             h = out[f"{peer}_{key}"]
             out[f"durable_over_{peer}_{key}"] = round(d / h, 2) if d and h else None
