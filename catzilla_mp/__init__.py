@@ -31,7 +31,7 @@ _EXPORTS = {
         "SegmentExistsError", "SegmentOwnerError", "SegmentVersionError", "SerializationError",
         "TaskCancelledError", "TaskError", "TaskTimeoutError", "UnknownTaskError",
         "WorkerCrashedError", "MemoryLimitError", "WorkerInitializerError",
-        "SharedMemoryFullError", "NativeCompileError")},
+        "SharedMemoryFullError", "NativeCompileError", "JournalError")},
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
@@ -60,7 +60,7 @@ __all__ = [  # noqa: F822 - provided by __getattr__
     "TaskConfig", "TaskError", "TaskFuture", "TaskPriority", "TaskResult", "TaskStats",
     "TaskStatus", "TaskTimeoutError", "UnknownTaskError", "WorkerCrashedError", "add_task",
     "create_task_system", "get_global_task_system", "report_progress", "task",
-    "Catzilla", "enable", "RouteConflictError", "SharedMemoryFullError",
+    "Catzilla", "enable", "RouteConflictError", "SharedMemoryFullError", "JournalError",
 ]
 
 

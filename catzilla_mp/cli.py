@@ -3,6 +3,8 @@
     catzilla-mp top [SEGMENT|PID] [--once] [--interval S]   live view of a running engine
     catzilla-mp bench [...]                                  benchmarks (python -m bench)
     catzilla-mp demo [...]                                   a small demo app
+    catzilla-mp serve --socket PATH [--workers N] [--durable DB]   one engine for a whole
+                                                             web server's app processes
 
 Each subcommand imports its module only when run, so ``top`` starts fast and
 needs none of the web or benchmark extras.
@@ -10,6 +12,7 @@ needs none of the web or benchmark extras.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 from typing import Optional, Sequence
@@ -43,6 +46,25 @@ def _demo(args: argparse.Namespace) -> int:
     return demo_main(args.rest) or 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from .server import TaskServer
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    options = dict(workers=args.workers, queue_size=args.queue_size,
+                   memory_pool_mb=args.memory_pool_mb, durable=args.durable)
+    if args.workers is not None:
+        options["min_workers"] = min(2, args.workers)
+    server = TaskServer(args.socket, client_limit=args.client_limit, **options)
+    print(f"catzilla-mp serve: pid {os.getpid()}, listening on {server.path}", flush=True)
+    server.serve_forever(stop)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="catzilla-mp", description="Tools for catzilla_mp engines.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo", add_help=False)
     demo.add_argument("rest", nargs=argparse.REMAINDER)
     demo.set_defaults(func=_demo)
+
+    serve = sub.add_parser("serve", help="one engine for every app process of a web server",
+                           description="Own one engine (worker pool, optional durable journal) "
+                                       "and serve the app processes that pass server=SOCKET "
+                                       "(docs/deploy.md). SIGTERM or Ctrl-C stops it.")
+    serve.add_argument("--socket", required=True, metavar="PATH",
+                       help="Unix socket to listen on (its directory is made 0700)")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes (default: CPUs)")
+    serve.add_argument("--durable", default=None, metavar="DB",
+                       help="journal every task in this SQLite file (survives restarts)")
+    serve.add_argument("--client-limit", type=int, default=None, metavar="N",
+                       help="tasks one app process may have queued or running (default: half "
+                            "the queue)")
+    serve.add_argument("--queue-size", type=int, default=10000)
+    serve.add_argument("--memory-pool-mb", type=int, default=500)
+    serve.set_defaults(func=_serve)
     return parser
 
 

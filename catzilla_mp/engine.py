@@ -336,6 +336,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         address: Optional[str] = None,
         ray_task_options: Optional[dict] = None,
         ray_max_in_flight: Optional[int] = None,
+        durable: Union[str, "os.PathLike[str]", None] = None,
+        server: Optional[str] = None,
     ) -> None:
         # Catzilla's docs also spell the starting pool size initial_workers
         if initial_workers is not None:
@@ -368,6 +370,17 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self.enable_c_compilation = enable_c_compilation
         self.enable_profiling = enable_profiling
         self.mode = mode
+        # durable=: the SQLite journal that wraps the backend (backends/journal.py, issue 14)
+        if durable is not None and not isinstance(durable, (str, os.PathLike)):
+            raise TypeError(f"durable must be a file path, not {type(durable).__name__}")
+        self._durable = os.fspath(durable) if durable is not None else None
+        # server=: run the tasks in a `catzilla-mp serve` process (backends/remote.py, issue 14)
+        if server is not None and not isinstance(server, (str, os.PathLike)):
+            raise TypeError(f"server must be a socket path, not {type(server).__name__}")
+        if server is not None and durable is not None:
+            raise ValueError("durable= belongs to the server (catzilla-mp serve --durable), "
+                             "not to its clients")
+        self._server = os.fspath(server) if server is not None else None
 
         # First, while this process may still have a single thread: fork the
         # zygote that will fork the workers (backends/process/zygote.py); None
@@ -396,6 +409,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self._start_lifecycle()
         try:
             self._backend = self._make_backend()
+            if self._durable is not None:
+                self._resume_journal()
         except BaseException:
             if self.worker_zygote is not None:
                 self.worker_zygote.kill()
@@ -409,7 +424,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
 
     def _fork_zygote(self):
         """A zygote forked from this process (process mode, forkserver), if it is safe now."""
-        if self.options.mode != "process" or self.options.start_method != "forkserver":
+        if (self.options.mode != "process" or self.options.start_method != "forkserver"
+                or self._server is not None):  # a client of `serve` starts no workers
             return None
         from .backends.process.zygote import fork_from_app
         return fork_from_app()
@@ -428,12 +444,19 @@ class BackgroundTasks(TaskLifecycle, Executor):
             extras["native_threads"] = self.options.native_threads_per_worker
         return extras
 
-    def _make_backend(self):
+    def _make_backend(self, host: Any = None):
+        if host is None and self._server is not None:
+            from .backends.remote import RemoteBackend
+            return RemoteBackend(weakref.proxy(self), self._server)
+        if host is None and self._durable is not None:
+            # durable=: the journal wraps the backend and gives it its TaskHost (issue 14)
+            from .backends.journal import JournalBackend
+            return JournalBackend(weakref.proxy(self), self._durable, self._make_backend)
         # The backend's threads hold the backend, and it holds the engine only
         # weakly: an engine dropped without shutdown() can be collected, and
         # its finalizer (_finalize_orphan) then stops the backend, as
         # ProcessPoolExecutor's manager thread does (issue 11.14).
-        engine = weakref.proxy(self)
+        engine = host if host is not None else weakref.proxy(self)
         if self.options.mode == "thread":
             from .backends.thread import ThreadBackend
             return ThreadBackend(engine)
@@ -677,6 +700,33 @@ class BackgroundTasks(TaskLifecycle, Executor):
         if self.monitor._listeners:
             self.monitor.emit("submitted", task)
         return task
+
+    def add_task_with_id(self, task_id: str, func: Callable[..., T], args: tuple = (),
+                         kwargs: Optional[dict] = None, *,
+                         priority: PriorityLike = TaskPriority.NORMAL, delay_ms: int = 0,
+                         max_retries: int = 3, timeout_ms: int = 30000,
+                         options: Optional[Any] = None) -> TaskResult[T]:
+        """``add_task(func, *args, **kwargs)`` under an id made elsewhere.
+
+        For ``catzilla-mp serve`` (catzilla_mp/server.py): a client's task keeps
+        the id its app process made, so every process, and the server's
+        journal after a restart, know it by that id. ``options`` is the
+        client task's compat.TaskOptions (retry_backoff, retry_on, ...).
+
+        Raises:
+            ValueError: ``task_id`` is not a task id, or this engine holds it already.
+            As add_task otherwise (the task was not queued).
+        """
+        if not isinstance(task_id, str) or not task_id.startswith("task_") or len(task_id) > 64:
+            raise ValueError(f"not a task id: {task_id!r}")
+        if task_id in self._tasks:
+            raise ValueError(f"task {task_id} is already in this engine")
+        task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
+        task.task_id = task_id
+        if options is not None:
+            task.opts = options
+            task.wextras = options.extras
+        return self._submit_task(task, func, args, kwargs or {})
 
     async def add_task_async(
         self,
@@ -1001,6 +1051,14 @@ class BackgroundTasks(TaskLifecycle, Executor):
         task = self._tasks.get(task_id) or self._weak_tasks.get(task_id)
         if task is not None:
             return task
+        if self._durable is not None and isinstance(task_id, str):
+            task = self._journaled_result(task_id)
+            if task is not None:
+                return task
+        if self._server is not None and isinstance(task_id, str) and self._backend is not None:
+            task = self._backend.find_task(self, task_id)  # submitted by another process
+            if task is not None:
+                return task
         gone = self._expired.get(task_id)
         if gone is not None:
             status, completed_at, code = gone
@@ -1011,6 +1069,42 @@ class BackgroundTasks(TaskLifecycle, Executor):
                 f"holds its result: {why}. The TaskResult add_task returned keeps it.")
         raise UnknownTaskError(f"no task {task_id!r} in this engine (a submit() or map() task "
                                "is kept only while its future is)")
+
+    def _resume_journal(self) -> None:
+        """durable=: admit again, under their ids, the tasks the journal holds unfinished."""
+        backend = self._backend
+        pairs = []
+        for rec in backend.recovered():
+            task = TaskResult(rec.task_id, self, rec.priority, rec.max_retries, rec.timeout_ms,
+                              rec.delay_ms)
+            task.name = rec.name
+            task.seq = self._last_seq = next(self._ids)
+            task.attempt = rec.attempt
+            task.created_at = rec.created_at
+            if rec.opts is not None:
+                task.opts = rec.opts
+                task.wextras = rec.opts.extras
+            self._tasks[task.task_id] = task
+            pairs.append((task, rec))
+        if pairs:
+            log.info("durable journal: %d unfinished tasks resumed", len(pairs),
+                     extra={"event": "journal_resumed", "count": len(pairs)})
+        backend.resume(pairs)
+
+    def _journaled_result(self, task_id: str) -> Optional[TaskResult]:
+        """A task finished before this engine started, from the journal (durable=), or None."""
+        backend = self._backend
+        found = backend.outcome(task_id) if backend is not None else None
+        if found is None:
+            return None
+        task = TaskResult(task_id, self)
+        task.name = found.name
+        task.attempt = found.attempt
+        task.created_at = found.created_at
+        task.completed_at = found.completed_at
+        task._final = True
+        task._finish(found.ok, found.value, found.status)
+        return task
 
     def get_stats(self) -> EngineStats:
         return self.monitor.snapshot()

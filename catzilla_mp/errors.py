@@ -204,3 +204,12 @@ class DependencyCancelledError(TaskCancelledError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class JournalError(CatzillaMPError):
+    """The durable journal (``durable=``) cannot be opened or written.
+
+    Raised by the engine's constructor (the file is another user's, open to
+    other users, or in use by another engine) or by add_task (the task's row
+    could not be committed: it was not queued).
+    """
