@@ -309,6 +309,14 @@ class _JournalHost:
             wrapper.record_finish(task, ok, value, status)
         self._host.finish(task, ok, value, status)
 
+    def finish_many(self, settled: list) -> None:
+        """finish() of a batch (the process backend's collector): each outcome journaled."""
+        wrapper = self._wrapper()
+        if wrapper is not None:
+            for task, ok, value, status in settled:
+                wrapper.record_finish(task, ok, value, status)
+        self._host.finish_many(settled)
+
     def attempt_failed(self, task: "TaskResult", exc: BaseException) -> bool:
         retried = self._host.attempt_failed(task, exc)
         wrapper = self._wrapper()

@@ -62,11 +62,12 @@ def _start_serve(tmp_path, workers: int = 2):
 
 
 def _engine_workers(pid: int) -> set[int]:
-    """Engine worker processes under ``pid`` (they run catzilla_mp.workers)."""
+    """Engine worker processes under ``pid``: they run catzilla_mp and start no process of
+    their own (the zygote the workers are forked from is their parent, not a worker)."""
     out = set()
     for p in psutil.Process(pid).children(recursive=True):
         try:
-            if "catzilla_mp" in " ".join(p.cmdline()):
+            if "catzilla" in " ".join(p.cmdline()) and not p.children():
                 out.add(p.pid)
         except psutil.Error:
             pass
