@@ -249,7 +249,7 @@ class ProcessBackend:
 
     def _init_state(self, o) -> None:
         self.payloads = Payloads(self.seg, o.max_payload_bytes,
-                                 max_external_bytes=o.max_external_bytes)
+                                 max_external_bytes=o.max_external_bytes, spares=True)
         self.functions = FunctionTable(self.seg, self.payloads)
         n = o.queue_size
         self.slots = [lib.czmp_slot(self.raw, i) for i in range(n)]
@@ -676,6 +676,9 @@ class ProcessBackend:
         task.worker_id = worker
         task.result_bytes = n  # what keep_finished_bytes counts
         if ok:
+            if task.ext_args:  # the worker is done with them: kept for reuse (payloads.py)
+                self.payloads.recycle_external(task.ext_args)
+                task.ext_args = 0
             lib.czmp_slot_release(self.raw, idx, state)
             self._unslot(task, idx)
             self.host.finish(task, True, value, _COMPLETED)
@@ -992,6 +995,8 @@ class ProcessBackend:
     def _unlink_segment(self) -> None:
         name = self.seg.name
         self.seg.unlink()
+        if getattr(self, "payloads", None) is not None:  # absent if __init__ failed early
+            self.payloads.drop_spares()
         remove_externals(name)
 
     def _unmap(self) -> None:
