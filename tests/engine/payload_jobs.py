@@ -25,3 +25,8 @@ def die_after_reading(data):
     """Read the whole payload, then die as a SIGKILL would have it, mid-task."""
     assert len(data) > 0
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def priority():
+    """(nice value, scheduling policy) of the worker running this."""
+    return os.nice(0), os.sched_getscheduler(0)
