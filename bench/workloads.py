@@ -130,7 +130,11 @@ def round_trip(peer, p: Params, deadline: float) -> dict:
 
 def cpu_speedup(peer, p: Params, deadline: float) -> dict:
     """``cpu_tasks`` pure-Python tasks on the workers vs. the same tasks run serially in-process."""
-    peer.wait(peer.submit(cpu_work, -1, 1000), left(deadline))
+    # Warm every worker, not just the first (a worker's first task imports this module:
+    # ~10 ms, 5% of the quick parallel run): tasks of ~5 ms, more than there are workers.
+    warm = [peer.submit(cpu_work, -1, 60_000) for _ in range(4 * peer.workers)]
+    for h in warm:
+        peer.wait(h, left(deadline))
     half = p.cpu_tasks // 2
 
     def serial(indices):

@@ -36,12 +36,12 @@ into one of them:
 
 Only that moment recycles; every other release (a retry, a timeout, a
 cancel, a dead worker) unlinks as before, so a segment is never rewritten
-while a process may still read it for another task. Results a worker writes
-to a segment of its own are not recycled (the worker cannot know when the
-app is done with one): they are written once (page tables built in one
-madvise call) and read without a copy beyond unpickling, in both directions. A reader reads exactly
+while a process may still read it for another task. A reader reads exactly
 the length in the slot, never what lies beyond it in a larger recycled
-segment. Spares are files under the engine's prefix: they count against
+segment. Results a worker writes to a segment of its own are not recycled
+(the worker cannot know when the app is done with one). In both directions
+a new segment gets its page tables in one madvise call, and the reader
+unpickles straight from its mapping (one copy, not two). Spares are files under the engine's prefix: they count against
 ``max_external_bytes`` (dropped first when the cap would be passed), and
 shutdown and the janitor remove them with the rest.
 """
@@ -82,8 +82,8 @@ SPARE_SHARE = 8
 #: New external segments are sized up to a multiple of this, so a spare fits
 #: the next payload of about the same size (2 MiB: also a huge page).
 SEGMENT_GRANULE = 2 << 20
-#: madvise(2) advice values missing from Python 3.11's mmap module.
-_MADV_POPULATE_READ, _MADV_POPULATE_WRITE = 22, 23
+#: madvise(2) advice missing from Python 3.11's mmap module (Linux 5.14+).
+_MADV_POPULATE_WRITE = 23
 
 
 def plan_arena(pool_bytes: int) -> list[SizeClass]:
