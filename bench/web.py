@@ -5,15 +5,20 @@ GET /ping one after another on a keep-alive connection and records each
 latency, while a submitter POSTs ``--jobs`` CPU-heavy jobs (pure Python,
 ~``--job-ms`` each) and waits until the server has finished them all:
 
-    idle      no jobs: the baseline
-    inline    each handler runs its job itself (the usual mistake)
-    threads   Catzilla 0.2.3's own background tasks (a thread pool in the app process)
-    process   catzilla_mp, mode="process", 2 workers at nice ``--niceness``
+    idle       no jobs: the baseline
+    inline     each handler runs its job itself (the usual mistake)
+    threads    Catzilla 0.2.3's own background tasks (a thread pool in the app process)
+    process    catzilla_mp.Catzilla, enable_background_tasks(workers=2, mode="process")
+               with every other option at its default, as a new user writes it
+    asgi_idle  no jobs, the same route in a Starlette app under uvicorn: the ASGI baseline
+    asgi       that app with catzilla_mp.integrations.asgi.AsgiTasks(workers=2), defaults
 
-Output (``--json``: one object): ``<mode>_p50_ms``, ``<mode>_p99_ms``,
-``<mode>_jobs_per_s`` (jobs finished per second of the loaded window), and
-``process_p99_over_idle`` (the target is <= 2). Each mode runs ``--repeat``
-times; medians are reported. Catzilla 0.2.3's TaskResult.wait never returns,
+``--niceness N`` passes worker_niceness=N to both catzilla_mp modes (default:
+not passed, the engine's default). Output (``--json``: one object):
+``<mode>_p50_ms``, ``<mode>_p99_ms``, ``<mode>_jobs_per_s`` (jobs finished per
+second of the loaded window), ``process_p99_over_idle`` and
+``asgi_p99_over_idle`` (against asgi_idle; the target of both is <= 2). Each
+mode runs ``--repeat`` times; medians are reported. Catzilla 0.2.3's TaskResult.wait never returns,
 so its completions are counted by a wrapper the pool runs, not by waiting.
 """
 from __future__ import annotations
@@ -30,7 +35,9 @@ import sys
 import threading
 import time
 
-MODES = ("idle", "inline", "threads", "process")
+MODES = ("idle", "inline", "threads", "process", "asgi_idle", "asgi")
+#: Jobs run (and waited for) before a loaded mode's probes start.
+WARM_JOBS = 4
 
 
 # -- the job and the server (runs in the server subprocess) ---------------------------------
@@ -55,7 +62,55 @@ def calibrate(job_ms: float) -> int:
         n *= 2
 
 
-def serve(mode: str, port: int, job_n: int, niceness: int) -> None:
+def _tuning(niceness: "int | None") -> dict:
+    """Engine options beyond a new user's: none unless --niceness was given."""
+    return {} if niceness is None else {"worker_niceness": niceness}
+
+
+def serve_asgi(mode: str, port: int, job_n: int, niceness: "int | None") -> None:
+    """A Starlette app under uvicorn; with AsgiTasks as its docs show it (mode "asgi")."""
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    lock = threading.Lock()
+    done = [0]
+
+    def finished(_value=None) -> None:
+        with lock:
+            done[0] += 1
+
+    tasks = None
+    if mode == "asgi":
+        from catzilla_mp.integrations.asgi import AsgiTasks
+        tasks = AsgiTasks(workers=2, mode="process", **_tuning(niceness))
+
+    async def ping(request):
+        return JSONResponse({"ok": 1})
+
+    async def get_done(request):
+        return JSONResponse({"done": done[0]})
+
+    async def job(request):
+        r = await tasks.add_task_async(burn, job_n, max_retries=0, timeout_ms=600_000)
+        r.add_callback(finished)
+        return JSONResponse({"ok": 1})
+
+    routes = [Route("/ping", ping), Route("/done", get_done), Route("/job", job, methods=["POST"])]
+    if tasks is None:
+        app = Starlette(routes=routes)
+    else:
+        app = Starlette(routes=routes, lifespan=tasks.lifespan)
+        tasks.install(app)
+    print("ready", flush=True)
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve(mode: str, port: int, job_n: int, niceness: "int | None") -> None:
+    if mode.startswith("asgi"):
+        serve_asgi(mode, port, job_n, niceness)
+        return
     lock = threading.Lock()
     done = [0]
 
@@ -66,8 +121,7 @@ def serve(mode: str, port: int, job_n: int, niceness: int) -> None:
     if mode == "process":
         from catzilla_mp import Catzilla
         app = Catzilla(production=True, show_banner=False, log_requests=False, tasks_prefix=None)
-        app.enable_background_tasks(workers=2, min_workers=2, mode="process",
-                                    worker_niceness=niceness)
+        app.enable_background_tasks(workers=2, mode="process", **_tuning(niceness))
     else:
         from catzilla import Catzilla
         app = Catzilla(production=True, show_banner=False, log_requests=False)
@@ -127,11 +181,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(mode: str, job_n: int, niceness: int) -> tuple[subprocess.Popen, int]:
+def _start(mode: str, job_n: int, niceness: "int | None") -> tuple[subprocess.Popen, int]:
     port = _free_port()
+    tuning = [] if niceness is None else ["--niceness", str(niceness)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.web", "--serve", mode, "--port", str(port),
-         "--job-n", str(job_n), "--niceness", str(niceness)],
+         "--job-n", str(job_n), *tuning],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     proc.stdout.readline()  # "ready" (after the engine started)
     deadline = time.monotonic() + 60
@@ -163,13 +218,27 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def run_mode(mode: str, jobs: int, job_n: int, niceness: int, idle_s: float,
+def run_mode(mode: str, jobs: int, job_n: int, niceness: "int | None", idle_s: float,
              gap_s: float) -> dict:
     proc, port = _start(mode, job_n, niceness)
     try:
         warm = Client(port)
         for _ in range(50):  # warm the route and the connection
             warm.request("GET", "/ping")
+        base = 0
+        if not mode.endswith("idle"):
+            # Steady state, not start-up: a few jobs first, so the workers have started and
+            # imported the job's module, and the engine's start-up work (pool pre-faulting in a
+            # thread of the app) is over before the probes count.
+            for _ in range(WARM_JOBS):
+                warm.request("POST", "/job")
+            deadline = time.monotonic() + 120
+            while warm.request("GET", "/done")["done"] < WARM_JOBS:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{mode}: warm-up jobs did not finish")
+                time.sleep(0.02)
+            base = WARM_JOBS
+            time.sleep(0.5)
         warm.close()
         latencies: list[float] = []
         stop = threading.Event()
@@ -186,7 +255,7 @@ def run_mode(mode: str, jobs: int, job_n: int, niceness: int, idle_s: float,
         prober = threading.Thread(target=probe, name="probe")
         start = time.perf_counter()
         prober.start()
-        if mode == "idle":
+        if mode.endswith("idle"):
             time.sleep(idle_s)
             elapsed = time.perf_counter() - start
         else:
@@ -194,7 +263,7 @@ def run_mode(mode: str, jobs: int, job_n: int, niceness: int, idle_s: float,
             for _ in range(jobs):
                 submitter.request("POST", "/job")
             deadline = time.monotonic() + 600  # bounded: a broken mode cannot hang the bench
-            while submitter.request("GET", "/done")["done"] < jobs:
+            while submitter.request("GET", "/done")["done"] < base + jobs:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{mode}: jobs did not finish")
                 time.sleep(0.02)
@@ -206,7 +275,7 @@ def run_mode(mode: str, jobs: int, job_n: int, niceness: int, idle_s: float,
         _stop(proc)
     out = {"p50_ms": _pct(latencies, 0.50), "p99_ms": _pct(latencies, 0.99),
            "probes": len(latencies)}
-    if mode != "idle":
+    if not mode.endswith("idle"):
         out["jobs_per_s"] = jobs / elapsed
     return out
 
@@ -217,8 +286,9 @@ def main(argv=None) -> None:
     ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--jobs", type=int, default=40)
     ap.add_argument("--job-ms", type=float, default=50.0)
-    ap.add_argument("--niceness", type=int, default=10,
-                    help="process mode: workers' nice value (0 = same priority as the app)")
+    ap.add_argument("--niceness", type=int, default=None,
+                    help="catzilla_mp modes: pass worker_niceness=N (default: the engine's "
+                         "default, as a new user gets it)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--idle-s", type=float, default=2.0)
     ap.add_argument("--gap-ms", type=float, default=2.0, help="pause between probes")
@@ -245,8 +315,10 @@ def main(argv=None) -> None:
             vals = [r[key] for r in runs[m] if key in r]
             if vals:
                 result[f"{m}_{key}"] = round(statistics.median(vals), 3)
-    if "idle_p99_ms" in result and "process_p99_ms" in result:
-        result["process_p99_over_idle"] = round(result["process_p99_ms"] / result["idle_p99_ms"], 2)
+    for loaded, idle in (("process", "idle"), ("asgi", "asgi_idle")):
+        if f"{idle}_p99_ms" in result and f"{loaded}_p99_ms" in result:
+            result[f"{loaded}_p99_over_idle"] = round(
+                result[f"{loaded}_p99_ms"] / result[f"{idle}_p99_ms"], 2)
     if args.json:
         print(json.dumps(result))
     else:

@@ -64,7 +64,10 @@ class Params:
     timeout: float           # per workload
 
 
-QUICK = Params(noop_tasks=5_000, round_trips=500, cpu_tasks=8, cpu_iterations=600_000,
+# The quick CPU run splits the same work in 16 tasks, not 8: with dynamic dispatch a worker
+# that starts late can be left one task behind at the end, 25% of the run with 8 tasks of
+# ~50 ms, 6% with 16 of ~25 ms (the engine's cost per task is microseconds either way).
+QUICK = Params(noop_tasks=5_000, round_trips=500, cpu_tasks=16, cpu_iterations=300_000,
                payloads=6, payload_bytes=16 * MIB, mixed_seconds=1.5, idle_seconds=1.5,
                timeout=30.0)
 FULL = Params(noop_tasks=20_000, round_trips=3_000, cpu_tasks=16, cpu_iterations=1_500_000,
@@ -131,7 +134,11 @@ def round_trip(peer, p: Params, deadline: float) -> dict:
 
 def cpu_speedup(peer, p: Params, deadline: float) -> dict:
     """``cpu_tasks`` pure-Python tasks on the workers vs. the same tasks run serially in-process."""
-    peer.wait(peer.submit(cpu_work, -1, 1000), left(deadline))
+    # Warm every worker, not just the first (a worker's first task imports this module:
+    # ~10 ms, 5% of the quick parallel run): tasks of ~5 ms, more than there are workers.
+    warm = [peer.submit(cpu_work, -1, 60_000) for _ in range(4 * peer.workers)]
+    for h in warm:
+        peer.wait(h, left(deadline))
     half = p.cpu_tasks // 2
 
     def serial(indices):
@@ -181,7 +188,12 @@ def cpu_ceiling(peer_cls, p: Params, deadline: float) -> dict:
 
 def _payload_rate(peer, p: Params, deadline: float, data) -> dict:
     nbytes = payload_size(0, data)
-    peer.wait(peer.submit(payload_size, -1, data), left(deadline))  # warm: pools, page faults
+    # Warm-up, one pipelined round like the measured one: every worker, not just the first,
+    # has seen the payload's type (a worker's first NumPy payload imports NumPy: ~50 ms,
+    # which the figure is not about), and pools and page tables are built.
+    warm = [peer.submit(payload_size, -1, data) for _ in range(p.payloads)]
+    for h in warm:
+        peer.wait(h, left(deadline))
     t0 = time.perf_counter()
     handles = [peer.submit(payload_size, i, data) for i in range(p.payloads)]
     for h in handles:

@@ -187,6 +187,10 @@ MAX_TASKS_PER_WORKER = 1 << 31
 MAX_WORKER_MEMORY_MB = 1 << 24
 #: os.nice() increments above 19 are clamped by the kernel anyway.
 MAX_NICENESS = 19
+#: Workers run below the app's CPU priority unless told otherwise (nice 10 and
+#: SCHED_BATCH, worker.py): a web route on the same cores then keeps its
+#: latency while they run (bench/web.py). 0 gives them the app's priority.
+DEFAULT_WORKER_NICENESS = 10
 MAX_CHUNKSIZE = 1 << 20
 
 
@@ -321,7 +325,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
         scale_down_idle_s: float = 30.0,
         max_tasks_per_worker: int = 0,
         worker_memory_limit_mb: int = 0,
-        worker_niceness: int = 0,
+        worker_niceness: int = DEFAULT_WORKER_NICENESS,
         shutdown_timeout: float = 30.0,
         keep_finished: int = 100_000,
         populate: bool = True,

@@ -277,7 +277,7 @@ class ProcessBackend:
 
     def _init_state(self, o) -> None:
         self.payloads = Payloads(self.seg, o.max_payload_bytes,
-                                 max_external_bytes=o.max_external_bytes)
+                                 max_external_bytes=o.max_external_bytes, spares=True)
         self.functions = FunctionTable(self.seg, self.payloads)
         n = o.queue_size
         self.slots = [lib.czmp_slot(self.raw, i) for i in range(n)]
@@ -734,6 +734,9 @@ class ProcessBackend:
         task.exec_ms = (finished - started) / 1e6
         task.worker_id = worker
         task.result_bytes = n  # what keep_finished_bytes counts
+        if ok and task.ext_args:  # the worker is done with them: kept for reuse (payloads.py)
+            self.payloads.recycle_external(task.ext_args)
+            task.ext_args = 0
         if state & 0xFF == _SLOT_FREE:
             # released by the collect call already (a success, its result
             # copied out): final even if its bytes would not unpickle, which
@@ -1062,6 +1065,8 @@ class ProcessBackend:
     def _unlink_segment(self) -> None:
         name = self.seg.name
         self.seg.unlink()
+        if getattr(self, "payloads", None) is not None:  # absent if __init__ failed early
+            self.payloads.drop_spares()
         remove_externals(name)
 
     def _unmap(self) -> None:

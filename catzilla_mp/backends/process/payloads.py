@@ -22,6 +22,28 @@ External segments (issue 11.2, 11.3):
     overshoot the cap by one payload each);
   * removed by the app when it releases the slot, and at shutdown by name
     prefix, only those owned by this user, without ever raising.
+
+Recycling (issue 18): creating a segment costs a fallocate (zeroing every
+page), a page fault per 4 KiB on the first write, and an munmap and unlink
+afterwards: ~15 ms for 16 MiB, ten times the copy itself. So the app keeps
+a few released segments mapped (``Spares``) and writes the next big argument
+into one of them:
+
+    app: write args  --> spare (or a new segment) --> handle in the slot
+    worker: reads the args (its own short-lived read-only mapping, no copy
+            beyond unpickling), runs, publishes a result
+    app: task COMPLETED --> recycle(args segment)   (the worker is done with it)
+
+Only that moment recycles; every other release (a retry, a timeout, a
+cancel, a dead worker) unlinks as before, so a segment is never rewritten
+while a process may still read it for another task. A reader reads exactly
+the length in the slot, never what lies beyond it in a larger recycled
+segment. Results a worker writes to a segment of its own are not recycled
+(the worker cannot know when the app is done with one). In both directions
+a new segment gets its page tables in one madvise call, and the reader
+unpickles straight from its mapping (one copy, not two). Spares are files under the engine's prefix: they count against
+``max_external_bytes`` (dropped first when the cap would be passed), and
+shutdown and the janitor remove them with the rest.
 """
 from __future__ import annotations
 
@@ -29,6 +51,7 @@ import errno
 import mmap
 import os
 import secrets
+import threading
 
 from ... import _core
 from ..._core import SizeClass
@@ -48,6 +71,19 @@ SHM_DIR = "/dev/shm"
 #: Names tried before giving up on creating an external segment: a taken
 #: name means someone pre-created it (or a 1 in 2**32 coincidence).
 EXTERNAL_NAME_TRIES = 16
+#: Released external segments one process keeps mapped for reuse (recycling,
+#: above): more spares serve deeper pipelines of big payloads, each holds its
+#: size in /dev/shm while idle.
+SPARE_SEGMENTS = 4
+#: ... and at most this many bytes of them together,
+SPARE_BYTES = 256 << 20
+#: ... nor more than this fraction (1/n) of max_external_bytes.
+SPARE_SHARE = 8
+#: New external segments are sized up to a multiple of this, so a spare fits
+#: the next payload of about the same size (2 MiB: also a huge page).
+SEGMENT_GRANULE = 2 << 20
+#: madvise(2) advice missing from Python 3.11's mmap module (Linux 5.14+).
+_MADV_POPULATE_WRITE = 23
 
 
 def plan_arena(pool_bytes: int) -> list[SizeClass]:
@@ -89,12 +125,22 @@ class Payloads:
     """Reads and writes the payloads of one segment's slots, in one process.
 
     ``max_external_bytes``: the cap on all external segments of the engine
-    together (None: no cap).
+    together (None: no cap). ``spares``: keep released external segments for
+    reuse (the app; see "Recycling" above).
     """
 
     def __init__(self, seg: "_core.Segment", max_bytes: int,
-                 max_external_bytes: "int | None" = None) -> None:
+                 max_external_bytes: "int | None" = None, *, spares: bool = False) -> None:
         self.seg = seg
+        #: Recycled external segments (the app's; None in workers, which never recycle).
+        self.spares: "Spares | None" = None
+        if spares:
+            # idle spares hold /dev/shm: never more than a small share of the cap
+            self.spares = Spares(nbytes=SPARE_BYTES if max_external_bytes is None
+                                 else min(SPARE_BYTES, max_external_bytes // SPARE_SHARE))
+        #: ident -> mapping of the external payloads this process wrote and still
+        #: keeps mapped (only with spares), until recycled or freed.
+        self._live: dict[int, _Spare] = {}
         self._raw = seg.raw
         self.max_bytes = max_bytes
         self.max_external_bytes = max_external_bytes
@@ -122,7 +168,7 @@ class Payloads:
         return self._write_external(data), n
 
     def _write_external(self, data: bytes) -> int:
-        """A segment of its own for ``data``; returns its handle.
+        """A segment of its own for ``data`` (a spare, or a new one); returns its handle.
 
         Raises:
             SharedMemoryFullError: /dev/shm has no room, or max_external_bytes
@@ -130,19 +176,38 @@ class Payloads:
             SegmentError: no free name after EXTERNAL_NAME_TRIES attempts.
         """
         n = len(data)
+        spares = self.spares
+        if spares is not None:
+            spare = spares.take(n)
+            if spare is not None:
+                try:
+                    _fill(spare.map, data)
+                except BaseException:
+                    spares.discard(spare)
+                    raise
+                self._live[spare.ident] = spare
+                return _core.external_handle(spare.ident)
+        # Sized up to a granule so the next payload of about this size fits
+        # it once recycled (the app's; a worker's segments are never reused).
+        size = -(-n // SEGMENT_GRANULE) * SEGMENT_GRANULE if spares is not None else n
         cap = self.max_external_bytes
         if cap is not None:
             used = external_bytes(self.seg.name)
-            if used + n > cap:
-                raise SharedMemoryFullError(
-                    f"a payload of {n} bytes does not fit its own segment: external "
-                    f"payloads already hold {used} bytes of max_external_bytes={cap}")
+            if used + size > cap and spares is not None and spares.drop_all():
+                used = external_bytes(self.seg.name)  # idle spares gave way first
+            if used + size > cap:
+                if used + n > cap:
+                    raise SharedMemoryFullError(
+                        f"a payload of {n} bytes does not fit its own segment: external "
+                        f"payloads already hold {used} bytes of max_external_bytes={cap}")
+                size = n  # fits, but without the room to recycle into
         fd, path, ident = self._create_external()
+        m = None
         try:
             try:
                 # Allocate every page now: a sparse file whose pages cannot be
                 # found later kills the writer with SIGBUS in the middle of a copy.
-                os.posix_fallocate(fd, 0, n)
+                os.posix_fallocate(fd, 0, size)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
                     raise SharedMemoryFullError(
@@ -151,17 +216,21 @@ class Payloads:
                         "max_payload_bytes / max_external_bytes") from None
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise
-                os.ftruncate(fd, n)  # a file system without fallocate: the old way
-            with mmap.mmap(fd, n) as m:
-                off = 0
-                for part in (data.parts if isinstance(data, Frame) else (data,)):
-                    size = memoryview(part).nbytes
-                    m[off:off + size] = part if not isinstance(part, memoryview) else part.cast("B")
-                    off += size
+                os.ftruncate(fd, size)  # a file system without fallocate: the old way
+            m = mmap.mmap(fd, size)
+            # Build the page tables in one call instead of a fault per page
+            # (kernels before 5.14 refuse it: the copy faults them in then).
+            _advise(m, _MADV_POPULATE_WRITE, n)
+            _fill(m, data)
+            if spares is not None:  # kept mapped until the app recycles or frees it
+                self._live[ident] = _Spare(ident, os.fstat(fd).st_ino, size, m, path)
+                m = None
         except BaseException:
             _unlink_quietly(path)
             raise
         finally:
+            if m is not None:
+                m.close()
             os.close(fd)
         return _core.external_handle(ident)
 
@@ -205,7 +274,14 @@ class Payloads:
             return self._read_external(handle & 0xFFFFFFFF, length)
         raise ValueError(f"no payload (handle {handle:#x})")
 
-    def _read_external(self, ident: int, length: int) -> bytes:
+    def _read_external(self, ident: int, length: int):
+        """A read-only view of an external payload: no copy (unpickling makes the one copy).
+
+        The mapping lives as long as the view (or anything sliced from it);
+        the name may be unlinked or recycled after the reader is done with it.
+        """
+        if length == 0:
+            return b""
         path = os.path.join(SHM_DIR, external_name(self.seg.name, ident))
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
@@ -213,16 +289,143 @@ class Payloads:
             if st.st_uid != os.geteuid() or st.st_size < length:
                 raise ValueError(f"payload segment {path} is not the one written "
                                  f"(owner {st.st_uid}, {st.st_size} bytes)")
-            with mmap.mmap(fd, length, access=mmap.ACCESS_READ) as m:
-                return m[:length]
+            m = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
         finally:
             os.close(fd)
+        return memoryview(m)
 
     def free_external(self, handle: int) -> None:
         """Unlink an external payload; chunks are freed by the slot's release. Never raises."""
         if handle >> 56 == _core.HANDLE_EXTERNAL:
-            _unlink_quietly(os.path.join(SHM_DIR, external_name(self.seg.name,
-                                                                handle & 0xFFFFFFFF)))
+            ident = handle & 0xFFFFFFFF
+            spare = self._live.pop(ident, None)
+            if spare is not None:
+                spare.close()
+            _unlink_quietly(os.path.join(SHM_DIR, external_name(self.seg.name, ident)))
+
+    def recycle_external(self, handle: int) -> None:
+        """App: the payload's task is over and no process reads it any more; keep it as a spare.
+
+        Call only where that is certain (see "Recycling" above): the
+        arguments of a COMPLETED task. A segment another process wrote, or
+        one the spares have no room for, is unlinked as free_external does.
+        Never raises.
+        """
+        if handle >> 56 != _core.HANDLE_EXTERNAL:
+            return
+        if self.spares is None:
+            self.free_external(handle)
+            return
+        spare = self._live.pop(handle & 0xFFFFFFFF, None)
+        if spare is None:  # not one this process wrote (and keeps mapped)
+            self.free_external(handle)
+            return
+        if not self.spares.give(spare):
+            spare.close()
+            _unlink_quietly(spare.path)
+
+    def drop_spares(self) -> int:
+        """Unlink and unmap the spare segments (shutdown); returns how many. Never raises."""
+        if self.spares is None:
+            return 0
+        for ident in list(self._live):
+            spare = self._live.pop(ident, None)
+            if spare is not None:
+                spare.close()
+        return self.spares.drop_all()
+
+
+class _Spare:
+    """One external segment this process keeps mapped read-write."""
+
+    __slots__ = ("ident", "ino", "size", "map", "path")
+
+    def __init__(self, ident: int, ino: int, size: int, m: mmap.mmap, path: str) -> None:
+        self.ident, self.ino, self.size, self.map, self.path = ident, ino, size, m, path
+
+    def close(self) -> None:
+        try:
+            self.map.close()
+        except (BufferError, ValueError):  # a view still out: unmapped when it goes
+            pass
+
+    def still_named(self) -> bool:
+        """Our file still has its name (not unlinked by shutdown or the janitor, not replaced)."""
+        try:
+            return os.stat(self.path, follow_symlinks=False).st_ino == self.ino
+        except OSError:
+            return False
+
+
+class Spares:
+    """Released external segments kept mapped for reuse, at most ``count``/``nbytes``. Thread-safe.
+
+    Writers (any app thread submitting a task) take; the collector gives.
+    """
+
+    def __init__(self, count: int = SPARE_SEGMENTS, nbytes: int = SPARE_BYTES) -> None:
+        self.count, self.nbytes = count, nbytes
+        self._lock = threading.Lock()
+        self._free: list[_Spare] = []
+
+    def take(self, n: int) -> "_Spare | None":
+        """The smallest spare holding ``n`` bytes without wasting more than half of it."""
+        with self._lock:
+            best = None
+            for spare in self._free:
+                if n <= spare.size <= max(2 * n, n + SEGMENT_GRANULE) and (
+                        best is None or spare.size < best.size):
+                    best = spare
+            if best is None:
+                return None
+            self._free.remove(best)
+        if best.still_named():
+            return best
+        best.close()  # someone removed it (shutdown, a janitor): not ours to reuse
+        return None
+
+    def give(self, spare: _Spare) -> bool:
+        """Keep ``spare``; False (nothing kept) when that would pass the limits."""
+        with self._lock:
+            if (len(self._free) >= self.count
+                    or sum(s.size for s in self._free) + spare.size > self.nbytes):
+                return False
+            self._free.append(spare)
+            return True
+
+    def discard(self, spare: _Spare) -> None:
+        """A spare that must not be reused (a failed write): unmap and unlink it."""
+        spare.close()
+        _unlink_quietly(spare.path)
+
+    def drop_all(self) -> int:
+        """Unmap and unlink every idle spare; returns how many."""
+        with self._lock:
+            free, self._free = self._free, []
+        for spare in free:
+            self.discard(spare)
+        return len(free)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+
+def _fill(m: mmap.mmap, data) -> None:
+    """Copy bytes, or each part of a Frame in turn, to the start of a mapping."""
+    off = 0
+    for part in (data.parts if isinstance(data, Frame) else (data,)):
+        view = part if isinstance(part, memoryview) else memoryview(part)
+        size = view.nbytes
+        m[off:off + size] = view if view.format == "B" and view.ndim == 1 else view.cast("B")
+        off += size
+
+
+def _advise(m: mmap.mmap, advice: int, length: int) -> None:
+    """madvise the first ``length`` bytes; an advice the kernel does not know is skipped."""
+    try:
+        m.madvise(advice, 0, length)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _unlink_quietly(path: str) -> bool:
