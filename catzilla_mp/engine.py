@@ -586,6 +586,20 @@ class BackgroundTasks(TaskLifecycle, Executor):
                 retry_on, retry_if, memory_limit_mb, enable_profiling,
                 depends_on=depends_on, job_id=job_id, unique_for=unique_for,
                 rate_limit=rate_limit)
+        task = self._optioned_task(func, priority, delay_ms, max_retries, timeout_ms,
+                                   retry_backoff, retry_on, retry_if, memory_limit_mb,
+                                   enable_profiling)
+        if compat.PROPAGATED:
+            compat.add_context(task)
+        return self._submit_task(task, func, args, kwargs)
+
+    def _optioned_task(self, func, priority, delay_ms, max_retries, timeout_ms, retry_backoff,
+                       retry_on, retry_if, memory_limit_mb, enable_profiling) -> TaskResult:
+        """A new task (_new_task) with add_task's per-task options merged in and checked.
+
+        Raises:
+            ValueError: memory_limit_mb outside process mode (counted as a failed submit).
+        """
         task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
         if (retry_backoff is not None or retry_on is not None or retry_if is not None
                 or memory_limit_mb is not None or enable_profiling is not None):
@@ -597,9 +611,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             self._submit_failed += 1
             raise ValueError("memory_limit_mb is enforced in mode='process' only: "
                              "threads share the app's memory")
-        if compat.PROPAGATED:
-            compat.add_context(task)
-        return self._submit_task(task, func, args, kwargs)
+        return task
 
     # -- workflows (catzilla_mp/workflows; docs/workflows.md) --------------------
 
@@ -607,17 +619,9 @@ class BackgroundTasks(TaskLifecycle, Executor):
                          retry_backoff, retry_on, retry_if, memory_limit_mb, enable_profiling, *,
                          depends_on, job_id, unique_for, rate_limit) -> TaskResult:
         """add_task with a workflow option: numbered and validated as add_task, then workflows."""
-        task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
-        if (retry_backoff is not None or retry_on is not None or retry_if is not None
-                or memory_limit_mb is not None or enable_profiling is not None):
-            base = task.opts or compat.TaskOptions()
-            task.opts = base.merged(backoff=retry_backoff, retry_on=retry_on, retry_if=retry_if,
-                                    memory_limit_mb=memory_limit_mb, profile=enable_profiling)
-            task.wextras = task.opts.extras
-        if task.opts is not None and task.opts.memory_limit_mb is not None and self.mode != "process":
-            self._submit_failed += 1
-            raise ValueError("memory_limit_mb is enforced in mode='process' only: "
-                             "threads share the app's memory")
+        task = self._optioned_task(func, priority, delay_ms, max_retries, timeout_ms,
+                                   retry_backoff, retry_on, retry_if, memory_limit_mb,
+                                   enable_profiling)
         if rate_limit is None:
             rate_limit = getattr(func, "_czmp_rate_limit", None)
         if depends_on is None and job_id is None and unique_for is None and rate_limit is None:

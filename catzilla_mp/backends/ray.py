@@ -52,7 +52,6 @@ itself is used as it is and left running.
 from __future__ import annotations
 
 import heapq
-import itertools
 import logging
 import os
 import queue
@@ -77,6 +76,7 @@ from ..errors import (
     EngineClosedError, QueueFullError, TaskError, TaskTimeoutError, WorkerCrashedError)
 from ..records import TaskStatus
 from ..results import TaskResult, cancelled_error
+from .waiting_room import WaitingRoom
 
 if TYPE_CHECKING:
     from ..lifecycle.host import TaskHost
@@ -305,9 +305,9 @@ class RayBackend:
             raise
         self._init = (compat.pack_initializer(o.initializer, o.initargs)
                       if o.initializer is not None else None)
-        self._cond = threading.Condition()
-        self._heap: list[tuple[int, int, TaskResult]] = []
-        self._seq = itertools.count()
+        # tasks not yet handed to Ray, and the parked ones; a push starts what fits
+        self._room = WaitingRoom(host, on_push=self._start_waiting)
+        self._cond, self._heap = self._room.cond, self._room.heap
         self._capacity = o.queue_size
         self._in_use = 0
         self._running = True
@@ -334,9 +334,9 @@ class RayBackend:
         task.fn = None
         task.payload = (fn_bytes, call, extras)
         if task.delay_ms:
-            self._park(task, task.delay_ms / 1000.0)
+            self._room.park(task, task.delay_ms / 1000.0)
         else:
-            self._push(task)
+            self._room.push(task)
 
     def dispatch_many(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple],
                       done: list[int]) -> None:
@@ -369,9 +369,9 @@ class RayBackend:
                 raise EngineClosedError("the engine is shut down; it takes no new tasks")
             self._in_use += 1
 
-    def _push(self, task: TaskResult) -> None:
+    def _start_waiting(self) -> None:
+        """Hand the most urgent waiting tasks to Ray, as many as there are free slots."""
         with self._cond:
-            heapq.heappush(self._heap, (task.priority.value, next(self._seq), task))
             starts = self._take_locked()
         self._start(starts)
 
@@ -426,36 +426,10 @@ class RayBackend:
             # a lock and a condition, and the value is all the collector needs
             ref._on_completed(lambda value, s=slot, t=token: self._events.put(("done", s, t, value)))
 
-    def _park(self, task: TaskResult, delay_s: float) -> None:
-        # parked holds the timer (truthy), so cancel() can drop it
-        task.parked = True
-        timer = self.host.schedule(delay_s, lambda: self._unpark(task))
-        with self._cond:
-            if task.parked is True:
-                task.parked = timer
-
-    def _unpark(self, task: TaskResult) -> None:
-        with self._cond:
-            if not task.parked:
-                return
-            task.parked = False
-        task.status = TaskStatus.PENDING
-        self._push(task)
-
     def cancel(self, task: TaskResult) -> bool:
         with self._cond:
-            if task.done():
-                return False
-            if task.parked:
-                if task.parked is not True:
-                    self.host.unschedule(task.parked)
-                task.parked = False
-            else:
-                entry = next((e for e in self._heap if e[2] is task), None)
-                if entry is None:
-                    return False  # handed to Ray already: only terminate() stops it
-                self._heap.remove(entry)
-                heapq.heapify(self._heap)
+            if not self._room.withdraw_locked(task):
+                return False  # done, or handed to Ray already: only terminate() stops it
             self._in_use -= 1
             self._cond.notify_all()
         task.payload = None
@@ -598,7 +572,7 @@ class RayBackend:
     def _settle(self, task: TaskResult, ok: bool, value: Any) -> None:
         host = self.host
         if not ok and host.attempt_failed(task, value):
-            self._park(task, host.backoff_s(task.attempt, task))
+            self._room.park(task, host.backoff_s(task.attempt, task))
             return
         self._unreserve(task)
         host.finish(task, ok, value, TaskStatus.COMPLETED if ok else TaskStatus.FAILED)
@@ -624,11 +598,8 @@ class RayBackend:
         return task.slot >= 0 and not task.done()
 
     def queue_depths(self) -> list[int]:
-        depths = [0, 0, 0, 0]
         with self._cond:
-            for prio, _, _ in self._heap:
-                depths[prio] += 1
-        return depths
+            return self._room.depths_locked()
 
     def worker_records(self):
         return [(s, s) for s in self._slots]

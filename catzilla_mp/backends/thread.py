@@ -9,7 +9,6 @@ call runs to its end first, and a thread cannot be killed).
 from __future__ import annotations
 
 import heapq
-import itertools
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -19,6 +18,7 @@ from ..errors import EngineClosedError, QueueFullError, TaskTimeoutError
 from ..records import TaskStatus
 from ..results import TaskResult
 from ..thread_raise import raise_in_thread, withdraw_pending_raise
+from .waiting_room import WaitingRoom
 
 if TYPE_CHECKING:
     from ..lifecycle.host import TaskHost
@@ -55,9 +55,9 @@ class ThreadBackend:
     def __init__(self, host: "TaskHost") -> None:
         self.host = host
         o = host.options
-        self._heap: list[tuple[int, int, TaskResult]] = []
-        self._seq = itertools.count()
-        self._cond = threading.Condition()
+        # the executor threads wait on the room's condition for its heap
+        self._room = WaitingRoom(host, on_push=_nothing)
+        self._cond, self._heap = self._room.cond, self._room.heap
         self._capacity = o.queue_size
         self._in_use = 0
         self._running = True
@@ -74,9 +74,9 @@ class ThreadBackend:
         task.fn = fn
         task.payload = (args, kwargs)
         if task.delay_ms:
-            self._park(task, task.delay_ms / 1000.0)
+            self._room.park(task, task.delay_ms / 1000.0)
         else:
-            self._push(task)
+            self._room.push(task)
 
     def dispatch_many(self, tasks: list[TaskResult], fn: Callable, calls: list[tuple],
                       done: list[int]) -> None:
@@ -100,41 +100,10 @@ class ThreadBackend:
             self._in_use -= 1
             self._cond.notify_all()
 
-    def _push(self, task: TaskResult) -> None:
-        with self._cond:
-            heapq.heappush(self._heap, (task.priority.value, next(self._seq), task))
-            self._cond.notify_all()
-
-    def _park(self, task: TaskResult, delay_s: float) -> None:
-        # parked holds the timer (truthy), so cancel() can drop it (issue 20.10)
-        task.parked = True
-        timer = self.host.schedule(delay_s, lambda: self._unpark(task))
-        with self._cond:
-            if task.parked is True:
-                task.parked = timer
-
-    def _unpark(self, task: TaskResult) -> None:
-        with self._cond:
-            if not task.parked:
-                return
-            task.parked = False
-        task.status = TaskStatus.PENDING
-        self._push(task)
-
     def cancel(self, task: TaskResult) -> bool:
         with self._cond:
-            if task.done():
+            if not self._room.withdraw_locked(task):
                 return False
-            if task.parked:
-                if task.parked is not True:
-                    self.host.unschedule(task.parked)
-                task.parked = False
-            else:
-                entry = next((e for e in self._heap if e[2] is task), None)
-                if entry is None:
-                    return False
-                self._heap.remove(entry)
-                heapq.heapify(self._heap)
             self._in_use -= 1
             self._cond.notify_all()
         return True
@@ -206,7 +175,7 @@ class ThreadBackend:
     def _settle(self, task: TaskResult, ok: bool, value: Any) -> None:
         host = self.host
         if not ok and host.attempt_failed(task, value):
-            self._park(task, host.backoff_s(task.attempt, task))
+            self._room.park(task, host.backoff_s(task.attempt, task))
             return
         self._unreserve()
         task.fn = task.payload = None  # let the arguments go
@@ -254,11 +223,8 @@ class ThreadBackend:
         return False  # a thread cannot be killed: cancel(force=True) is cancel()
 
     def queue_depths(self) -> list[int]:
-        depths = [0, 0, 0, 0]
         with self._cond:
-            for prio, _, _ in self._heap:
-                depths[prio] += 1
-        return depths
+            return self._room.depths_locked()
 
     def worker_records(self):
         return [(r, r) for r in self._records]
@@ -282,3 +248,6 @@ class ThreadBackend:
             task.parked = False
             abandon(task)
 
+
+def _nothing() -> None:
+    """The thread backend's on_push: its executor threads wake on the room's condition."""
