@@ -123,6 +123,12 @@ def allocate_and_keep(mb):
     return os.getpid()
 
 
+def keep_then_hold(mb, path, i, release_path):
+    """allocate_and_keep, then hold: the worker goes over its limit inside this one task."""
+    allocate_and_keep(mb)
+    return hold(path, i, release_path)
+
+
 def pid_after(seconds):
     time.sleep(seconds)
     return os.getpid()

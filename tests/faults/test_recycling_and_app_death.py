@@ -29,9 +29,11 @@ def test_a_worker_over_its_memory_limit_finishes_its_task_then_is_replaced(make_
     engine = make_engine(workers=1, max_workers=2, enable_auto_scaling=False,
                          worker_memory_limit_mb=150)
     path, release = str(tmp_path / "runs"), tmp_path / "release"
-    fat_pid = engine.add_task(fault_jobs.allocate_and_keep, 200).wait(60)
-    busy = engine.add_task(fault_jobs.hold, path, "busy", str(release))
+    # the growth and the held task are one task: were they two, the supervisor's
+    # RSS check could land between them and the worker would leave while idle
+    busy = engine.add_task(fault_jobs.keep_then_hold, 200, path, "busy", str(release))
     wait_until(lambda: fault_jobs.runs(path).get("busy") == 1, 60, "the task running")
+    fat_pid = int(open(path).read().split()[1])
     # the supervisor notices the RSS (checked every second) and starts a replacement
     wait_until(lambda: any(p != fat_pid for p in worker_pids(engine)), 60, "a replacement")
     queued = [engine.add_task(fault_jobs.pid_after, 0) for _ in range(20)]
