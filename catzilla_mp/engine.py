@@ -1063,9 +1063,14 @@ class BackgroundTasks(TaskLifecycle, Executor):
             task = self._journaled_result(task_id)
             if task is not None:
                 return task
-        if self._server is not None and isinstance(task_id, str) and self._backend is not None:
-            task = self._backend.find_task(self, task_id)  # submitted by another process
-            if task is not None:
+        if self._server is not None and isinstance(task_id, str):
+            if self._forked:
+                # a pre-forked web worker's first use may be a lookup: its own
+                # connection, not the parent's inherited socket (no reader here)
+                self._adopt_fork()
+            backend = self._backend
+            task = backend.find_task(self, task_id) if backend is not None else None
+            if task is not None:  # submitted by another process of the server
                 return task
         gone = self._expired.get(task_id)
         if gone is not None:

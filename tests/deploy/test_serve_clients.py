@@ -207,3 +207,36 @@ def test_a_lookup_from_another_process_carries_the_submitters_owner_for_the_web_
         a.shutdown()
         b.shutdown()
         server.close()
+
+
+def test_a_forked_web_worker_whose_first_call_is_a_lookup_finds_the_task(sock_path):
+    """gunicorn --preload: the engine is made in the master and a worker's first request
+    may be a status lookup. The old code asked through the master's inherited
+    connection, whose answers no thread of the child reads: UnknownTaskError (a 404
+    in the CI run of tests/deploy/test_one_engine.py)."""
+    server = TaskServer(sock_path, **SERVER)
+    engine = BackgroundTasks(server=sock_path)
+    submitter = BackgroundTasks(server=sock_path)
+    try:
+        task = submitter.add_task(served_jobs.slow_square, 6, 0.0)
+        assert task.wait(60) == 36
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the web worker: its engine was made before the fork
+            code = 1
+            try:
+                found = engine.get_task_result(task.task_id)
+                code = 0 if found.wait(30) == 36 else 2
+                engine.shutdown()
+            finally:
+                os.write(w, bytes([code]))
+                os._exit(0)
+        os.close(w)
+        answer = os.read(r, 1)
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert answer == b"\x00"
+    finally:
+        engine.shutdown()
+        submitter.shutdown()
+        server.close()
