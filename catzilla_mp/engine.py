@@ -586,32 +586,35 @@ class BackgroundTasks(TaskLifecycle, Executor):
                 retry_on, retry_if, memory_limit_mb, enable_profiling,
                 depends_on=depends_on, job_id=job_id, unique_for=unique_for,
                 rate_limit=rate_limit)
-        task = self._optioned_task(func, priority, delay_ms, max_retries, timeout_ms,
-                                   retry_backoff, retry_on, retry_if, memory_limit_mb,
-                                   enable_profiling)
+        task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
+        if (retry_backoff is not None or retry_on is not None or retry_if is not None
+                or memory_limit_mb is not None or enable_profiling is not None):
+            self._merge_options(task, retry_backoff, retry_on, retry_if, memory_limit_mb,
+                                enable_profiling)
         if compat.PROPAGATED:
             compat.add_context(task)
         return self._submit_task(task, func, args, kwargs)
 
-    def _optioned_task(self, func, priority, delay_ms, max_retries, timeout_ms, retry_backoff,
-                       retry_on, retry_if, memory_limit_mb, enable_profiling) -> TaskResult:
-        """A new task (_new_task) with add_task's per-task options merged in and checked.
+    def _merge_options(self, task: TaskResult, retry_backoff, retry_on, retry_if,
+                       memory_limit_mb, enable_profiling) -> None:
+        """Merge add_task's per-task options into ``task`` (called only when one is given:
+        the plain add_task pays one test for all of them).
 
         Raises:
             ValueError: memory_limit_mb outside process mode (counted as a failed submit).
         """
-        task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
-        if (retry_backoff is not None or retry_on is not None or retry_if is not None
-                or memory_limit_mb is not None or enable_profiling is not None):
-            base = task.opts or compat.TaskOptions()
-            task.opts = base.merged(backoff=retry_backoff, retry_on=retry_on, retry_if=retry_if,
-                                    memory_limit_mb=memory_limit_mb, profile=enable_profiling)
-            task.wextras = task.opts.extras
-        if task.opts is not None and task.opts.memory_limit_mb is not None and self.mode != "process":
+        base = task.opts or compat.TaskOptions()
+        task.opts = base.merged(backoff=retry_backoff, retry_on=retry_on, retry_if=retry_if,
+                                memory_limit_mb=memory_limit_mb, profile=enable_profiling)
+        task.wextras = task.opts.extras
+        self._refuse_unenforceable(task.opts)
+
+    def _refuse_unenforceable(self, opts: compat.TaskOptions) -> None:
+        """A memory limit outside process mode is refused, not ignored (counted as a failed submit)."""
+        if opts.memory_limit_mb is not None and self.mode != "process":
             self._submit_failed += 1
             raise ValueError("memory_limit_mb is enforced in mode='process' only: "
                              "threads share the app's memory")
-        return task
 
     # -- workflows (catzilla_mp/workflows; docs/workflows.md) --------------------
 
@@ -619,9 +622,11 @@ class BackgroundTasks(TaskLifecycle, Executor):
                          retry_backoff, retry_on, retry_if, memory_limit_mb, enable_profiling, *,
                          depends_on, job_id, unique_for, rate_limit) -> TaskResult:
         """add_task with a workflow option: numbered and validated as add_task, then workflows."""
-        task = self._optioned_task(func, priority, delay_ms, max_retries, timeout_ms,
-                                   retry_backoff, retry_on, retry_if, memory_limit_mb,
-                                   enable_profiling)
+        task = self._new_task(func, priority, delay_ms, max_retries, timeout_ms)
+        if (retry_backoff is not None or retry_on is not None or retry_if is not None
+                or memory_limit_mb is not None or enable_profiling is not None):
+            self._merge_options(task, retry_backoff, retry_on, retry_if, memory_limit_mb,
+                                enable_profiling)
         if rate_limit is None:
             rate_limit = getattr(func, "_czmp_rate_limit", None)
         if depends_on is None and job_id is None and unique_for is None and rate_limit is None:
@@ -859,6 +864,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         opts: Optional[compat.TaskOptions] = self._default_opts
         if config is not None:
             opts = getattr(config, "options", None) or opts
+            if opts is not None:  # a @task of another engine may carry a memory limit
+                self._refuse_unenforceable(opts)
             priority = config.priority if priority == _DEFAULTS.priority else priority
             delay_ms = config.delay_ms if delay_ms == _DEFAULTS.delay_ms else delay_ms
             max_retries = config.max_retries if max_retries == _DEFAULTS.max_retries else max_retries

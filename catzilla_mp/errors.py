@@ -171,7 +171,20 @@ class NativeCompileError(CatzillaMPError, ValueError):
         return str(self.args[0])
 
 
-class DependencyFailedError(TaskError):
+class _NamesItsParent(Exception):
+    """What both dependency errors carry: the parent task that decided this one's fate."""
+
+    def __init__(self, message: str = "", parent_id: str | None = None,
+                 parent_name: str | None = None) -> None:
+        super().__init__(message, parent_id, parent_name)
+        self.parent_id = parent_id
+        self.parent_name = parent_name
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class DependencyFailedError(_NamesItsParent, TaskError):
     """A task this one depended on failed, so this one never ran (workflows: depends_on, chain, chord).
 
     ``parent_id`` and ``parent_name`` name the parent that failed; its own
@@ -179,31 +192,13 @@ class DependencyFailedError(TaskError):
     DependencyFailedError naming this task, and so on down the graph.
     """
 
-    def __init__(self, message: str = "", parent_id: str | None = None,
-                 parent_name: str | None = None) -> None:
-        super().__init__(message, parent_id, parent_name)
-        self.parent_id = parent_id
-        self.parent_name = parent_name
 
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class DependencyCancelledError(TaskCancelledError):
+class DependencyCancelledError(_NamesItsParent, TaskCancelledError):
     """A task this one depended on was cancelled, so this one is cancelled too (never ran).
 
     ``parent_id`` and ``parent_name`` name the cancelled parent. A
     TaskCancelledError, so code that handles cancellation handles this.
     """
-
-    def __init__(self, message: str = "", parent_id: str | None = None,
-                 parent_name: str | None = None) -> None:
-        super().__init__(message, parent_id, parent_name)
-        self.parent_id = parent_id
-        self.parent_name = parent_name
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 class JournalError(CatzillaMPError):

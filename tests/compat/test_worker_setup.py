@@ -162,3 +162,19 @@ def test_issue_13_8_thread_mode_refuses_a_memory_limit_it_cannot_enforce(make_en
         engine.add_task(jobs.add, 1, memory_limit_mb=10)
     with pytest.raises(ValueError, match="mode='process'"):
         engine.task(memory_limit_mb=10)
+
+
+def test_a_task_decorated_by_a_process_engine_keeps_its_memory_limit_refused_in_thread_mode(
+        make_engine):
+    """A @task config carries its memory limit to any engine it is submitted to: one that
+    cannot enforce it (thread mode) refuses it instead of running the task unlimited."""
+    process_engine = make_engine(workers=1)
+    thread_engine = make_engine(mode="thread", workers=1)
+
+    def limited(x):
+        return x
+
+    process_engine.task(memory_limit_mb=64)(limited)
+    with pytest.raises(ValueError, match="mode='process'"):
+        thread_engine.add_task(limited, 1)
+    assert process_engine.add_task(limited, 2).wait(60) == 2
