@@ -55,7 +55,7 @@ GIL_RELEASING = (
     "czmp_tasks_finish", "czmp_tasks_finish_inline", "czmp_tasks_finish_handle",
     "czmp_results_collect_outcomes", "czmp_results_collect_outcomes_ex", "czmp_wake_wait",
     "czmp_segment_create", "czmp_segment_attach", "czmp_segment_unlink",
-    "czmp_segment_prefault", "czmp_arena_prefault", "czmp_segment_detach",
+    "czmp_segment_prefault", "czmp_arena_prefault",
     "czmp_worker_reap", "czmp_rings_repair", "czmp_ring_repair", "czmp_arena_reclaim",
     "czmp_arena_stats", "czmp_heartbeat_start", "czmp_process_start_time",
 )
