@@ -197,3 +197,30 @@ def test_a_client_of_another_protocol_version_is_refused_naming_both(served, soc
         sock.close()
     assert reply[0] == "refused"
     assert str(PROTOCOL_VERSION - 1) in reply[1] and str(PROTOCOL_VERSION) in reply[1]
+
+
+def test_a_durable_server_restarted_under_its_clients_resumes_their_schedule(sock_path,
+                                                                            tmp_path):
+    journal = str(tmp_path / "journal.db")
+    server = TaskServer(sock_path, durable=journal, **SERVER)
+    client = BackgroundTasks(server=sock_path)
+    try:
+        handle = client.periodic(served_jobs.note, str(tmp_path / "r"), "t", every=0.3,
+                                 name="often")
+        wait_until(lambda: handle.info()["runs"] >= 1, timeout=60, what="a run")
+        server.close()
+        before_restart = time.time()
+        # When the server restarts (systemd Restart=) on the same journal
+        server = TaskServer(sock_path, durable=journal, **SERVER)
+        # Then the client, reconnecting, registers its schedule again, and the
+        # server's schedule continues from the journaled last run
+        wait_until(lambda: server.engine.schedules(), timeout=60, what="re-registered")
+        sched = server.engine.schedules()[0]
+        assert sched.key == "often" and sched.last_run is not None
+        # its grid starts at the journaled run, from before the restart (a fresh
+        # schedule's would start at its registration, after it)
+        assert sched._anchor < before_restart
+        assert handle.info()["registered"] == 1
+    finally:
+        client.shutdown()
+        server.close()
