@@ -642,6 +642,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
             unique_for=unique_for, rate_limit=rate_limit)
 
     def _workflow_state(self):
+        if self._forked:
+            # a forked child's first use (periodic, find_job): its own engine and
+            # connection, not the parent's workflows (their threads stayed there)
+            self._adopt_fork()
         wf = self._workflows
         if wf is None:
             from .workflows.core import Workflows

@@ -11,6 +11,7 @@ import pickle
 import shutil
 import socket
 import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -224,3 +225,47 @@ def test_a_durable_server_restarted_under_its_clients_resumes_their_schedule(soc
     finally:
         client.shutdown()
         server.close()
+
+
+FORKED_CLIENT = r'''
+import os, sys, time
+import served_jobs
+from catzilla_mp import BackgroundTasks
+
+sock, log = sys.argv[1], sys.argv[2]
+engine = BackgroundTasks(server=sock)
+# as gunicorn --preload: the app (and its periodic) is set up in the master, then forked
+engine.periodic(served_jobs.note, log, "tick", every=3600)
+kids = []
+for k in range(2):
+    pid = os.fork()
+    if pid == 0:
+        # each worker imports the app again (without --preload): the same periodic
+        h = engine.periodic(served_jobs.note, log, "tick", every=3600)
+        t = engine.add_task(served_jobs.note, log, "job", 2.0, job_id="forked-job")
+        ok = t.wait(60) == "job" and h.info()["registered"] >= 2
+        print(f"CHILD {os.getpid()} {t.task_id} {ok}", flush=True)
+        engine.shutdown()
+        os._exit(0 if ok else 3)
+    kids.append(pid)
+codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in kids]
+print("CODES", codes, flush=True)
+engine.shutdown()
+'''
+
+
+def test_forked_clients_share_the_server_s_schedule_and_job_table(served, sock_path, spawn,
+                                                                   tmp_path):
+    server, connect = served
+    log = tmp_path / "runs.txt"
+    proc = spawn(FORKED_CLIENT, sock_path, str(log), stdout=subprocess.PIPE,
+                 text=True)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "CODES [0, 0]" in out, out
+    # both children got the same job's TaskResult id, and the job ran once
+    ids = {line.split()[2] for line in out.splitlines() if line.startswith("CHILD")}
+    assert len(ids) == 1, out
+    assert log.read_text().splitlines().count("job") == 1
+    # every registration is gone with its process: the server stopped the schedule
+    wait_until(lambda: server.engine.schedules() == [], timeout=30, what="schedule stopped")
