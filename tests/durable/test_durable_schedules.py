@@ -107,10 +107,9 @@ def test_a_durable_engine_journals_its_schedules_last_run_and_resumes_it(journal
         while s.runs < 1 and time.monotonic() < end:
             time.sleep(0.05)
         assert s.runs >= 1
-        last = s.last_run
-        s.cancel()
     finally:
         engine.shutdown()
+    last = s.last_run  # once shut down: the scheduler thread has stopped firing
     with sqlite3.connect(journal_path) as db:
         assert db.execute("SELECT key, last_run FROM schedules").fetchall() == [("often", last)]
     engine = BackgroundTasks(durable=journal_path, **SMALL)
