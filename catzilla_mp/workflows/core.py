@@ -55,8 +55,11 @@ class Workflows:
         self.graph = DependencyGraph(host)
         self.unique = unique.UniqueJobs(clock)
         self.limits = ratelimit.RateLimits(clock)
+        # a host that predates shared workflows (a test's stub) shares nothing, stores nothing
+        self._shared: Callable[[], Any] = getattr(host, "shared", lambda: None)
+        store = getattr(host, "schedule_store", None)
         self.scheduler = Scheduler(self._fire, clock=wall_clock, thread=scheduler_thread,
-                                   store=host.schedule_store())
+                                   store=store() if store is not None else None)
         self._shared_lock = threading.Lock()
         self._shared_schedules: dict[str, SharedSchedule] = {}  # server=: ours, by key
 
@@ -84,7 +87,7 @@ class Workflows:
         if job_id is not None or unique_for is not None:
             unique_for = unique.check_unique_for(unique_for)
             key = unique.key_of(job_id, name, args, kwargs)
-        shared = self.host.shared()
+        shared = self._shared()
         if shared is not None:
             wf = {"rate_limit": None if limiter is None else (name, limiter.limit),
                   "job": None if key is None else (key, unique_for)}
@@ -161,7 +164,7 @@ class Workflows:
     def job(self, job_id: str) -> Optional[TaskResult]:
         """The TaskResult holding ``job_id`` now, or None (with server=: on the server)."""
         key = unique.key_of(job_id, "", (), {})
-        shared = self.host.shared()
+        shared = self._shared()
         if shared is not None:
             holder = shared.job_holder(key)
             return None if holder is None else self.host.lookup(holder)
@@ -173,7 +176,7 @@ class Workflows:
         """A periodic run of ``fn(*args, **kwargs)`` (kwargs may hold add_task options); see Scheduler.add."""
         if self.scheduler.closed:
             raise EngineClosedError("the engine is shut down; it takes no new schedules")
-        shared = self.host.shared()
+        shared = self._shared()
         if shared is None:
             return self.scheduler.add(fn, args, kwargs, **when)
         return self._schedule_shared(shared, fn, args, kwargs, **when)
@@ -211,8 +214,10 @@ class Workflows:
         return self.host.add_task(sched.fn, *sched.args, **sched.kwargs)
 
     def stop_schedules(self) -> None:
-        """No more runs (shutdown starts)."""
+        """No more runs (shutdown starts); server=: the registrations go with the connection."""
         self.scheduler.close()
+        with self._shared_lock:
+            self._shared_schedules.clear()
 
     def close(self) -> None:
         """The engine closed: cancel every task still waiting for a parent."""

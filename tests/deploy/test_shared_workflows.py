@@ -269,3 +269,18 @@ def test_forked_clients_share_the_server_s_schedule_and_job_table(served, sock_p
     assert log.read_text().splitlines().count("job") == 1
     # every registration is gone with its process: the server stopped the schedule
     wait_until(lambda: server.engine.schedules() == [], timeout=30, what="schedule stopped")
+
+
+def test_a_dependant_whose_job_key_is_taken_on_release_ends_with_the_first_s_outcome(
+        served, tmp_path):
+    server, connect = served
+    a, b = connect(2)
+    log = tmp_path / "runs.txt"
+    first = b.add_task(served_jobs.note, str(log), "first", 2.0, job_id="shared-key")
+    parent = a.add_task(served_jobs.stamp, 1)
+    # held in a's process until its parent completes; the key is claimed on release
+    dependant = a.add_task(served_jobs.note, str(log), "second", job_id="shared-key",
+                           depends_on=[parent])
+    assert dependant.wait(60) == "first" and dependant.task_id != first.task_id
+    assert first.wait(60) == "first"
+    assert log.read_text().splitlines() == ["first"]
