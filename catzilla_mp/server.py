@@ -422,6 +422,9 @@ class TaskServer:
 
         if err is None:
             err = cancelled_error(_Shim(entry.tid))
+        elif entry.job is not None and self._jobs.get(entry.job, (None,))[0] is entry:
+            del self._jobs[entry.job]  # never queued: its key is free (as in one engine)
+            entry.job = None
         msg = ("done", entry.tid, False, serialization.dumps(err), status, 0, None, time.time(),
                None, None)
         self._settle_locked(entry, msg)
