@@ -642,6 +642,10 @@ class BackgroundTasks(TaskLifecycle, Executor):
             unique_for=unique_for, rate_limit=rate_limit)
 
     def _workflow_state(self):
+        if self._forked:
+            # a forked child's first use (periodic, find_job): its own engine and
+            # connection, not the parent's workflows (their threads stayed there)
+            self._adopt_fork()
         wf = self._workflows
         if wf is None:
             from .workflows.core import Workflows
@@ -680,13 +684,17 @@ class BackgroundTasks(TaskLifecycle, Executor):
                                                missed=missed, name=name)
 
     def schedules(self) -> list:
-        """The active schedules (see periodic())."""
+        """The active schedules (see periodic()); with server=, this process's registrations."""
         wf = self._workflows
-        return [] if wf is None else wf.scheduler.schedules()
+        return [] if wf is None else wf.schedules()
 
     def find_job(self, job_id: str) -> Optional[TaskResult]:
-        """The TaskResult holding ``job_id`` (add_task(..., job_id=)) now, or None."""
+        """The TaskResult holding ``job_id`` (add_task(..., job_id=)) now, or None.
+
+        With server=, the server's holder (whichever process submitted it)."""
         wf = self._workflows
+        if wf is None and self._server is not None:
+            wf = self._workflow_state()  # the job table is the server's: ask it
         return None if wf is None else wf.job(job_id)
 
     def cancel_task(self, task: TaskResult, force: bool = False) -> bool:
@@ -1368,6 +1376,34 @@ class _WorkflowPort:
 
     def add_task(self, func: Callable, *args: Any, **kwargs: Any) -> TaskResult:
         return self._engine.add_task(func, *args, **kwargs)
+
+    def shared(self) -> Any:
+        backend = self._engine._backend
+        return backend if getattr(backend, "shares_workflows", False) else None
+
+    def release_shared(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict,
+                       shared: dict) -> tuple[Optional[BaseException], Optional[str]]:
+        engine = self._engine
+        try:
+            if task.done():
+                return None, None  # cancelled while held
+            first = engine._live_backend().dispatch_shared(task, func, args, kwargs, shared)
+        except BaseException as exc:  # noqa: BLE001 - the task carries it; the caller decides
+            engine._submit_failed += 1
+            if isinstance(exc, QueueFullError):
+                engine._queue_full += 1
+            engine.finish(task, False, exc, TaskStatus.FAILED)
+            return exc, None
+        if first is None and engine.monitor._listeners:
+            engine.monitor.emit("submitted", task)
+        return None, first
+
+    def lookup(self, task_id: str) -> TaskResult:
+        return self._engine.get_task_result(task_id)
+
+    def schedule_store(self) -> Any:
+        maker = getattr(self._engine._backend, "schedule_store", None)
+        return maker() if maker is not None else None
 
 
 def _run_chunk(fn: Callable, calls: list) -> list:

@@ -208,3 +208,13 @@ class JournalError(CatzillaMPError):
     other users, or in use by another engine) or by add_task (the task's row
     could not be committed: it was not queued).
     """
+
+
+class ScheduleConflictError(CatzillaMPError, ValueError):
+    """A schedule's key is registered on the server with another spec (``periodic(name=...)``).
+
+    Raised by ``periodic()`` on a client of ``catzilla-mp serve`` when another
+    process registered the same ``name=`` with a different cron/every, time
+    zone, policy, function or arguments: the first registration stays, this
+    one is refused (nothing was registered). A ValueError too.
+    """

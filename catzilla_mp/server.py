@@ -25,6 +25,23 @@ app made), so ``get_task_result(id)`` in any app process finds it ("watch"):
 its status now, and its outcome when it ends. Finished tasks are kept for
 lookups up to ``keep_finished`` of them.
 
+Shared workflows (workflows/core.py): a submission may carry a rate limit
+and a job key, and a client may register schedules; the server applies them
+once for all its clients:
+
+  * rate_limit: the server's limiter of the task's name reserves its start
+    when the "submit" arrives, and the task is handed to the engine that much
+    later (delay_ms). One limiter, one clock: N clients share one limit.
+  * job_id / unique_for: the server's job table, under the same lock as the
+    index, takes the key for the first task; a later submission of the key
+    while it is held is not queued, and the answer names the first task (the
+    client returns a TaskResult of that id, which follows its outcome).
+  * schedules: one Schedule in the server's engine per key, however many
+    clients register it; it lives while at least one registered client is
+    connected (a client that disconnects or cancels withdraws its
+    registration; the last one out stops it). With --durable its last run is
+    journaled, so a restarted server continues from it.
+
 Security: the socket's directory is created 0700 (an existing one must be
 the user's and closed to others), the socket 0600, and every connection's
 peer uid is checked (SO_PEERCRED): same uid only (SECURITY.md).
@@ -42,9 +59,10 @@ from typing import Any, Optional
 
 from .backends.remote import PROTOCOL_VERSION, outcome_message, peer_uid, recv_frame, send_frame
 from .engine import BackgroundTasks
-from .errors import QueueFullError
+from .errors import QueueFullError, ScheduleConflictError
 from .records import TaskStatus
 from .results import cancelled_error
+from .workflows import ratelimit
 
 log = logging.getLogger("catzilla_mp")
 
@@ -55,6 +73,8 @@ POLL_S = 0.05
 WINDOW_PER_WORKER = 2
 #: How long a lookup waits for the submitting process to say who owns the task.
 META_WAIT_S = 2.0
+#: Expired job keys dropped per new key (bounds the job table without a sweep).
+PRUNE_JOBS_PER_CLAIM = 8
 _PENDING = object()
 
 
@@ -62,7 +82,7 @@ class _Entry:
     """One client task, from its "submit" to its outcome (kept for lookups after)."""
 
     __slots__ = ("tid", "owner", "spec", "task", "watchers", "final", "counted", "running_sent",
-                 "created_at")
+                 "created_at", "job")
 
     def __init__(self, tid: str, owner: "_Client", spec: tuple) -> None:
         self.tid = tid
@@ -74,6 +94,16 @@ class _Entry:
         self.counted = False  # counts in the dispatcher's window
         self.running_sent = False
         self.created_at = time.time()
+        self.job: Any = None  # the job key it holds (job_id / unique_for), or None
+
+
+class _SharedSchedule:
+    """A schedule of the server's engine and the clients registered for it."""
+
+    def __init__(self, schedule: Any, signature: tuple) -> None:
+        self.schedule = schedule
+        self.signature = signature  # what a second registration of the key must match
+        self.clients: set[int] = set()
 
 
 class _Client:
@@ -144,6 +174,11 @@ class TaskServer:
         self._next_cid = 0
         self._next_query = 0
         self._meta_answers: dict[int, Any] = {}
+        # shared workflows: one limiter per task name, one job table, one schedule per key
+        self._limits = ratelimit.RateLimits()
+        self._jobs: collections.OrderedDict[Any, tuple[_Entry, Optional[float]]] = \
+            collections.OrderedDict()
+        self._schedules: dict[str, _SharedSchedule] = {}
         self._closed = False
         self._threads = [threading.Thread(target=self._accept_loop, name="czmp-serve-accept",
                                           daemon=True),
@@ -219,6 +254,7 @@ class TaskServer:
         except OSError:
             pass
         cancel = []
+        self._withdraw_schedules(client.cid)
         with self._cond:
             if self._clients.pop(client.cid, None) is None:
                 return
@@ -251,12 +287,21 @@ class TaskServer:
 
     # -- submissions and the fair-share dispatcher --------------------------------------
 
-    def _submit(self, client: _Client, specs: list) -> None:
+    def _submit(self, client: _Client, specs: list) -> dict:
+        """Index and queue a client's tasks; returns {task id: first task id} for the tasks
+        not queued because another task holds their job key."""
         direct = []
+        taken: dict[str, str] = {}
         with self._cond:
             for spec in specs:
                 tid = spec[0]
+                shared = spec[9]
                 entry = _Entry(tid, client, spec)
+                if shared is not None and shared.get("job") is not None:
+                    first = self._claim_job_locked(entry, *shared["job"])
+                    if first is not None:
+                        taken[tid] = first.tid
+                        continue
                 self._index[tid] = entry
                 client.held += 1
                 if client.held > self.client_limit:  # the client waits for room: a safety net
@@ -264,6 +309,13 @@ class TaskServer:
                                          f"server, its limit ({self.client_limit}); not queued")
                     self._finish_unsent(entry, "FAILED", err)
                     continue
+                if shared is not None and shared.get("rate_limit") is not None:
+                    name, limit = shared["rate_limit"]
+                    # reserved on arrival, in arrival order, on the server's clock
+                    delay_s = self._limits.limiter(name, limit).reserve()
+                    if delay_s > 0:
+                        entry.spec = spec = spec[:5] + (
+                            spec[5] + int(delay_s * 1000 + 0.999),) + spec[6:]
                 if spec[5] or self._durable:  # delayed: parked in the engine, outside the window
                     direct.append(entry)
                 else:
@@ -272,6 +324,35 @@ class TaskServer:
             self._cond.notify_all()
         for entry in direct:
             self._hand_over(entry)
+        return taken
+
+    def _claim_job_locked(self, entry: _Entry, key: Any, unique_for: Optional[float],
+                          ) -> Optional[_Entry]:
+        """Take ``key`` for ``entry``; or the entry holding it (then ``entry`` is a duplicate)."""
+        now = time.monotonic()
+        held = self._jobs.get(key)
+        if held is not None and self._job_live(held, now):
+            return held[0]
+        entry.job = key
+        self._jobs[key] = (entry, None if unique_for is None else now + float(unique_for))
+        self._jobs.move_to_end(key)
+        for _ in range(PRUNE_JOBS_PER_CLAIM):
+            oldest_key, oldest = next(iter(self._jobs.items()))
+            if self._job_live(oldest, now):
+                break
+            del self._jobs[oldest_key]
+        return None
+
+    @staticmethod
+    def _job_live(held: tuple, now: float) -> bool:
+        entry, until = held
+        return entry.final is None or (until is not None and now < until)
+
+    def _job_holder(self, key: Any) -> Optional[str]:
+        with self._cond:
+            held = self._jobs.get(key)
+            return held[0].tid if held is not None and self._job_live(held, time.monotonic()) \
+                else None
 
     def _dispatch_loop(self) -> None:
         while True:
@@ -306,7 +387,7 @@ class TaskServer:
         return None
 
     def _hand_over(self, entry: _Entry) -> None:
-        tid, fn, args, kwargs, prio, delay_ms, max_retries, timeout_ms, opts = entry.spec
+        tid, fn, args, kwargs, prio, delay_ms, max_retries, timeout_ms, opts = entry.spec[:9]
         try:
             # under the client's id: every process, and the journal after a restart, know it
             task = self.engine.add_task_with_id(tid, fn, args, kwargs, priority=prio,
@@ -341,6 +422,9 @@ class TaskServer:
 
         if err is None:
             err = cancelled_error(_Shim(entry.tid))
+        elif entry.job is not None and self._jobs.get(entry.job, (None,))[0] is entry:
+            del self._jobs[entry.job]  # never queued: its key is free (as in one engine)
+            entry.job = None
         msg = ("done", entry.tid, False, serialization.dumps(err), status, 0, None, time.time(),
                None, None)
         self._settle_locked(entry, msg)
@@ -350,6 +434,10 @@ class TaskServer:
     def _settle_locked(self, entry: _Entry, msg: tuple) -> None:
         entry.final = msg
         entry.spec = None
+        if entry.job is not None:
+            held = self._jobs.get(entry.job)
+            if held is not None and held[0] is entry and held[1] is None:
+                del self._jobs[entry.job]  # without unique_for the key is free once it ends
         self._watching_running.pop(entry.tid, None)
         if entry.counted:
             entry.counted = False
@@ -385,8 +473,15 @@ class TaskServer:
 
     def _answer(self, client: _Client, what: str, payload: tuple) -> Any:
         if what == "submit":  # answered once indexed (and journaled, if durable)
-            self._submit(client, payload[0])
-            return True
+            return self._submit(client, payload[0])
+        if what == "job":
+            return self._job_holder(payload[0])
+        if what == "schedule":
+            return self._register_schedule(client, *payload)
+        if what == "unschedule":
+            return self._unregister_schedule(client.cid, payload[0])
+        if what == "schedule_info":
+            return self._schedule_info(payload[0])
         if what == "watch":
             return self._watch(client, payload[0])
         if what == "cancel":
@@ -466,6 +561,68 @@ class TaskServer:
                 self._finish_unsent(entry, "CANCELLED")
                 return True
         return task.cancel(force=force)
+
+    # -- schedules (one per key, shared by the clients registering it) ------------------
+
+    def _register_schedule(self, client: _Client, key: str, fn: Any, args: tuple, kwargs: dict,
+                           spec: dict) -> Optional[BaseException]:
+        """Register ``client`` for schedule ``key``, made in the engine if new; None, or the
+        error the client raises (nothing was registered)."""
+        target = getattr(fn, "__func__", fn)
+        signature = (spec["cron"], spec["every"], str(spec["tz"]), spec["missed"],
+                     getattr(target, "__module__", None), getattr(target, "__qualname__", None))
+        with self._cond:
+            if self._closed:
+                return RuntimeError("the catzilla-mp server is shutting down")
+            shared = self._schedules.get(key)
+            if shared is None:
+                try:
+                    # name=key: the engine's key, so --durable journals its last run under it
+                    sched = self.engine.periodic(fn, *args, cron=spec["cron"],
+                                                 every=spec["every"], tz=spec["tz"],
+                                                 missed=spec["missed"], name=key, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - the client's input: it raises it
+                    return exc
+                shared = self._schedules[key] = _SharedSchedule(sched, signature)
+            elif shared.signature != signature:
+                return ScheduleConflictError(
+                    f"schedule {key!r} is registered on the server as {shared.signature[:4]} "
+                    f"running {shared.signature[4]}.{shared.signature[5]}, not as "
+                    f"{signature[:4]} running {signature[4]}.{signature[5]}: give another name=")
+            shared.clients.add(client.cid)
+            log.info("schedule %s: registered by client %d (pid %d), %d registered", key,
+                     client.cid, client.pid, len(shared.clients))
+        return None
+
+    def _unregister_schedule(self, cid: int, key: str) -> bool:
+        with self._cond:
+            shared = self._schedules.get(key)
+            if shared is None or cid not in shared.clients:
+                return False
+            shared.clients.discard(cid)
+            if not shared.clients:
+                del self._schedules[key]
+            else:
+                shared = None
+        if shared is not None:
+            shared.schedule.cancel()  # the last registration: no more runs
+        return True
+
+    def _withdraw_schedules(self, cid: int) -> None:
+        with self._cond:
+            keys = [k for k, sh in self._schedules.items() if cid in sh.clients]
+        for key in keys:
+            self._unregister_schedule(cid, key)
+
+    def _schedule_info(self, key: str) -> Optional[dict]:
+        with self._cond:
+            shared = self._schedules.get(key)
+            if shared is None:
+                return None
+            sched = shared.schedule
+            return {"key": key, "next_run": sched.next_run, "last_run": sched.last_run,
+                    "runs": sched.runs, "skipped": sched.skipped,
+                    "registered": len(shared.clients)}
 
     def stats(self) -> dict:
         """The server's pid, its workers' pids, and each client's pid and tasks held."""

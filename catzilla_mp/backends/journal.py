@@ -118,6 +118,10 @@ CREATE TABLE IF NOT EXISTS outcomes(
     completed_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS outcomes_by_age ON outcomes(completed_at);
+CREATE TABLE IF NOT EXISTS schedules(  -- added in place: an older journal gains it on open
+    key TEXT PRIMARY KEY,   -- workflows/schedule.py's schedule_key
+    last_run REAL NOT NULL  -- the due time (wall clock) of its last run fired
+) WITHOUT ROWID;
 """
 
 
@@ -281,6 +285,32 @@ class Journal:
                 self.db.close()
             finally:
                 os.close(self._lock_fd)
+
+
+class ScheduleStore:
+    """The last run of each schedule key, in the journal (workflows/schedule.py's ScheduleStore).
+
+    A durable engine's schedules save each run they fire here; a restarted
+    engine adding a schedule of the same key continues from the saved run.
+    """
+
+    def __init__(self, journal: Journal) -> None:
+        self._journal = journal
+
+    def last_run(self, key: str) -> Optional[float]:
+        """The due time of ``key``'s last run fired, or None."""
+        rows = self._journal.query("SELECT last_run FROM schedules WHERE key=?", (key,))
+        return float(rows[0][0]) if rows else None
+
+    def save(self, key: str, due: float) -> None:
+        """Record a run of ``key`` due at ``due``; committed when this returns.
+
+        Raises:
+            JournalError: the commit failed.
+        """
+        number = self._journal.add("INSERT OR REPLACE INTO schedules(key, last_run) VALUES (?,?)",
+                                   (key, float(due)))
+        self._journal.commit_through(number)
 
 
 _INSERT_TASK = ("INSERT OR REPLACE INTO tasks(id, name, fn_ref, fn_blob, call, opts, priority, "
@@ -572,6 +602,10 @@ class JournalBackend:
                 self._record_outcome(task, False, exc, TaskStatus.FAILED)
                 self.host.finish(task, False, exc, TaskStatus.FAILED)
             pairs.pop()
+
+    def schedule_store(self) -> ScheduleStore:
+        """Where this journal keeps its engine's schedules' last runs."""
+        return ScheduleStore(self.journal)
 
     def outcome(self, task_id: str) -> Optional[JournalOutcome]:
         """The journaled outcome of ``task_id`` within result_ttl_s, or None."""

@@ -59,7 +59,11 @@ MAX_FRAME = 1 << 31
 REQUEST_TIMEOUT_S = 30.0
 #: Finished tasks of other processes remembered here (get_task_result of a watched id).
 WATCHED_KEEP = 10_000
-PROTOCOL_VERSION = 1
+#: 2: a submit entry carries a 10th field (shared workflow options: the rate
+#: limit and job key the server applies), and "schedule"/"unschedule"/
+#: "schedule_info"/"job" requests. A client of another version is refused at
+#: its hello, with both versions named.
+PROTOCOL_VERSION = 2
 #: How long a client tries to connect again after its server went away (a restart).
 RECONNECT_S = 30.0
 RECONNECT_PAUSE_S = 0.1
@@ -171,6 +175,8 @@ class RemoteBackend:
         self._closing = False
         self._gone: Optional[BaseException] = None
         self._rewatch: dict[int, str] = {}  # request id -> task id, after a reconnection
+        self._schedules: dict[str, tuple] = {}  # key -> registration (again after a reconnection)
+        self._ignored: set[int] = set()  # request ids whose answer nobody waits for
         # our tasks while the engine keeps them: their meta answers other processes' lookups
         self._own: "weakref.WeakValueDictionary[str, TaskResult]" = \
             weakref.WeakValueDictionary()
@@ -180,10 +186,14 @@ class RemoteBackend:
 
     # -- submitting -------------------------------------------------------
 
+    #: rate limits, job ids and schedules are applied by the server (workflows/core.py)
+    shares_workflows = True
+
     @staticmethod
-    def _entry(task: "TaskResult", fn: Callable, args: tuple, kwargs: dict) -> tuple:
+    def _entry(task: "TaskResult", fn: Callable, args: tuple, kwargs: dict,
+               shared: Optional[dict] = None) -> tuple:
         return (task.task_id, fn, args, kwargs, task.priority.value, task.delay_ms,
-                task.max_retries, task.timeout_ms, task.opts)
+                task.max_retries, task.timeout_ms, task.opts, shared)
 
     def _reserve(self, n: int) -> int:
         """Wait for room for up to ``n`` tasks (the server's per-client limit); returns how many."""
@@ -250,6 +260,71 @@ class RemoteBackend:
                     raise EngineBrokenError(f"the catzilla-mp server went away: {exc}") from exc
                 raise
             done[0] += take
+
+    def dispatch_shared(self, task: "TaskResult", fn: Callable, args: tuple, kwargs: dict,
+                        shared: dict) -> Optional[str]:
+        """dispatch() with the options the server applies for every process: ``shared`` holds
+        ``rate_limit`` ((name, RateLimit) or None) and ``job`` ((key, unique_for) or None).
+
+        Returns:
+            None once queued; the id of the task holding the job key on the
+            server if it is taken (this task was not queued).
+        Raises:
+            As dispatch.
+        """
+        self._reserve(1)
+        self._tasks[task.task_id] = task
+        self._own[task.task_id] = task
+        try:
+            # always a request: the answer says whether the job key was free
+            taken = self._request("submit", [self._entry(task, fn, args, kwargs, shared)])
+        except BaseException as exc:
+            self._tasks.pop(task.task_id, None)
+            self._unreserve(1)
+            if isinstance(exc, OSError):
+                raise EngineBrokenError(f"the catzilla-mp server went away: {exc}") from exc
+            raise
+        first = taken.get(task.task_id) if isinstance(taken, dict) else None
+        if first is not None:
+            self._tasks.pop(task.task_id, None)
+            self._own.pop(task.task_id, None)
+            self._unreserve(1)
+        return first
+
+    def job_holder(self, key: Any) -> Optional[str]:
+        """The id of the task holding job ``key`` on the server now, or None."""
+        return self._request("job", key)
+
+    # -- schedules (one per key on the server, workflows/core.py's SharedSchedule) ---
+
+    def register_schedule(self, key: str, fn: Callable, args: tuple, kwargs: dict,
+                          spec: dict) -> None:
+        """Register this process for the server's schedule ``key`` (made if new).
+
+        Raises:
+            ScheduleConflictError: the key is registered with another spec (errors.py).
+            TypeError, ValueError: the server refused the spec.
+            SerializationError: ``fn`` or its arguments cannot be sent.
+            EngineBrokenError: the server does not answer.
+        """
+        payload = (key, fn, args, kwargs, spec)
+        answer = self._request("schedule", *payload)
+        if isinstance(answer, BaseException):
+            raise answer
+        # kept to register again with a restarted server (see _reconnect)
+        self._schedules[key] = payload
+
+    def unregister_schedule(self, key: str) -> bool:
+        """Withdraw this process's registration of ``key``; True if it was registered."""
+        self._schedules.pop(key, None)
+        try:
+            return bool(self._request("unschedule", key))
+        except (EngineBrokenError, OSError):
+            return False
+
+    def schedule_info(self, key: str) -> Optional[dict]:
+        """The server's schedule ``key``: next_run, last_run, runs, skipped, registered."""
+        return self._request("schedule_info", key)
 
     def _send_submit(self, entries: list[tuple]) -> None:
         if self._ack:
@@ -360,6 +435,11 @@ class RemoteBackend:
                 send_frame(self.sock, self._send_lock,
                            ("meta", msg[1], own.meta if own is not None else None))
             elif kind == "resp":
+                if msg[1] in self._ignored:
+                    self._ignored.discard(msg[1])
+                    if isinstance(msg[2], BaseException):
+                        log.warning("the restarted server refused a schedule: %r", msg[2])
+                    continue
                 tid = self._rewatch.pop(msg[1], None)
                 if tid is not None:
                     self._on_rewatched(tid, msg[2])
@@ -395,6 +475,10 @@ class RemoteBackend:
             rid = next(self._rids)
             self._rewatch[rid] = tid
             send_frame(self.sock, self._send_lock, ("req", rid, "watch", (tid,)))
+        for payload in list(self._schedules.values()):  # our schedules, registered again
+            rid = next(self._rids)
+            self._ignored.add(rid)
+            send_frame(self.sock, self._send_lock, ("req", rid, "schedule", payload))
         return True
 
     def _on_rewatched(self, tid: str, info: Optional[tuple]) -> None:

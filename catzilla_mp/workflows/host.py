@@ -45,3 +45,28 @@ class WorkflowHost(Protocol):
 
     def add_task(self, func: Callable, *args: Any, **kwargs: Any) -> TaskResult:
         """The engine's add_task (a schedule's runs go through it)."""
+
+    def shared(self) -> Any:
+        """The backend that applies rate limits, job ids and schedules for every
+        process of a ``catzilla-mp serve`` (backends/remote.py), or None: this engine
+        applies them itself."""
+
+    def release_shared(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict,
+                       shared: dict) -> tuple[Optional[BaseException], Optional[str]]:
+        """release() through the shared backend, with the task's rate limit and job key.
+
+        Returns:
+            (None, None) once queued; (None, first_id) if the server holds the
+            job key for task ``first_id`` (the task was not queued and must be
+            forgotten); (error, None) with the task finished FAILED by it.
+        """
+
+    def lookup(self, task_id: str) -> TaskResult:
+        """The engine's get_task_result (a task of another process of the server).
+
+        Raises:
+            UnknownTaskError: no such task.
+        """
+
+    def schedule_store(self) -> Any:
+        """Where a durable engine keeps its schedules' last runs (ScheduleStore), or None."""

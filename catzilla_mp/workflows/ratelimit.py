@@ -12,8 +12,12 @@ tasks of a name are released to the queue in any window of P seconds. A
 reserved task that is cancelled keeps its place in the window (the limit
 counts submissions released, not runs).
 
-Scope: one engine. Two processes each running an engine have a limit each
-(a limit shared by every process needs one engine per server, issue 14).
+Scope: the engine that applies it. Two processes each running an engine
+have a limit each. With one engine per server (``BackgroundTasks(server=)``,
+backends/remote.py) the client applies no limit of its own: it forwards the
+task's name and limit with the submission, and the ``catzilla-mp serve``
+process (server.py) reserves the start with ITS RateLimits, on arrival, in
+arrival order, on its clock: one limit shared by every process using it.
 """
 from __future__ import annotations
 

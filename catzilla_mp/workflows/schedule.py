@@ -27,19 +27,31 @@ clock (time.time) evaluated in the schedule's time zone (default UTC), so
 DST changes (cronsim: a time that does not exist fires at the first minute
 after the gap; a time that exists twice fires once).
 
-Scope: one engine. Schedules live in memory: they are lost with the
-process, and two processes each fire every run (durable schedules and one
-firing per server need the durable journal and one engine per server,
-issue 14).
+Scope. A schedule fires in the engine it was added to. Its *key* (its
+``name=``, or the function's qualified name plus its spec and arguments:
+schedule_key) names it across processes and restarts:
+
+  * ``durable=``: the engine's journal keeps each key's last run
+    (ScheduleStore in backends/journal.py); a restarted engine that adds a
+    schedule of the same key continues from that run, and the missed-runs
+    policy decides what of the runs due while it was down fires.
+  * ``server=``: the client forwards the schedule to the ``catzilla-mp
+    serve`` process (SharedSchedule, workflows/core.py); N app processes
+    registering the same key make ONE schedule there, which fires each run
+    once, in the server's engine, while any of them stays registered.
+  * otherwise the schedule lives in memory: lost with the process, and two
+    processes each running an engine each fire every run.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import itertools
 import logging
 import threading
+import pickle
 import time
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 log = logging.getLogger("catzilla_mp")
 
@@ -79,11 +91,87 @@ def _cron_class():
     return CronSim
 
 
+def check_when(fn: Callable, cron: Optional[str], every: Any, tz: TimeZoneLike,
+               missed: str) -> tuple[Optional[str], Optional[float], _dt.tzinfo]:
+    """A schedule's spec validated: (cron, every in seconds, time zone).
+
+    Raises:
+        TypeError, ValueError: not exactly one of cron/every, a bad cron
+            expression, interval, time zone or policy.
+        ImportError: a cron schedule without cronsim installed.
+    """
+    if not callable(fn):
+        raise TypeError(f"a schedule runs a callable, not {type(fn).__name__}")
+    if (cron is None) == (every is None):
+        raise ValueError("give exactly one of cron= or every=")
+    if missed not in MISSED_POLICIES:
+        raise ValueError(f"missed must be one of {MISSED_POLICIES}, not {missed!r}")
+    zone = _zone(tz)
+    every_s = None
+    if every is not None:
+        every_s = every.total_seconds() if isinstance(every, _dt.timedelta) else every
+        if isinstance(every_s, bool) or not isinstance(every_s, (int, float)):
+            raise TypeError(f"every must be a timedelta or seconds, not {type(every).__name__}")
+        if not MIN_EVERY_S <= every_s <= 366 * 86400:
+            raise ValueError(f"every must be between {MIN_EVERY_S} s and a year, "
+                             f"not {every_s} s")
+        every_s = float(every_s)
+    else:
+        if not isinstance(cron, str):
+            raise TypeError(f"cron must be a string, not {type(cron).__name__}")
+        CronSim = _cron_class()
+        try:
+            CronSim(cron, _dt.datetime.now(zone))
+        except Exception as exc:  # cronsim's CronSimError is not a ValueError
+            raise ValueError(f"bad cron expression {cron!r}: {exc}") from None
+    return cron, every_s, zone
+
+
+def schedule_key(fn: Callable, args: tuple, kwargs: dict, *, cron: Optional[str],
+                 every_s: Optional[float], tz: _dt.tzinfo, missed: str,
+                 name: Optional[str]) -> str:
+    """The name of a schedule across processes and restarts.
+
+    ``name`` if given; else the function's module and qualified name, its
+    spec and a digest of its arguments, so that every web worker importing
+    the same ``@app.periodic`` line makes the same key, and two schedules of
+    one function with different specs or arguments make two.
+
+    Raises:
+        TypeError: a name that is not a non-empty str.
+    """
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"a schedule's name must be a non-empty str, not {name!r}")
+        return name
+    target = getattr(fn, "__func__", fn)
+    qual = (f"{getattr(target, '__module__', None) or '?'}."
+            f"{getattr(target, '__qualname__', None) or type(target).__qualname__}")
+    when = cron if cron is not None else f"every {every_s:g}s"
+    try:
+        blob = pickle.dumps((args, sorted(kwargs.items())), protocol=5)
+    except Exception:  # noqa: BLE001 - unpicklable arguments: keyed on their reprs
+        blob = repr((args, sorted(kwargs.items()))).encode()
+    digest = hashlib.sha256(blob).hexdigest()[:12]
+    return f"{qual} [{when} {tz} {missed}] {digest}"
+
+
+class ScheduleStore(Protocol):
+    """Where the last run of each schedule key is kept (a durable engine's journal)."""
+
+    def last_run(self, key: str) -> Optional[float]:
+        """The due time of the key's last run fired, or None."""
+
+    def save(self, key: str, due: float) -> None:
+        """Record a run fired (committed before it returns)."""
+
+
 class Schedule:
     """One periodic task: what runs, when, and what happened so far (a handle; ``cancel()`` it).
 
     Attributes:
         name: the task's name (for logs and lists).
+        key: the schedule's key (schedule_key): its name across processes and restarts.
         cron / every_s / tz / missed: as given.
         next_run: the next time it fires (epoch seconds), None once cancelled.
         last_run: the time of the last run fired (its due time), or None.
@@ -94,8 +182,9 @@ class Schedule:
 
     def __init__(self, scheduler: "Scheduler", fn: Callable, args: tuple, kwargs: dict, *,
                  cron: Optional[str], every_s: Optional[float], tz: _dt.tzinfo, missed: str,
-                 first: float, name: str) -> None:
+                 first: float, name: str, key: str = "") -> None:
         self._scheduler = scheduler
+        self.key = key
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.cron, self.every_s, self.tz, self.missed = cron, every_s, tz, missed
         self.name = name
@@ -139,11 +228,14 @@ class Scheduler:
             as ``last_error`` (a full queue must not stop the schedule).
         clock: wall-clock seconds (tests inject a fake one and call tick()).
         thread: start the scheduler thread on the first add (tests pass False).
+        store: keeps each key's last run (durable engines); None: memory only.
     """
 
     def __init__(self, submit: Callable[[Schedule, float], Any], *,
-                 clock: Callable[[], float] = time.time, thread: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, thread: bool = True,
+                 store: Optional[ScheduleStore] = None) -> None:
         self._submit = submit
+        self.store = store
         self._clock = clock
         self._use_thread = thread
         self._cond = threading.Condition()
@@ -157,41 +249,29 @@ class Scheduler:
             tz: TimeZoneLike = None, missed: str = "once", name: Optional[str] = None) -> Schedule:
         """A new schedule; its first run is the first time after now.
 
+        With a store that holds the schedule's key (a durable engine added
+        the same schedule before a restart), it continues from the stored
+        last run instead: runs due since then are missed runs, and its
+        policy picks which fire at the next tick.
+
         Raises:
             TypeError, ValueError: not exactly one of cron/every, a bad cron
-                expression, interval, time zone or policy.
+                expression, interval, time zone, policy or name.
             ImportError: a cron schedule without cronsim installed.
             RuntimeError: the scheduler is closed.
         """
-        if not callable(fn):
-            raise TypeError(f"a schedule runs a callable, not {type(fn).__name__}")
-        if (cron is None) == (every is None):
-            raise ValueError("give exactly one of cron= or every=")
-        if missed not in MISSED_POLICIES:
-            raise ValueError(f"missed must be one of {MISSED_POLICIES}, not {missed!r}")
-        zone = _zone(tz)
-        every_s = None
-        if every is not None:
-            every_s = every.total_seconds() if isinstance(every, _dt.timedelta) else every
-            if isinstance(every_s, bool) or not isinstance(every_s, (int, float)):
-                raise TypeError(f"every must be a timedelta or seconds, not {type(every).__name__}")
-            if not MIN_EVERY_S <= every_s <= 366 * 86400:
-                raise ValueError(f"every must be between {MIN_EVERY_S} s and a year, "
-                                 f"not {every_s} s")
-            every_s = float(every_s)
-        else:
-            if not isinstance(cron, str):
-                raise TypeError(f"cron must be a string, not {type(cron).__name__}")
-            CronSim = _cron_class()
-            try:
-                CronSim(cron, _dt.datetime.now(zone))
-            except Exception as exc:  # cronsim's CronSimError is not a ValueError
-                raise ValueError(f"bad cron expression {cron!r}: {exc}") from None
+        cron, every_s, zone = check_when(fn, cron, every, tz, missed)
+        args, kwargs = tuple(args), dict(kwargs or {})
+        key = schedule_key(fn, args, kwargs, cron=cron, every_s=every_s, tz=zone, missed=missed,
+                           name=name)
         now = self._clock()
+        last = self._stored_last_run(key)
         label = name or getattr(fn, "__qualname__", None) or f"schedule-{next(self._names)}"
-        sched = Schedule(self, fn, tuple(args), dict(kwargs or {}), cron=cron, every_s=every_s,
-                         tz=zone, missed=missed, first=now, name=label)
-        sched.next_run = sched.next_after(now)
+        sched = Schedule(self, fn, args, kwargs, cron=cron, every_s=every_s,
+                         tz=zone, missed=missed, first=now if last is None else last,
+                         name=label, key=key)
+        sched.last_run = last
+        sched.next_run = sched.next_after(now if last is None else last)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the scheduler is closed (the engine shut down)")
@@ -259,6 +339,15 @@ class Scheduler:
         sched.skipped += dropped + len(times) - len(pick)
         return pick
 
+    def _stored_last_run(self, key: str) -> Optional[float]:
+        if self.store is None:
+            return None
+        try:
+            return self.store.last_run(key)
+        except Exception:  # noqa: BLE001 - an unreadable journal: start afresh, say so
+            log.exception("schedule %s: its last run could not be read; it starts afresh", key)
+            return None
+
     def _fire(self, sched: Schedule, due: float) -> None:
         sched.runs += 1
         sched.last_run = due
@@ -272,6 +361,13 @@ class Scheduler:
             sched.last_error = exc
             log.warning("schedule %s: the run due at %s was not submitted: %r", sched.name,
                         _dt.datetime.fromtimestamp(due, sched.tz).isoformat(), exc)
+        if self.store is not None:
+            # after the submission: a crash between the two fires this run again
+            # at the restart (at-least-once, as the journal's tasks)
+            try:
+                self.store.save(sched.key, due)
+            except Exception:  # noqa: BLE001 - the schedule goes on; a restart may repeat a run
+                log.exception("schedule %s: its last run could not be journaled", sched.name)
 
     def close(self) -> None:
         """Stop the thread and every schedule (the engine is shutting down)."""

@@ -14,6 +14,13 @@ that many seconds after the submission even once finished (a result
 within the window is reused: "at most once per minute"). The claim and the
 entry happen under one lock, so of many threads submitting one key at once
 exactly one task is made.
+
+Scope: the engine that applies it. With one engine per server (``server=``)
+the client keeps no table: the key goes with the submission and the
+``catzilla-mp serve`` process (server.py) claims it under its index lock; a
+key already held there is answered with the holder's task id, and the
+second submitter gets a TaskResult of that id (it follows the first task's
+outcome), so of N processes submitting one key at once exactly one task runs.
 """
 from __future__ import annotations
 

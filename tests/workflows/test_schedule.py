@@ -191,3 +191,17 @@ def test_app_periodic_registers_a_cron_schedule_on_the_apps_engine():
         assert app.tasks.schedules() == [s]
     finally:
         app.disable_background_tasks()
+
+
+def test_a_schedule_key_names_the_function_spec_and_arguments_or_the_given_name(sched_clock):
+    sch = Scheduler(Recorder(), clock=sched_clock, thread=False)
+    one = sch.add(jobs.add, (1, 2), every=60)
+    same = sch.add(jobs.add, (1, 2), every=60)
+    other_args = sch.add(jobs.add, (1, 3), every=60)
+    other_spec = sch.add(jobs.add, (1, 2), every=30)
+    named = sch.add(jobs.add, (1, 2), every=60, name="adder")
+    assert one.key == same.key and "wf_jobs.add" in one.key
+    assert len({one.key, other_args.key, other_spec.key, named.key}) == 4
+    assert named.key == "adder"
+    with pytest.raises(TypeError, match="name"):
+        sch.add(jobs.add, every=60, name=42)
