@@ -1359,6 +1359,21 @@ class _WorkflowPort:
             engine.monitor.emit("submitted", task)
         return None
 
+    def prefeed(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict,
+                parent: TaskResult) -> Optional[Callable[[], bool]]:
+        engine = self._engine
+        backend = engine._backend
+        store = getattr(backend, "dispatch_waiting", None)
+        if store is None:
+            return None
+        try:
+            take_back = store(task, func, args, kwargs, parent)
+        except Exception:  # noqa: BLE001 - the app path reports it when the parent completes
+            return None
+        if take_back is not None and engine.monitor._listeners:
+            engine.monitor.emit("submitted", task)
+        return take_back
+
     def finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
         self._engine.finish(task, ok, value, status)
 

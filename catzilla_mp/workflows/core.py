@@ -86,7 +86,11 @@ class Workflows:
         def release(fed: tuple) -> None:
             self._release(task, limiter, func, fed + args, kwargs)
 
-        self.graph.wait_for(task, deps, release)
+        take_back = None
+        if deps.feed == "first" and limiter is None:
+            # a chain step: its parent's worker may feed it (worker-to-worker)
+            take_back = self.host.prefeed(task, func, args, kwargs, deps.parents[0])
+        self.graph.wait_for(task, deps, release, take_back)
         return task
 
     def _release(self, task: TaskResult, limiter: Optional[ratelimit.WindowLimiter],

@@ -21,6 +21,14 @@ Cycles are impossible by construction: ``depends_on`` takes TaskResults,
 which exist only once submitted, so a task can depend only on tasks
 submitted before it.
 
+Worker-to-worker (issue 15): for a "first" feed (chain) the host may
+store the dependant in its backend at once, for the parent's worker to
+feed and queue it without the app (WorkflowHost.prefeed; the process
+backend does, docs/workflows.md says when). The graph still waits for the
+parent; when it settles, ``take_back()`` says whether a worker fed the task
+(then the graph leaves it alone) or the graph has it back to release
+through the app, fail or cancel as above.
+
 A held dependant can be cancelled (TaskResult.cancel) until it is
 released; the release and the cancel take the same lock, so exactly one
 wins. A dependant's failure or cancellation reaches its own dependants the
@@ -29,7 +37,7 @@ same way, each error naming its direct parent.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 from ..errors import DependencyCancelledError, DependencyFailedError
 from ..records import TaskStatus
@@ -83,15 +91,24 @@ class Dependencies:
 class _Waiter:
     """One held task and the parents it still waits for."""
 
-    __slots__ = ("task", "deps", "values", "remaining", "release")
+    __slots__ = ("task", "deps", "values", "remaining", "release", "take_back")
 
     def __init__(self, task: TaskResult, deps: Dependencies,
-                 release: Callable[[tuple], None]) -> None:
+                 release: Callable[[tuple], None],
+                 take_back: Optional[Callable[[], bool]] = None) -> None:
         self.task = task
         self.deps = deps
         self.values: list[Any] = [None] * len(deps.parents)
         self.remaining = len(deps.parents)
         self.release = release
+        #: the backend's hold on a task its parent's worker may feed (see
+        #: DependencyGraph.wait_for); None: the task is only here
+        self.take_back = take_back
+
+    def taken_back(self) -> bool:
+        """True if the task is the graph's to release, fail or cancel; False if a
+        worker fed and queued it already (it runs as any task from there)."""
+        return self.take_back is None or self.take_back()
 
 
 class DependencyGraph:
@@ -105,6 +122,11 @@ class DependencyGraph:
         self._host = host
         self._lock = threading.Lock()
         self._held: dict[str, _Waiter] = {}
+        #: results handed to a dependant by the app (collected, then queued
+        #: with the next task) and by the parent's worker (issue 15); plain
+        #: counters, for tests and bench/workflows.py
+        self.app_feeds = 0
+        self.direct_feeds = 0
 
     def check(self, deps: Dependencies) -> None:
         """Refuse parents of another engine (their callbacks would never reach this one).
@@ -117,13 +139,22 @@ class DependencyGraph:
                 raise ValueError(f"depends_on: task {p.task_id} belongs to another engine")
 
     def wait_for(self, task: TaskResult, deps: Dependencies,
-                 release: Callable[[tuple], None]) -> None:
+                 release: Callable[[tuple], None],
+                 take_back: Optional[Callable[[], bool]] = None) -> None:
         """Hold ``task`` (already in the engine's table) until ``deps`` settle.
 
         ``release(fed_args)`` is called once, on a callback thread (or here if
-        every parent has ended already), when all parents completed.
+        every parent has ended already), when all parents completed, unless
+        a worker fed the task itself.
+
+        Args:
+            take_back: given when the backend stored the task for its
+                parent's worker to feed (WorkflowHost.prefeed): called once
+                the task's fate is decided here (parent settled, cancel,
+                close); False means a worker fed and queued it, and the
+                graph then leaves it alone.
         """
-        waiter = _Waiter(task, deps, release)
+        waiter = _Waiter(task, deps, release, take_back)
         with self._lock:
             self._held[task.task_id] = waiter
         for index, parent in enumerate(deps.parents):
@@ -135,6 +166,8 @@ class DependencyGraph:
             waiter = self._held.pop(task.task_id, None)
         if waiter is None or waiter.task is not task:
             return False
+        if not waiter.taken_back():
+            return False  # fed and queued already: the backend's cancel takes it from here
         self._host.finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
         return True
 
@@ -149,7 +182,8 @@ class DependencyGraph:
             waiters = list(self._held.values())
             self._held.clear()
         for w in waiters:
-            self._host.finish(w.task, False, cancelled_error(w.task), TaskStatus.CANCELLED)
+            if w.taken_back():
+                self._host.finish(w.task, False, cancelled_error(w.task), TaskStatus.CANCELLED)
 
     def parent_settled(self, waiter: _Waiter, index: int, value: Any) -> None:
         """A parent of ``waiter`` ended with ``value`` (its result or its exception)."""
@@ -165,7 +199,15 @@ class DependencyGraph:
                     return
             del self._held[waiter.task.task_id]
         task = waiter.task
+        if not waiter.taken_back():
+            # the parent's worker fed it and queued it: nothing to release;
+            # and if the parent failed after that (its worker died once it
+            # had fed, its retry failed), the task ran on the first result
+            self.direct_feeds += 1
+            return
         if status is TaskStatus.COMPLETED:
+            if waiter.deps.feed != "none":
+                self.app_feeds += 1
             waiter.release(_fed(waiter))
         elif status is TaskStatus.CANCELLED:
             self._host.finish(task, False, _cancelled(task, parent), TaskStatus.CANCELLED)
