@@ -44,6 +44,9 @@ class Workflows:
         self.unique = unique.UniqueJobs(clock)
         self.limits = ratelimit.RateLimits(clock)
         self.scheduler = Scheduler(self._fire, clock=wall_clock, thread=scheduler_thread)
+        #: chain steps fed worker-to-worker where the backend can (issue 15);
+        #: bench/workflows.py turns it off to time the app's hand-off in the same run
+        self.direct_feed = True
 
     def submit(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict, *,
                name: str, depends_on: Any = None, job_id: Optional[str] = None,
@@ -87,7 +90,7 @@ class Workflows:
             self._release(task, limiter, func, fed + args, kwargs)
 
         take_back = None
-        if deps.feed == "first" and limiter is None:
+        if deps.feed == "first" and limiter is None and self.direct_feed:
             # a chain step: its parent's worker may feed it (worker-to-worker)
             take_back = self.host.prefeed(task, func, args, kwargs, deps.parents[0])
         self.graph.wait_for(task, deps, release, take_back)
