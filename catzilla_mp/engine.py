@@ -1360,19 +1360,19 @@ class _WorkflowPort:
         return None
 
     def prefeed(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict,
-                parent: TaskResult) -> Optional[Callable[[], bool]]:
+                parent: TaskResult) -> Any:
         engine = self._engine
         backend = engine._backend
         store = getattr(backend, "dispatch_waiting", None)
         if store is None:
             return None
         try:
-            take_back = store(task, func, args, kwargs, parent)
+            stored = store(task, func, args, kwargs, parent)
         except Exception:  # noqa: BLE001 - the app path reports it when the parent completes
             return None
-        if take_back is not None and engine.monitor._listeners:
+        if stored is not None and engine.monitor._listeners:
             engine.monitor.emit("submitted", task)
-        return take_back
+        return stored
 
     def finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
         self._engine.finish(task, ok, value, status)

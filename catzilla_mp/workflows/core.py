@@ -89,11 +89,11 @@ class Workflows:
         def release(fed: tuple) -> None:
             self._release(task, limiter, func, fed + args, kwargs)
 
-        take_back = None
+        stored = None
         if deps.feed == "first" and limiter is None and self.direct_feed:
             # a chain step: its parent's worker may feed it (worker-to-worker)
-            take_back = self.host.prefeed(task, func, args, kwargs, deps.parents[0])
-        self.graph.wait_for(task, deps, release, take_back)
+            stored = self.host.prefeed(task, func, args, kwargs, deps.parents[0])
+        self.graph.wait_for(task, deps, release, stored)
         return task
 
     def _release(self, task: TaskResult, limiter: Optional[ratelimit.WindowLimiter],

@@ -25,9 +25,11 @@ Worker-to-worker (issue 15): for a "first" feed (chain) the host may
 store the dependant in its backend at once, for the parent's worker to
 feed and queue it without the app (WorkflowHost.prefeed; the process
 backend does, docs/workflows.md says when). The graph still waits for the
-parent; when it settles, ``take_back()`` says whether a worker fed the task
-(then the graph leaves it alone) or the graph has it back to release
-through the app, fail or cancel as above.
+parent; when it completes, ``feed(value)`` says whether a worker fed the
+task (the graph leaves it alone) or the app did, in the task's own slot
+(the fallback: the parent ended before its worker could see the task), or
+gives the task back to release as above; when it fails or the task is
+cancelled, ``take_back()`` gives it back unless a worker fed it.
 
 A held dependant can be cancelled (TaskResult.cancel) until it is
 released; the release and the cancel take the same lock, so exactly one
@@ -91,11 +93,10 @@ class Dependencies:
 class _Waiter:
     """One held task and the parents it still waits for."""
 
-    __slots__ = ("task", "deps", "values", "remaining", "release", "take_back")
+    __slots__ = ("task", "deps", "values", "remaining", "release", "stored")
 
     def __init__(self, task: TaskResult, deps: Dependencies,
-                 release: Callable[[tuple], None],
-                 take_back: Optional[Callable[[], bool]] = None) -> None:
+                 release: Callable[[tuple], None], stored: Any = None) -> None:
         self.task = task
         self.deps = deps
         self.values: list[Any] = [None] * len(deps.parents)
@@ -103,12 +104,12 @@ class _Waiter:
         self.release = release
         #: the backend's hold on a task its parent's worker may feed (see
         #: DependencyGraph.wait_for); None: the task is only here
-        self.take_back = take_back
+        self.stored = stored
 
     def taken_back(self) -> bool:
         """True if the task is the graph's to release, fail or cancel; False if a
         worker fed and queued it already (it runs as any task from there)."""
-        return self.take_back is None or self.take_back()
+        return self.stored is None or self.stored.take_back()
 
 
 class DependencyGraph:
@@ -139,8 +140,7 @@ class DependencyGraph:
                 raise ValueError(f"depends_on: task {p.task_id} belongs to another engine")
 
     def wait_for(self, task: TaskResult, deps: Dependencies,
-                 release: Callable[[tuple], None],
-                 take_back: Optional[Callable[[], bool]] = None) -> None:
+                 release: Callable[[tuple], None], stored: Any = None) -> None:
         """Hold ``task`` (already in the engine's table) until ``deps`` settle.
 
         ``release(fed_args)`` is called once, on a callback thread (or here if
@@ -148,13 +148,14 @@ class DependencyGraph:
         a worker fed the task itself.
 
         Args:
-            take_back: given when the backend stored the task for its
-                parent's worker to feed (WorkflowHost.prefeed): called once
-                the task's fate is decided here (parent settled, cancel,
-                close); False means a worker fed and queued it, and the
-                graph then leaves it alone.
+            stored: given when the backend stored the task for its parent's
+                worker to feed (WorkflowHost.prefeed): once the parent
+                completed, ``stored.feed(value)`` says who fed it ("worker",
+                "app" in place, or "back": release it here); when it failed,
+                or on cancel or close, ``stored.take_back()`` is False if a
+                worker fed and queued it, and the graph then leaves it alone.
         """
-        waiter = _Waiter(task, deps, release, take_back)
+        waiter = _Waiter(task, deps, release, stored)
         with self._lock:
             self._held[task.task_id] = waiter
         for index, parent in enumerate(deps.parents):
@@ -199,17 +200,24 @@ class DependencyGraph:
                     return
             del self._held[waiter.task.task_id]
         task = waiter.task
-        if not waiter.taken_back():
-            # the parent's worker fed it and queued it: nothing to release;
-            # and if the parent failed after that (its worker died once it
-            # had fed, its retry failed), the task ran on the first result
-            self.direct_feeds += 1
-            return
+        stored = waiter.stored
         if status is TaskStatus.COMPLETED:
+            how = "back" if stored is None else stored.feed(waiter.values[0])
+            if how == "worker":
+                self.direct_feeds += 1
+                return
             if waiter.deps.feed != "none":
                 self.app_feeds += 1
-            waiter.release(_fed(waiter))
-        elif status is TaskStatus.CANCELLED:
+            if how == "back":
+                waiter.release(_fed(waiter))
+            return
+        if not waiter.taken_back():
+            # the parent's worker fed and queued it, then died before it
+            # published, and the parent's retry failed: the task ran (or
+            # runs) on the first attempt's result, as any crash re-runs
+            self.direct_feeds += 1
+            return
+        if status is TaskStatus.CANCELLED:
             self._host.finish(task, False, _cancelled(task, parent), TaskStatus.CANCELLED)
         else:
             err = DependencyFailedError(

@@ -38,16 +38,17 @@ class WorkflowHost(Protocol):
         """
 
     def prefeed(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict,
-                parent: TaskResult) -> Optional[Callable[[], bool]]:
+                parent: TaskResult) -> Any:
         """Store a held task whose first argument will be ``parent``'s result, for
         the parent's worker to feed and queue without the app (issue 15).
 
         Returns:
-            ``take_back()`` (True: the task is the caller's again, never fed;
-            False: a worker fed and queued it), or None where the backend
-            cannot (thread, Ray, remote; see docs/workflows.md): the caller
-            releases the task itself once the parent completed. Never raises:
-            a task that cannot be stored now goes the app's way.
+            A handle with ``feed(value) -> "worker" | "app" | "back"`` and
+            ``take_back() -> bool`` (see DependencyGraph.wait_for), or None
+            where the backend cannot (thread, Ray, remote; see
+            docs/workflows.md): the caller releases the task itself once the
+            parent completed. Never raises: a task that cannot be stored now
+            goes the app's way.
         """
 
     def finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:

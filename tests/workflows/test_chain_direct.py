@@ -147,6 +147,27 @@ def test_a_step_whose_parent_ended_before_it_was_stored_is_fed_by_the_app(make_e
     _books_balance(engine)
 
 
+def test_a_step_its_parents_worker_missed_is_fed_by_the_app_in_place_and_feeds_the_next(
+        make_engine, gate, tmp_path):
+    engine = make_engine()
+    runs = str(tmp_path / "runs")
+    first = engine.add_task(jobs.gated, str(gate), runs, "a", 3)
+    middle = engine.add_task(jobs.step, runs, "b", 10, depends_on=Dependencies([first], "first"))
+    last = engine.add_task(jobs.step, runs, "c", 2, depends_on=Dependencies([middle], "first"))
+    # Given the parent's worker read its continuation before the app wrote it
+    # (simulated: the word cleared), nobody feeds the middle step on the way
+    engine._backend.slots[first.slot].next = 0
+    gate.open()
+    assert last.wait(WAIT) == 60
+    graph = engine._workflow_state().graph
+    _wait_until(lambda: graph.app_feeds + graph.direct_feeds == 2, "both hops counted")
+    # Then the app fed it in its own slot, whose continuation still named the
+    # last step: that hop stayed worker-to-worker
+    assert (graph.app_feeds, graph.direct_feeds) == (1, 1)
+    assert jobs.runs(runs) == {"a": 1, "b": 1, "c": 1}
+    _books_balance(engine)
+
+
 def test_a_result_in_a_payload_segment_goes_through_the_app(make_engine, gate, tmp_path):
     engine = make_engine()
     runs = str(tmp_path / "runs")

@@ -82,6 +82,8 @@ _SLOT_HELD = _core.SLOT_HELD
 _SLOT_FREE = _core.SLOT_FREE
 #: czmp_results_collect_outcomes_ex: release succeeded slots whose result it copied
 _RELEASE_OK = lib.CZMP_COLLECT_RELEASE_OK
+#: czmp_tasks_feed's chunk: [u32 len][u32 flags][len bytes of the parent's outcome]
+_FED_HEADER = struct.Struct("<II")
 #: A parent's slot states in which its worker may still feed a dependant:
 #: queued, running, held for a retry (its next run feeds), or itself a
 #: chain step waiting for its own parent (chain(a, b, c): c on b).
@@ -243,19 +245,32 @@ def _shareable(fn: Callable) -> bool:
             and "<" not in fn.__qualname__)
 
 
-class _TakeBack:
-    """dispatch_waiting's take_back(): a class, so that its repr names the task in logs."""
+class _WaitingStep:
+    """dispatch_waiting's hold on a chain step stored WAITING (see there).
+
+    A class, not closures: its repr names the task in logs.
+    """
 
     __slots__ = ("backend", "task", "idx", "waiting")
 
     def __init__(self, backend: "ProcessBackend", task: TaskResult, idx: int, waiting: int) -> None:
         self.backend, self.task, self.idx, self.waiting = backend, task, idx, waiting
 
-    def __call__(self) -> bool:
+    def feed(self, value: Any) -> str:
+        """The parent completed with ``value``: "worker" (its worker fed the step
+        already), "app" (nobody had: fed here, in place, and queued) or "back"
+        (it could not be fed in place: the slot is released, the caller queues
+        the step with ``value`` the ordinary way)."""
+        return self.backend._feed_waiting(self.task, self.idx, self.waiting, value)
+
+    def take_back(self) -> bool:
+        """The parent failed or the step is cancelled: True if the step is the
+        caller's again (its slot released; never fed), False if a worker fed
+        and queued it already."""
         return self.backend._take_back(self.task, self.idx, self.waiting)
 
     def __repr__(self) -> str:
-        return f"<take back {self.task.task_id} from slot {self.idx}>"
+        return f"<chain step {self.task.task_id} waiting in slot {self.idx}>"
 
 
 class ProcessBackend:
@@ -641,7 +656,7 @@ class ProcessBackend:
     # -- chains: a dependant fed worker-to-worker (issue 15) ----------------
 
     def dispatch_waiting(self, task: TaskResult, fn: Callable, args: tuple, kwargs: dict,
-                         parent: TaskResult) -> Optional[Callable[[], bool]]:
+                         parent: TaskResult) -> Optional["_WaitingStep"]:
         """Store ``task``'s call WAITING for ``parent``'s result, fed by the parent's worker.
 
         The call is pickled into a slot as any task's, but the slot is made
@@ -654,14 +669,12 @@ class ProcessBackend:
         Args:
             parent: the task whose result comes first in ``task``'s arguments.
         Returns:
-            ``take_back()``, which the caller calls once the parent has
-            settled, or to cancel ``task``: True if the app has the task
-            back (its slot released; it was never fed: the caller feeds,
-            fails or cancels it), False if a worker fed and queued it (it
-            runs, retries, times out and is collected as any task).
-            None if the direct path is not possible here (the parent has no
-            slot of its own any more, or the task waits for a delay): the
-            caller goes through the app, as before.
+            A _WaitingStep: ``feed(value)`` once the parent completed,
+            ``take_back()`` if it failed or the task is cancelled. Once a
+            worker fed the task it runs, retries, times out and is collected
+            as any task. None if the direct path is not possible here (the
+            task waits for a delay, or its parent ended already): the caller
+            goes through the app, as before.
         Raises:
             As dispatch (SerializationError, PayloadTooLargeError, QueueFullError,
             EngineClosedError): nothing was stored.
@@ -691,7 +704,46 @@ class ProcessBackend:
             # caller's take_back() after it settles finds the task WAITING
         finally:
             self.gate.exit()
-        return _TakeBack(self, task, idx, waiting)
+        return _WaitingStep(self, task, idx, waiting)
+
+    def _feed_waiting(self, task: TaskResult, idx: int, waiting: int, value: Any) -> str:
+        """_WaitingStep.feed: the app's fallback feed, in the step's own slot.
+
+        In place rather than through a new slot: a continuation that names
+        this slot (the chain's next step, wired while this one waited) stays
+        good, so one hop through the app does not send the rest of the
+        chain that way too.
+        """
+        if not self.gate.enter():
+            return "back"  # closing: the caller's release fails it cleanly
+        try:
+            if self._waiting.get(idx) != waiting or self._slot_task[idx] is not task:
+                return "worker"
+            held = _core.state_make(_core.state_gen(waiting), 0, _SLOT_HELD)
+            # CAS against czmp_tasks_feed's WAITING -> FEEDING: exactly one wins
+            if lib.czmp_slot_cas(self.raw, idx, waiting, held) != 0:
+                self._waiting.pop(idx, None)
+                return "worker"
+            self._waiting.pop(idx, None)
+            try:
+                flags, data = serialization.dumps_result(value)
+            except BaseException:  # noqa: BLE001 - the ordinary path reports it
+                flags, data = -1, None
+            if flags == serialization.OUTCOME_OK and type(data) is bytes:
+                out = ffi.new("uint64_t *")
+                if lib.czmp_arena_alloc(self.raw, len(data) + 8, holder_slot(idx), out) == 0:
+                    ptr = ffi.cast("char *", lib.czmp_arena_ptr(self.raw, out[0]))
+                    ffi.memmove(ptr, _FED_HEADER.pack(len(data), flags) + data, len(data) + 8)
+                    # plain write: the slot is HELD, ours; the QUEUED CAS releases it
+                    self.slots[idx].fed_handle = out[0]
+                    if self._submit_one(task.priority.value, idx):
+                        return "app"
+            # too big for the pool, a payload segment, or no ring room: the
+            # ordinary path (its release frees a fed chunk written above)
+            self._release(task, idx)
+            return "back"
+        finally:
+            self.gate.exit()
 
     def _take_back(self, task: TaskResult, idx: int, waiting: int) -> bool:
         """WAITING -> HELD -> released, if no worker fed the task first (see dispatch_waiting)."""
