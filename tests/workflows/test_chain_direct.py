@@ -290,3 +290,17 @@ def test_a_worker_killed_while_feeding_with_no_retry_left_fails_the_next_step_cl
     assert isinstance(info.value.__cause__, WorkerCrashedError)
     assert jobs.runs(runs) == {"a": 1}
     _books_balance(engine)
+
+
+def test_shutting_down_with_chain_steps_still_waiting_settles_them_and_leaves_nothing(
+        make_engine, gate, tmp_path):
+    engine = make_engine()
+    runs = str(tmp_path / "runs")
+    first = engine.add_task(jobs.gated, str(gate), runs, "a", 3)
+    middle = engine.add_task(jobs.step, runs, "b", 10, depends_on=Dependencies([first], "first"))
+    last = engine.add_task(jobs.step, runs, "c", 2, depends_on=Dependencies([middle], "first"))
+    assert _slot_kind(engine, middle) == SLOT_WAITING
+    engine.shutdown(wait_for_completion=False, timeout=5)
+    for t in (first, middle, last):
+        assert t.done() and t.status in (TaskStatus.CANCELLED, TaskStatus.FAILED), t
+    assert "b" not in jobs.runs(runs) and "c" not in jobs.runs(runs)
