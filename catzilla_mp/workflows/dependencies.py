@@ -164,11 +164,20 @@ class DependencyGraph:
     def cancel(self, task: TaskResult) -> bool:
         """Cancel ``task`` if it is held here; False if it is not (queued already, or unknown)."""
         with self._lock:
-            waiter = self._held.pop(task.task_id, None)
-        if waiter is None or waiter.task is not task:
-            return False
-        if not waiter.taken_back():
-            return False  # fed and queued already: the backend's cancel takes it from here
+            waiter = self._held.get(task.task_id)
+            if waiter is None or waiter.task is not task:
+                return False
+            if waiter.stored is None:
+                del self._held[task.task_id]
+        if waiter.stored is not None:
+            # stored in the backend: its slot decides, not our table. A worker
+            # feeding it right now wins (False); the waiter stays, so if that
+            # feed fails the parent's settling still feeds it from the app.
+            if not waiter.stored.take_back():
+                return False
+            with self._lock:
+                if self._held.get(task.task_id) is waiter:
+                    del self._held[task.task_id]
         self._host.finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
         return True
 
@@ -183,7 +192,7 @@ class DependencyGraph:
             waiters = list(self._held.values())
             self._held.clear()
         for w in waiters:
-            if w.taken_back():
+            if w.taken_back():  # else fed and queued: the backend's close settles it
                 self._host.finish(w.task, False, cancelled_error(w.task), TaskStatus.CANCELLED)
 
     def parent_settled(self, waiter: _Waiter, index: int, value: Any) -> None:

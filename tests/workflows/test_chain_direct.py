@@ -304,3 +304,39 @@ def test_shutting_down_with_chain_steps_still_waiting_settles_them_and_leaves_no
     for t in (first, middle, last):
         assert t.done() and t.status in (TaskStatus.CANCELLED, TaskStatus.FAILED), t
     assert "b" not in jobs.runs(runs) and "c" not in jobs.runs(runs)
+
+
+class _FeedingNow:
+    """A stored step whose parent's worker is feeding it right now (take_back loses),
+    and whose feed then fails, so that the app has it back when the parent completes."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def take_back(self) -> bool:
+        self.calls.append("take_back")
+        return False
+
+    def feed(self, value) -> str:
+        self.calls.append("feed")
+        return "back"
+
+
+def test_a_cancel_that_loses_to_a_feeding_worker_leaves_the_step_to_its_parent(make_engine):
+    import threading
+
+    import wf_jobs
+
+    engine = make_engine(mode="thread")
+    event = threading.Event()
+    parent = engine.add_task(wf_jobs.wait_for, event, 5)
+    child = engine.add_task(wf_jobs.add, 1, depends_on=Dependencies([parent], feed="first"))
+    graph = engine._workflow_state().graph
+    stored = graph._held[child.task_id].stored = _FeedingNow()
+    # When the cancel finds the step being fed, it is refused and the step stays held
+    assert not child.cancel()
+    assert graph.held() == [child]
+    event.set()
+    # Then when the parent completes and the feed turns out to have failed, the app feeds it
+    assert child.wait(WAIT) == 6
+    assert stored.calls == ["take_back", "feed"]
