@@ -1367,6 +1367,21 @@ class _WorkflowPort:
             engine.monitor.emit("submitted", task)
         return None
 
+    def prefeed(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict,
+                parent: TaskResult) -> Any:
+        engine = self._engine
+        backend = engine._backend
+        store = getattr(backend, "dispatch_waiting", None)
+        if store is None:
+            return None
+        try:
+            stored = store(task, func, args, kwargs, parent)
+        except Exception:  # noqa: BLE001 - the app path reports it when the parent completes
+            return None
+        if stored is not None and engine.monitor._listeners:
+            engine.monitor.emit("submitted", task)
+        return stored
+
     def finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
         self._engine.finish(task, ok, value, status)
 

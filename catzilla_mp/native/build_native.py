@@ -53,6 +53,7 @@ GIL_RELEASING = (
     "czmp_tasks_take", "czmp_tasks_take_copy", "czmp_results_collect",
     # finish waits for room in the result ring if a collector died mid-pop
     "czmp_tasks_finish", "czmp_tasks_finish_inline", "czmp_tasks_finish_handle",
+    "czmp_tasks_feed",  # waits up to 2 ms for room in a task ring, as a submit
     "czmp_results_collect_outcomes", "czmp_results_collect_outcomes_ex", "czmp_wake_wait",
     "czmp_segment_create", "czmp_segment_attach", "czmp_segment_unlink",
     "czmp_segment_prefault", "czmp_arena_prefault",

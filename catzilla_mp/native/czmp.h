@@ -44,12 +44,12 @@
 /* CDEF BEGIN */
 #define CZMP_MAGIC_LO 0x504d5a43          /* "CZMP" */
 #define CZMP_MAGIC_HI 0x31474553          /* "SEG1" */
-#define CZMP_LAYOUT_VERSION 5          /* 5: ring cells of 40-bit sequence + 24-bit value */
+#define CZMP_LAYOUT_VERSION 6          /* 6: slot continuation (next, fed_handle); 5: 40+24-bit ring cells */
 
 #define CZMP_NPRIO 4                      /* CRITICAL=0 HIGH=1 NORMAL=2 LOW=3 */
 #define CZMP_MAX_CLASSES 16
 #define CZMP_SLOT_SIZE 512
-#define CZMP_INLINE_ARGS 200              /* bytes of arguments kept in the slot */
+#define CZMP_INLINE_ARGS 184              /* bytes of arguments kept in the slot */
 #define CZMP_INLINE_RESULT 224            /* bytes of result kept in the slot */
 #define CZMP_RING_TOMBSTONE 16777215      /* value of a repaired, never-published cell */
 #define CZMP_RING_VALUE_MAX 16777214      /* ring values are 0..this (24 bits, minus the tombstone) */
@@ -71,6 +71,8 @@
 #define CZMP_SLOT_RUNNING 2               /* claimed by worker <owner> */
 #define CZMP_SLOT_DONE 3                  /* result written by <owner>, hint in result ring */
 #define CZMP_SLOT_HELD 4                  /* app holds it: delayed, backing off, collecting */
+#define CZMP_SLOT_WAITING 5               /* payload written, waits for its parent's result (chain) */
+#define CZMP_SLOT_FEEDING 6               /* worker <owner> is writing a parent's result into it */
 
 /* Holder tags of arena chunks. */
 #define CZMP_HOLDER_FREE 0
@@ -100,7 +102,9 @@
 #define CZMP_FAULT_SLEEP_TIMED_OUT 10     /* futex_wait timed out; still counted a sleeper */
 #define CZMP_FAULT_PURGE_POPPED 11        /* app popped a full task ring, live hints not pushed back */
 #define CZMP_FAULT_SUBMIT_WAITING 12      /* a submit found its ring full and waits for room */
-#define CZMP_FAULT_NPOINTS 13
+#define CZMP_FAULT_FEED_CLAIMED 13       /* child FEEDING(w), fed chunk written; parent still RUNNING */
+#define CZMP_FAULT_FEED_QUEUED 14        /* child QUEUED with its fed value; parent not yet DONE */
+#define CZMP_FAULT_NPOINTS 15
 
 /* What an armed fault point does (czmp_fault_arm_action). */
 #define CZMP_FAULT_KILL 0                 /* raise(SIGKILL) */
@@ -206,7 +210,14 @@ typedef struct czmp_slot {
     uint32_t result_len;
     uint32_t result_flags;        /* worker: CZMP_RESULT_FAILED, plus bits of its own */
     uint32_t worker;              /* worker index that last ran it */
-    uint8_t args_inline[200];     /* CZMP_INLINE_ARGS */
+    uint64_t next;                /* app, store release (czmp_slot_set_next); feeding worker,
+                                     load acquire: the continuation, 0 = none; see
+                                     czmp_next_make. Cleared by czmp_slot_release. */
+    uint64_t fed_handle;          /* feeding worker, while the slot is FEEDING for it (before
+                                     the QUEUED CAS releases it): chunk tagged SLOT_BASE + index
+                                     holding [u32 len][u32 flags][len bytes] of the parent's
+                                     outcome; freed by czmp_slot_release only */
+    uint8_t args_inline[184];     /* CZMP_INLINE_ARGS */
     uint8_t result_inline[224];   /* CZMP_INLINE_RESULT */
 } czmp_slot_t;                    /* 512 bytes */
 
@@ -509,10 +520,60 @@ int czmp_results_collect_outcomes_ex(czmp_segment_t *seg, czmp_outcome_t *out, i
  * (0 on timeout or shutdown). */
 int czmp_results_collect(czmp_segment_t *seg, uint32_t *out, int max, int64_t timeout_ns);
 
-/* App: HELD or QUEUED -> FREE with the generation bumped; frees the args
- * and result chunks the slot owns. 0 or -EAGAIN if the slot was in another
+/* App: HELD or QUEUED -> FREE with the generation bumped; frees the args,
+ * result and fed chunks the slot owns and clears its continuation. 0 or -EAGAIN if the slot was in another
  * state (a worker claimed it first). */
 int czmp_slot_release(czmp_segment_t *seg, uint32_t idx, uint64_t expect_state);
+
+/* ---- chains: a parent's result fed worker-to-worker (issue 15) ----------
+ *
+ * The app makes a dependant ("child") WAITING instead of QUEUED: its call is
+ * written as for any task (czmp_slot_cas FREE or HELD -> WAITING), and the
+ * parent's slot gets a continuation naming it (czmp_slot_set_next). The
+ * worker that finishes the parent successfully feeds the child before it
+ * publishes the parent (czmp_tasks_feed): the parent's outcome bytes go
+ * into a chunk the child owns, and the child is queued without the app.
+ * The app takes a child back with czmp_slot_cas WAITING -> HELD (exactly
+ * one of it and a feeding worker wins) when the parent failed, the child is
+ * cancelled, or nobody fed it (then it feeds it itself). */
+
+/* The continuation word (czmp_slot_t.next): child index + 1 in bits 0..23,
+ * the low 20 bits of the child's generation (its WAITING word) in 24..43,
+ * the low 20 bits of the parent's own generation in 44..63. A feeder acts
+ * only if both still match: a word left in a slot reused since (the
+ * parent's generation moved) or naming a child reused since is ignored. */
+#define CZMP_NEXT_GEN_MASK 1048575
+
+/* App: record in slot `parent` (whose state word the caller read as
+ * parent_state) that its successful outcome feeds slot `child`, WAITING
+ * with the state word child_state. One store release; the feeder's load
+ * acquire pairs with it. The parent may already be RUNNING: a worker that
+ * read the word before this store does not feed, and the app finds the
+ * child still WAITING when the parent is collected (it feeds it itself).
+ * 0, or -EINVAL (bad index, child_state not WAITING). */
+int czmp_slot_set_next(czmp_segment_t *seg, uint32_t parent, uint64_t parent_state,
+                       uint32_t child, uint64_t child_state);
+
+/* Worker `worker`, finishing slot idx (RUNNING for it) with a success whose
+ * outcome is flags + len bytes at data, BEFORE it publishes idx: if idx has
+ * a continuation whose child is still WAITING, CAS the child WAITING ->
+ * FEEDING(worker), copy [len][flags][bytes] into a chunk tagged
+ * WORKER_BASE + worker, retag it SLOT_BASE + child, store it as the child's
+ * fed_handle, then CAS FEEDING(worker) -> QUEUED and push the child's hint
+ * on ring[child's priority] (as czmp_tasks_submit: purge, wait up to 2 ms,
+ * never drop a hint it pushed).
+ * Returns 1 (the child is queued with its fed value), 0 (no continuation,
+ * idx not RUNNING for this worker, or the child is not WAITING: fed
+ * already by an earlier attempt, cancelled, reused; nothing changed), or
+ * -EFBIG/-ENOMEM/-ENOSPC (no chunk for it) / -EAGAIN (its ring had no
+ * room): the child is WAITING again with no fed chunk, nothing leaked, and
+ * the app feeds it when it collects the parent.
+ * Crash: a worker dead with a child FEEDING for it leaves its parent
+ * RUNNING too (the parent is published only after the child is queued);
+ * czmp_worker_reap turns the child back to WAITING and frees the chunk,
+ * and the parent's retry feeds it again. */
+int czmp_tasks_feed(czmp_segment_t *seg, uint32_t worker, uint32_t idx, uint32_t flags,
+                    const void *data, uint32_t len);
 
 /* App, after worker `worker` died: RUNNING(worker) slots become HELD
  * (running[] and done[] need room for the layout's nslots entries each;
@@ -520,7 +581,9 @@ int czmp_slot_release(czmp_segment_t *seg, uint32_t idx, uint64_t expect_state);
  * left in the slot: the app unlinks that segment, whose name only it knows,
  * before it releases or requeues the slot)
  * (written to running[], their result chunk freed); DONE(worker) slots
- * become HELD (written to done[]); chunks the worker held are freed; all
+ * become HELD (written to done[]); FEEDING(worker) slots become WAITING
+ * again, their fed chunk freed (their parent, RUNNING(worker), is in
+ * running[]: its retry feeds them); chunks the worker held are freed; all
  * rings are repaired (pass the same cookie array of 2*(CZMP_NPRIO+1)
  * entries between calls) and recovered hints whose slot is still QUEUED are pushed
  * back. Returns 0; counts via *nrunning and *ndone. */

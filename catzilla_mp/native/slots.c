@@ -11,6 +11,21 @@
  * inside its collect call, czmp_results_collect_outcomes_ex: HELD -> FREE
  * there, no separate call.)
  *
+ * Chains (issue 15): a child waits in its own states until its parent's
+ * worker feeds it, or the app takes it back:
+ *
+ *   FREE/HELD --app wait--> WAITING --worker w feeding its parent--> FEEDING(w)
+ *                            |  ^                                      |   |
+ *        app take-back: -> HELD  \---- w's feed failed (no chunk, ----/   |
+ *        parent failed, cancel,       no ring room), or reap of dead w    |
+ *        nobody fed it (app feeds)                                         |
+ *                                            QUEUED <--w: fed chunk in ----/
+ *
+ * The feeding worker queues the child BEFORE it publishes the parent DONE,
+ * so a child is FEEDING(w) only while its parent is RUNNING(w): a crash
+ * there is reaped as one (parent re-run or failed, child WAITING again),
+ * and the app never has to feed a child on behalf of a dead feeder.
+ *
  * Every arrow is one CAS on the slot's state word, and only the process named
  * on an arrow makes it. The app never takes a RUNNING slot from a live worker:
  * it kills the worker first and reaps it (timeouts, cancels of running
@@ -21,6 +36,14 @@
  *   result chunk  tagged WORKER+w while being written, SLOT+i from just before
  *                 DONE; a dead worker's WORKER+w chunks are reclaimed by reap,
  *                 a RUNNING slot's result chunk is dropped by reap.
+ *   fed chunk     (a child's copy of its parent's outcome) tagged WORKER+w
+ *                 while written, SLOT+child from just before the QUEUED CAS;
+ *                 a FEEDING(w) child's is dropped by the reap of w, any
+ *                 other only by czmp_slot_release (a retried child re-reads
+ *                 it). A WAITING slot never holds one.
+ *   continuation  (czmp_slot_t.next) written by the app, read by the worker
+ *                 finishing the parent, cleared by czmp_slot_release; the
+ *                 generations packed in it make a stale one inert.
  *   ring cells    repaired by czmp_rings_repair (see ring.c).
  *
  * A QUEUED slot's hint is its only way to a worker, so no path may drop one
@@ -585,7 +608,11 @@ int czmp_slot_release(czmp_segment_t *seg, uint32_t idx, uint64_t expect_state) 
         return -EAGAIN;
     drop_chunk(seg, idx, &s->args_handle, UINT32_MAX);
     drop_chunk(seg, idx, &s->result_handle, UINT32_MAX);
+    drop_chunk(seg, idx, &s->fed_handle, UINT32_MAX);
     s->args_len = s->result_len = 0;
+    /* relaxed: a feeder that still reads the old word finds our generation
+     * moved (czmp_tasks_feed checks it), so no order is needed here */
+    czmp_store_relaxed(&s->next, 0);
     czmp_store_release(&s->state, czmp_state_make(czmp_state_gen(held), 0, CZMP_SLOT_FREE));
     return 0;
 }
@@ -638,6 +665,14 @@ int czmp_worker_reap(czmp_segment_t *seg, uint32_t worker, uint32_t *running,
             running[(*nrunning)++] = i;
         } else if (czmp_state_kind(st) == CZMP_SLOT_DONE && czmp_cas(&s->state, &st, held)) {
             done[(*ndone)++] = i;
+        } else if (czmp_state_kind(st) == CZMP_SLOT_FEEDING) {
+            /* a child it was feeding: back to WAITING, its half-written fed
+             * chunk dropped first (tagged WORKER+w or already SLOT+i), so a
+             * WAITING slot never holds one. The FEEDING(w) owner keeps
+             * everyone else off it meanwhile; its parent, RUNNING(w), is
+             * reaped in this same scan and re-run or failed. */
+            drop_chunk(seg, i, &s->fed_handle, worker);
+            czmp_cas(&s->state, &st, czmp_state_make(czmp_state_gen(st), 0, CZMP_SLOT_WAITING));
         }
     }
     czmp_arena_reclaim(seg, worker_holder(worker));
@@ -860,4 +895,103 @@ int czmp_tasks_submit_inline_many(czmp_segment_t *seg, int prio, const uint32_t 
     int written = 0, blocked = 0;
     return czmp_tasks_submit_inline_many_ex(seg, prio, idx, n, func_id, task_ids, data, off, len,
                                             &written, 0, &blocked);
+}
+
+/* ---- chains: feeding a waiting child (czmp.h, issue 15) ------------------ */
+
+static inline uint64_t next_make(uint32_t child, uint32_t child_gen, uint32_t parent_gen) {
+    return (uint64_t)(child + 1) | ((uint64_t)(child_gen & CZMP_NEXT_GEN_MASK) << 24) |
+           ((uint64_t)(parent_gen & CZMP_NEXT_GEN_MASK) << 44);
+}
+
+int czmp_slot_set_next(czmp_segment_t *seg, uint32_t parent, uint64_t parent_state,
+                       uint32_t child, uint64_t child_state) {
+    czmp_slot_t *p = czmp_slot(seg, parent);
+    if (!p || !czmp_slot(seg, child) || parent == child ||
+        czmp_state_kind(child_state) != CZMP_SLOT_WAITING)
+        return -EINVAL;
+    /* release: the child's WAITING CAS (and its payload) happen before a
+     * feeder can see this word; pairs with the load acquire in
+     * czmp_tasks_feed */
+    czmp_store_release(&p->next, next_make(child, czmp_state_gen(child_state),
+                                           czmp_state_gen(parent_state)));
+    return 0;
+}
+
+/* Put a child we hold FEEDING(worker) back to WAITING, its fed chunk freed
+ * first (whichever of us or the slot it is tagged for). Cannot fail: the
+ * FEEDING(worker) word is ours until this store. */
+static void unfeed(czmp_segment_t *seg, uint32_t child, czmp_slot_t *c, uint64_t feeding,
+                   uint32_t worker) {
+    drop_chunk(seg, child, &c->fed_handle, worker);
+    czmp_store_release(&c->state, czmp_state_make(czmp_state_gen(feeding), 0, CZMP_SLOT_WAITING));
+}
+
+int czmp_tasks_feed(czmp_segment_t *seg, uint32_t worker, uint32_t idx, uint32_t flags,
+                    const void *data, uint32_t len) {
+    czmp_slot_t *s = czmp_slot(seg, idx);
+    if (!s || worker >= seg->nworkers)
+        return 0;
+    uint64_t st = czmp_load_acquire(&s->state);
+    if (czmp_state_kind(st) != CZMP_SLOT_RUNNING || czmp_state_owner(st) != worker + 1)
+        return 0;
+    /* acquire: pairs with czmp_slot_set_next's release (the child is WAITING
+     * with its payload written before we can see its index here) */
+    uint64_t nx = czmp_load_acquire(&s->next);
+    uint32_t child = (uint32_t)(nx & 0xffffff);
+    if (!child || ((nx >> 44) & CZMP_NEXT_GEN_MASK) != (czmp_state_gen(st) & CZMP_NEXT_GEN_MASK))
+        return 0;  /* none, or left by an earlier task of this slot */
+    child -= 1;
+    czmp_slot_t *c = czmp_slot(seg, child);
+    if (!c || child == idx)
+        return 0;
+    uint64_t cst = czmp_load_acquire(&c->state);
+    if (czmp_state_kind(cst) != CZMP_SLOT_WAITING ||
+        (czmp_state_gen(cst) & CZMP_NEXT_GEN_MASK) != ((nx >> 24) & CZMP_NEXT_GEN_MASK))
+        return 0;  /* fed by an earlier attempt of ours, taken back, or reused */
+    uint64_t feeding = czmp_state_make(czmp_state_gen(cst), worker + 1, CZMP_SLOT_FEEDING);
+    /* acq_rel: one of us and the app's take-back (WAITING -> HELD) wins */
+    if (!czmp_cas(&c->state, &cst, feeding))
+        return 0;
+    uint64_t h;
+    int rc = czmp_arena_alloc(seg, (uint64_t)len + 8, worker_holder(worker), &h);
+    if (rc != 0) {
+        czmp_store_release(&c->state, czmp_state_make(czmp_state_gen(feeding), 0,
+                                                      CZMP_SLOT_WAITING));
+        return rc;
+    }
+    char *p = czmp_arena_ptr(seg, h);
+    memcpy(p, &len, 4);
+    memcpy(p + 4, &flags, 4);
+    if (len)
+        memcpy(p + 8, data, len);
+    /* plain write: the child is FEEDING for us; the QUEUED CAS below
+     * releases it to the worker whose take acquires that word */
+    c->fed_handle = h;
+    czmp_arena_retag(seg, h, worker_holder(worker), slot_holder(child));
+    CZMP_FAULT(CZMP_FAULT_FEED_CLAIMED);
+    int prio = (int)(czmp_load_relaxed(&c->priority) & 3);
+    c->queued_ns = czmp_now_ns();
+    uint64_t queued = czmp_state_make(czmp_state_gen(feeding), 0, CZMP_SLOT_QUEUED);
+    /* release: fed chunk, handle and queued_ns visible to the worker whose
+     * CAS in take_from() acquires this word */
+    uint64_t expect = feeding;
+    if (!czmp_cas(&c->state, &expect, queued)) {
+        unfeed(seg, child, c, feeding, worker);  /* cannot happen: FEEDING(w) is ours */
+        return -EAGAIN;
+    }
+    int blocked = 0;
+    if (push_hint(seg, czmp_segment_task_ring(seg, prio), prio, child, 0, &blocked) != 0) {
+        /* no room for 2 ms: undo, as czmp_tasks_submit_ex does, unless a
+         * worker took it through a stale hint (then it is queued after all) */
+        expect = queued;
+        if (czmp_cas(&c->state, &expect, feeding)) {
+            unfeed(seg, child, c, feeding, worker);
+            return -EAGAIN;
+        }
+    } else {
+        czmp_wake_notify_lazy(&seg->hdr->task_wake);
+    }
+    CZMP_FAULT(CZMP_FAULT_FEED_QUEUED);
+    return 1;
 }

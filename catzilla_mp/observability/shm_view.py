@@ -20,7 +20,7 @@ WORKER_STATES = {
     lib.CZMP_WORKER_IDLE: "idle", lib.CZMP_WORKER_BUSY: "busy",
     lib.CZMP_WORKER_STOPPING: "stopping", lib.CZMP_WORKER_DEAD: "dead",
 }
-SLOT_STATES = ("free", "queued", "running", "done", "held")
+SLOT_STATES = ("free", "queued", "running", "done", "held", "waiting", "feeding")  # czmp.h order
 
 
 @dataclass

@@ -17,10 +17,14 @@ A failed or cancelled step fails (DependencyFailedError) or cancels
 (DependencyCancelledError) every step after it, each error naming the step
 before it. Cancelling the chain's last TaskResult cancels only that step.
 
-Hand-off: a step's result goes from its worker to the app (the collector
-unpickles it), and the next step is queued from the engine's callback
-thread (pickled again). bench/workflows.py measures that hand-off against
-a plain submit-and-wait round trip.
+Hand-off: in process mode each later step is stored waiting in a slot of
+its own, and the worker that finishes a step feeds its result to the next
+and queues it, without the app (worker-to-worker, issue 15: see
+dependencies.py and native/slots.c). Where that is not possible (other
+backends, groups and chords, a result too big for the pool;
+docs/workflows.md lists the cases) the result goes through the app: the
+collector unpickles it and the next step is queued from the engine's
+callback thread (pickled again). bench/workflows.py measures both.
 """
 from __future__ import annotations
 

@@ -62,6 +62,9 @@ class Workflows:
                                    store=store() if store is not None else None)
         self._shared_lock = threading.Lock()
         self._shared_schedules: dict[str, SharedSchedule] = {}  # server=: ours, by key
+        #: chain steps fed worker-to-worker where the backend can (issue 15);
+        #: bench/workflows.py turns it off to time the app's hand-off in the same run
+        self.direct_feed = True
 
     def submit(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict, *,
                name: str, depends_on: Any = None, job_id: Optional[str] = None,
@@ -109,7 +112,11 @@ class Workflows:
         def release(fed: tuple) -> None:
             self._release(task, limiter, func, fed + args, kwargs)
 
-        self.graph.wait_for(task, deps, release)
+        stored = None
+        if deps.feed == "first" and limiter is None and self.direct_feed:
+            # a chain step: its parent's worker may feed it (worker-to-worker)
+            stored = self.host.prefeed(task, func, args, kwargs, deps.parents[0])
+        self.graph.wait_for(task, deps, release, stored)
         return task
 
     def _release(self, task: TaskResult, limiter: Optional[ratelimit.WindowLimiter],

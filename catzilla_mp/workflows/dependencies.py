@@ -21,6 +21,16 @@ Cycles are impossible by construction: ``depends_on`` takes TaskResults,
 which exist only once submitted, so a task can depend only on tasks
 submitted before it.
 
+Worker-to-worker (issue 15): for a "first" feed (chain) the host may
+store the dependant in its backend at once, for the parent's worker to
+feed and queue it without the app (WorkflowHost.prefeed; the process
+backend does, docs/workflows.md says when). The graph still waits for the
+parent; when it completes, ``feed(value)`` says whether a worker fed the
+task (the graph leaves it alone) or the app did, in the task's own slot
+(the fallback: the parent ended before its worker could see the task), or
+gives the task back to release as above; when it fails or the task is
+cancelled, ``take_back()`` gives it back unless a worker fed it.
+
 A held dependant can be cancelled (TaskResult.cancel) until it is
 released; the release and the cancel take the same lock, so exactly one
 wins. A dependant's failure or cancellation reaches its own dependants the
@@ -29,7 +39,7 @@ same way, each error naming its direct parent.
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 from ..errors import DependencyCancelledError, DependencyFailedError
 from ..records import TaskStatus
@@ -83,15 +93,23 @@ class Dependencies:
 class _Waiter:
     """One held task and the parents it still waits for."""
 
-    __slots__ = ("task", "deps", "values", "remaining", "release")
+    __slots__ = ("task", "deps", "values", "remaining", "release", "stored")
 
     def __init__(self, task: TaskResult, deps: Dependencies,
-                 release: Callable[[tuple], None]) -> None:
+                 release: Callable[[tuple], None], stored: Any = None) -> None:
         self.task = task
         self.deps = deps
         self.values: list[Any] = [None] * len(deps.parents)
         self.remaining = len(deps.parents)
         self.release = release
+        #: the backend's hold on a task its parent's worker may feed (see
+        #: DependencyGraph.wait_for); None: the task is only here
+        self.stored = stored
+
+    def taken_back(self) -> bool:
+        """True if the task is the graph's to release, fail or cancel; False if a
+        worker fed and queued it already (it runs as any task from there)."""
+        return self.stored is None or self.stored.take_back()
 
 
 class DependencyGraph:
@@ -105,6 +123,11 @@ class DependencyGraph:
         self._host = host
         self._lock = threading.Lock()
         self._held: dict[str, _Waiter] = {}
+        #: results handed to a dependant by the app (collected, then queued
+        #: with the next task) and by the parent's worker (issue 15); plain
+        #: counters, for tests and bench/workflows.py
+        self.app_feeds = 0
+        self.direct_feeds = 0
 
     def check(self, deps: Dependencies) -> None:
         """Refuse parents of another engine (their callbacks would never reach this one).
@@ -117,13 +140,22 @@ class DependencyGraph:
                 raise ValueError(f"depends_on: task {p.task_id} belongs to another engine")
 
     def wait_for(self, task: TaskResult, deps: Dependencies,
-                 release: Callable[[tuple], None]) -> None:
+                 release: Callable[[tuple], None], stored: Any = None) -> None:
         """Hold ``task`` (already in the engine's table) until ``deps`` settle.
 
         ``release(fed_args)`` is called once, on a callback thread (or here if
-        every parent has ended already), when all parents completed.
+        every parent has ended already), when all parents completed, unless
+        a worker fed the task itself.
+
+        Args:
+            stored: given when the backend stored the task for its parent's
+                worker to feed (WorkflowHost.prefeed): once the parent
+                completed, ``stored.feed(value)`` says who fed it ("worker",
+                "app" in place, or "back": release it here); when it failed,
+                or on cancel or close, ``stored.take_back()`` is False if a
+                worker fed and queued it, and the graph then leaves it alone.
         """
-        waiter = _Waiter(task, deps, release)
+        waiter = _Waiter(task, deps, release, stored)
         with self._lock:
             self._held[task.task_id] = waiter
         for index, parent in enumerate(deps.parents):
@@ -132,9 +164,20 @@ class DependencyGraph:
     def cancel(self, task: TaskResult) -> bool:
         """Cancel ``task`` if it is held here; False if it is not (queued already, or unknown)."""
         with self._lock:
-            waiter = self._held.pop(task.task_id, None)
-        if waiter is None or waiter.task is not task:
-            return False
+            waiter = self._held.get(task.task_id)
+            if waiter is None or waiter.task is not task:
+                return False
+            if waiter.stored is None:
+                del self._held[task.task_id]
+        if waiter.stored is not None:
+            # stored in the backend: its slot decides, not our table. A worker
+            # feeding it right now wins (False); the waiter stays, so if that
+            # feed fails the parent's settling still feeds it from the app.
+            if not waiter.stored.take_back():
+                return False
+            with self._lock:
+                if self._held.get(task.task_id) is waiter:
+                    del self._held[task.task_id]
         self._host.finish(task, False, cancelled_error(task), TaskStatus.CANCELLED)
         return True
 
@@ -149,7 +192,8 @@ class DependencyGraph:
             waiters = list(self._held.values())
             self._held.clear()
         for w in waiters:
-            self._host.finish(w.task, False, cancelled_error(w.task), TaskStatus.CANCELLED)
+            if w.taken_back():  # else fed and queued: the backend's close settles it
+                self._host.finish(w.task, False, cancelled_error(w.task), TaskStatus.CANCELLED)
 
     def parent_settled(self, waiter: _Waiter, index: int, value: Any) -> None:
         """A parent of ``waiter`` ended with ``value`` (its result or its exception)."""
@@ -165,9 +209,24 @@ class DependencyGraph:
                     return
             del self._held[waiter.task.task_id]
         task = waiter.task
+        stored = waiter.stored
         if status is TaskStatus.COMPLETED:
-            waiter.release(_fed(waiter))
-        elif status is TaskStatus.CANCELLED:
+            how = "back" if stored is None else stored.feed(waiter.values[0])
+            if how == "worker":
+                self.direct_feeds += 1
+                return
+            if waiter.deps.feed != "none":
+                self.app_feeds += 1
+            if how == "back":
+                waiter.release(_fed(waiter))
+            return
+        if not waiter.taken_back():
+            # the parent's worker fed and queued it, then died before it
+            # published, and the parent's retry failed: the task ran (or
+            # runs) on the first attempt's result, as any crash re-runs
+            self.direct_feeds += 1
+            return
+        if status is TaskStatus.CANCELLED:
             self._host.finish(task, False, _cancelled(task, parent), TaskStatus.CANCELLED)
         else:
             err = DependencyFailedError(

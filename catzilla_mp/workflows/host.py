@@ -37,6 +37,20 @@ class WorkflowHost(Protocol):
             FAILED by it (so whoever waits on it wakes up).
         """
 
+    def prefeed(self, task: TaskResult, func: Callable, args: tuple, kwargs: dict,
+                parent: TaskResult) -> Any:
+        """Store a held task whose first argument will be ``parent``'s result, for
+        the parent's worker to feed and queue without the app (issue 15).
+
+        Returns:
+            A handle with ``feed(value) -> "worker" | "app" | "back"`` and
+            ``take_back() -> bool`` (see DependencyGraph.wait_for), or None
+            where the backend cannot (thread, Ray, remote; see
+            docs/workflows.md): the caller releases the task itself once the
+            parent completed. Never raises: a task that cannot be stored now
+            goes the app's way.
+        """
+
     def finish(self, task: TaskResult, ok: bool, value: Any, status: TaskStatus) -> None:
         """Settle a held task that will never be queued (TaskLifecycle.finish)."""
 

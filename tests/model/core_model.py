@@ -54,10 +54,12 @@ from catzilla_mp._core import (
     HOLDER_APP,
     HOLDER_FREE,
     SLOT_DONE,
+    SLOT_FEEDING,
     SLOT_FREE,
     SLOT_HELD,
     SLOT_QUEUED,
     SLOT_RUNNING,
+    SLOT_WAITING,
     Segment,
     SizeClass,
     holder_slot,
@@ -82,7 +84,8 @@ WORKERS = range(NWORKERS - 1)
 CLASSES = (SizeClass(256, 4), SizeClass(1024, 2))
 CHUNK_KIND = lib.CZMP_HANDLE_CHUNK
 KIND_NAMES = {SLOT_FREE: "FREE", SLOT_QUEUED: "QUEUED", SLOT_RUNNING: "RUNNING",
-              SLOT_DONE: "DONE", SLOT_HELD: "HELD"}
+              SLOT_DONE: "DONE", SLOT_HELD: "HELD", SLOT_WAITING: "WAITING",
+              SLOT_FEEDING: "FEEDING"}
 
 #: Rules left out (comma-separated names in CZMP_MODEL_SKIP), to look past a
 #: defect already known while it is being fixed: ``stale_finish``, ``kill``,
@@ -99,7 +102,14 @@ WORKER_FAULTS = (
     ("finish", lib.CZMP_FAULT_ARENA_HELD),
     ("take", 0),      # no fault: the worker dies between two operations
     ("finish", 0),
+    # a chain's hand-off (issue 15): the worker feeding a WAITING child
+    ("feed", lib.CZMP_FAULT_FEED_CLAIMED),
+    ("feed", lib.CZMP_FAULT_FEED_QUEUED),
+    ("feed", lib.CZMP_FAULT_ARENA_HELD),
+    ("feed", lib.CZMP_FAULT_RING_PUSH_CLAIMED),
 )
+#: Sizes of a fed outcome: inline-sized, a 1024-byte chunk, beyond every chunk (-EFBIG).
+FEED_SIZES = (16, 600, 2000)
 
 
 @dataclass
@@ -110,7 +120,10 @@ class SlotModel:
     prio: int = 0
     args: int = 0             # chunk handle in args_handle, 0 for none/inline
     result: int = 0           # chunk handle in result_handle, 0 for none/inline
+    fed: int = 0              # chunk handle in fed_handle (a chain child's fed value), 0 for none
     hinted: bool = True       # DONE: the result hint surely reached the ring
+    # the continuation (czmp_slot_set_next): (child, child's gen, our gen then), or None
+    next: "tuple[int, int, int] | None" = None
 
     def word(self) -> int:
         return state_make(self.gen, self.owner, self.kind)
@@ -285,7 +298,9 @@ class CoreMachine(RuleBasedStateMachine):
         assert lib.czmp_slot_release(self.raw, i, s.word()) == 0, f"release of slot {i} refused"
         self._drop(s.args)
         self._drop(s.result)
-        s.kind, s.owner, s.gen, s.args, s.result = SLOT_FREE, 0, s.gen + 1, 0, 0
+        self._drop(s.fed)
+        assert self.seg.slot(i).next == 0 and self.seg.slot(i).fed_handle == 0
+        s.kind, s.owner, s.gen, s.args, s.result, s.fed, s.next = SLOT_FREE, 0, s.gen + 1, 0, 0, 0, None
 
     @rule(data=st.data(), prio=st.integers(0, 3), rounds=st.integers(1, 80))
     def churn(self, data, prio, rounds):
@@ -444,7 +459,7 @@ class CoreMachine(RuleBasedStateMachine):
         w = data.draw(st.sampled_from(alive))
         op, point = WORKER_FAULTS[which]
         mine = [i for i in self._slots(SLOT_RUNNING) if self.m.slots[i].owner == w + 1]
-        if op == "finish" and not mine:
+        if op in ("finish", "feed") and not mine:
             op = "take"
         self._result_room()
         before_states = [self.seg.slot_state(i) for i in range(NSLOTS)]
@@ -457,6 +472,9 @@ class CoreMachine(RuleBasedStateMachine):
             if op == "take":
                 buf = ffi.new("uint32_t[]", 4)
                 lib.czmp_tasks_take(raw, w, buf, 4, 0)
+            elif op == "feed":
+                for i in mine:
+                    lib.czmp_tasks_feed(raw, w, i, 0, b"f" * 600, 600)
             else:
                 for i in mine:
                     out = ffi.new("uint64_t *")
@@ -486,11 +504,15 @@ class CoreMachine(RuleBasedStateMachine):
                 continue
             k0, k1 = state_kind(old), state_kind(new)
             legal = (state_gen(new) == state_gen(old) and state_owner(new) == w + 1 and
-                     (k0, k1) in ((SLOT_QUEUED, SLOT_RUNNING), (SLOT_RUNNING, SLOT_DONE)) and
+                     (k0, k1) in ((SLOT_QUEUED, SLOT_RUNNING), (SLOT_RUNNING, SLOT_DONE),
+                                  (SLOT_WAITING, SLOT_FEEDING)) and
                      (k0 != SLOT_RUNNING or state_owner(old) == w + 1))
-            assert legal, (f"worker {w} moved slot {i} from {KIND_NAMES.get(k0)}/{state_owner(old)} "
-                           f"to {KIND_NAMES.get(k1)}/{state_owner(new)}")
-            s.kind, s.owner = k1, w + 1
+            # a feed that completed: WAITING -> QUEUED (owner none), its chunk in
+            fed = (state_gen(new) == state_gen(old) and state_owner(new) == 0 and
+                   (k0, k1) == (SLOT_WAITING, SLOT_QUEUED))
+            assert legal or fed, (f"worker {w} moved slot {i} from {KIND_NAMES.get(k0)}/"
+                                  f"{state_owner(old)} to {KIND_NAMES.get(k1)}/{state_owner(new)}")
+            s.kind, s.owner = k1, state_owner(new)
             if k1 == SLOT_DONE:
                 s.hinted = False  # it may have died before pushing the hint
         for h in self.handles:
@@ -498,13 +520,18 @@ class CoreMachine(RuleBasedStateMachine):
             if new == old:
                 continue
             slot_of = new - holder_slot(0) if new >= holder_slot(0) else -1
+            child = self.m.slots[slot_of] if 0 <= slot_of < NSLOTS else None
+            feeding = child is not None and child.kind in (SLOT_FEEDING, SLOT_QUEUED) and \
+                self.seg.slot(slot_of).fed_handle == h
             legal = ((old == HOLDER_FREE and new == holder_worker(w)) or
-                     (old in (HOLDER_FREE, holder_worker(w)) and 0 <= slot_of < NSLOTS and
-                      self.m.slots[slot_of].kind == SLOT_DONE and self.m.slots[slot_of].owner == w + 1))
+                     (old in (HOLDER_FREE, holder_worker(w)) and child is not None and
+                      ((child.kind == SLOT_DONE and child.owner == w + 1) or feeding)))
             assert legal, f"worker {w} retagged chunk {h:#x} from {old:#x} to {new:#x}"
             self.m.tags[h] = new
-            if slot_of >= 0:
-                self.m.slots[slot_of].result = h
+            if feeding:
+                child.fed = h
+            elif child is not None:
+                child.result = h
 
     @rule(data=st.data())
     def reap(self, data):
@@ -524,6 +551,11 @@ class CoreMachine(RuleBasedStateMachine):
         for i in running + done:
             s = self.m.slots[i]
             s.kind, s.owner = SLOT_HELD, 0
+        for i in self._slots(SLOT_FEEDING):
+            s = self.m.slots[i]
+            if s.owner == w + 1:  # back to WAITING, its half-fed chunk freed
+                self._drop(s.fed)
+                s.kind, s.owner, s.fed = SLOT_WAITING, 0, 0
         for h, tag in list(self.m.tags.items()):
             if tag == holder_worker(w):
                 del self.m.tags[h]
@@ -533,6 +565,97 @@ class CoreMachine(RuleBasedStateMachine):
         self.m.repairs_since_kill += 1
         if not self.m.dead and self.m.repairs_since_kill >= 2:
             self.m.dirty, self.m.stuck_claims = False, 0
+
+    # -- chains: a child WAITING, fed by its parent's worker (issue 15) --------------
+
+    @rule(data=st.data(), prio=st.integers(0, 3))
+    def wait(self, data, prio):
+        """App: store a chain child WAITING (a new task: a FREE slot), and name it in a
+        parent's continuation."""
+        ready = self._slots(SLOT_FREE)
+        if not ready:
+            return
+        i = data.draw(st.sampled_from(ready))
+        s, raw = self.m.slots[i], self.seg.slot(i)
+        raw.args_handle, raw.args_len = lib.CZMP_HANDLE_INLINE << 56, 8
+        raw.priority = prio
+        waiting = state_make(s.gen, 0, SLOT_WAITING)
+        assert lib.czmp_slot_cas(self.raw, i, s.word(), waiting) == 0
+        s.kind, s.owner, s.prio = SLOT_WAITING, 0, prio
+        parents = [p for p in range(NSLOTS) if p != i and self.m.slots[p].kind in
+                   (SLOT_QUEUED, SLOT_RUNNING, SLOT_HELD, SLOT_WAITING)]
+        # mostly a RUNNING parent: the feed rule then has work at once
+        running = [p for p in parents if self.m.slots[p].kind == SLOT_RUNNING]
+        if running and data.draw(st.integers(0, 3)):
+            parents = running
+        if parents:
+            p = data.draw(st.sampled_from(parents))
+            ps = self.m.slots[p]
+            assert lib.czmp_slot_set_next(self.raw, p, ps.word(), i, waiting) == 0
+            ps.next = (i, s.gen, ps.gen)
+        assert lib.czmp_slot_set_next(self.raw, i, s.word(), i, waiting) == -errno.EINVAL
+
+    @rule(data=st.data())
+    def take_back(self, data):
+        """App: a WAITING child taken back (its parent failed, it was cancelled): -> HELD."""
+        cands = self._slots(SLOT_WAITING)
+        if not cands:
+            return
+        i = data.draw(st.sampled_from(cands))
+        s = self.m.slots[i]
+        held = state_make(s.gen, 0, SLOT_HELD)
+        assert lib.czmp_slot_cas(self.raw, i, s.word(), held) == 0
+        assert s.fed == 0 and self.seg.slot(i).fed_handle == 0, "a WAITING slot holds a fed chunk"
+        s.kind = SLOT_HELD
+
+    def _feedable_child(self, i: int) -> int:
+        """The child slot i's worker must feed now, or -1."""
+        s = self.m.slots[i]
+        if s.next is None:
+            return -1
+        child, child_gen, my_gen = s.next
+        c = self.m.slots[child]
+        if my_gen != s.gen or c.kind != SLOT_WAITING or c.gen != child_gen:
+            return -1
+        return child
+
+    @rule(data=st.data(), size=st.sampled_from(FEED_SIZES))
+    def feed(self, data, size):
+        """A live worker feeds its RUNNING slot's outcome to the WAITING child it names."""
+        mine = [i for i in self._slots(SLOT_RUNNING) if self.m.slots[i].owner - 1 not in self.m.dead]
+        if not mine:
+            return
+        feedable = [i for i in mine if self._feedable_child(i) >= 0]
+        i = data.draw(st.sampled_from(feedable if feedable and data.draw(st.integers(0, 3))
+                                      else mine))
+        w = self.m.slots[i].owner - 1
+        child = self._feedable_child(i)
+        fitting = [h for h in self.handles if h not in self.m.tags and
+                   lib.czmp_arena_chunk_size(self.raw, h) >= size + 8]
+        payload = (bytes(range(251)) * (size // 251 + 1))[:size]
+        rc = lib.czmp_tasks_feed(self.raw, w, i, 7, payload, size)
+        if child < 0:
+            assert rc == 0, f"feed from slot {i} returned {rc} with no child to feed"
+            return
+        c, raw = self.m.slots[child], self.seg.slot(child)
+        if not fitting:
+            assert rc in (-errno.ENOMEM, -errno.EFBIG), rc
+            assert self.seg.slot_state(child) == c.word() and raw.fed_handle == 0
+            return
+        if rc == -errno.EAGAIN:  # its ring had no room: only behind a dead consumer's cell
+            assert self.m.dirty, "a feed found no ring room with no dead worker's cell in the way"
+            assert self.seg.slot_state(child) == c.word() and raw.fed_handle == 0
+            return
+        assert rc == 1, rc
+        h = raw.fed_handle
+        assert h in fitting and lib.czmp_arena_holder(self.raw, h) == holder_slot(child)
+        body = bytes(ffi.buffer(ffi.cast("char *", lib.czmp_arena_ptr(self.raw, h)), size + 8))
+        assert body[:8] == size.to_bytes(4, "little") + (7).to_bytes(4, "little")
+        assert body[8:] == payload
+        self.m.tags[h] = holder_slot(child)
+        c.kind, c.fed = SLOT_QUEUED, h
+        # a second feed of the same outcome (a retry) must not feed it again
+        assert lib.czmp_tasks_feed(self.raw, w, i, 7, b"again", 5) == 0
 
     # -- the audit: nothing lost -----------------------------------------------------
 
@@ -601,7 +724,8 @@ class CoreMachine(RuleBasedStateMachine):
             if tag >= holder_slot(0):
                 i = tag - holder_slot(0)
                 raw = self.seg.slot(i)
-                assert self.m.slots[i].kind != SLOT_FREE and h in (raw.args_handle, raw.result_handle), \
+                assert self.m.slots[i].kind != SLOT_FREE and h in (raw.args_handle, raw.result_handle,
+                                                                   raw.fed_handle), \
                     f"chunk {h:#x} held by slot {i}, which does not reference it"
             elif tag >= holder_worker(0):
                 w = tag - holder_worker(0)

@@ -82,6 +82,13 @@ _SLOT_HELD = _core.SLOT_HELD
 _SLOT_FREE = _core.SLOT_FREE
 #: czmp_results_collect_outcomes_ex: release succeeded slots whose result it copied
 _RELEASE_OK = lib.CZMP_COLLECT_RELEASE_OK
+#: czmp_tasks_feed's chunk: [u32 len][u32 flags][len bytes of the parent's outcome]
+_FED_HEADER = struct.Struct("<II")
+#: A parent's slot states in which its worker may still feed a dependant:
+#: queued, running, held for a retry (its next run feeds), or itself a
+#: chain step waiting for its own parent (chain(a, b, c): c on b).
+_FEEDABLE = (_core.SLOT_QUEUED, _core.SLOT_RUNNING, _core.SLOT_HELD, _core.SLOT_WAITING,
+             _core.SLOT_FEEDING)
 
 
 #: Bytes of the pool the pre-fault thread backs per C call: small enough that
@@ -238,6 +245,34 @@ def _shareable(fn: Callable) -> bool:
             and "<" not in fn.__qualname__)
 
 
+class _WaitingStep:
+    """dispatch_waiting's hold on a chain step stored WAITING (see there).
+
+    A class, not closures: its repr names the task in logs.
+    """
+
+    __slots__ = ("backend", "task", "idx", "waiting")
+
+    def __init__(self, backend: "ProcessBackend", task: TaskResult, idx: int, waiting: int) -> None:
+        self.backend, self.task, self.idx, self.waiting = backend, task, idx, waiting
+
+    def feed(self, value: Any) -> str:
+        """The parent completed with ``value``: "worker" (its worker fed the step
+        already), "app" (nobody had: fed here, in place, and queued) or "back"
+        (it could not be fed in place: the slot is released, the caller queues
+        the step with ``value`` the ordinary way)."""
+        return self.backend._feed_waiting(self.task, self.idx, self.waiting, value)
+
+    def take_back(self) -> bool:
+        """The parent failed or the step is cancelled: True if the step is the
+        caller's again (its slot released; never fed), False if a worker fed
+        and queued it already."""
+        return self.backend._take_back(self.task, self.idx, self.waiting)
+
+    def __repr__(self) -> str:
+        return f"<chain step {self.task.task_id} waiting in slot {self.idx}>"
+
+
 class ProcessBackend:
     def __init__(self, host: "TaskHost") -> None:
         self.host = host
@@ -288,6 +323,9 @@ class ProcessBackend:
         self._free_cond = threading.Condition()
         self._free_waiters = 0
         self._park_lock = threading.Lock()
+        # slot -> its WAITING state word, for the chain steps stored by
+        # dispatch_waiting and not yet fed or taken back
+        self._waiting: dict[int, int] = {}
         self._tls = threading.local()
         # CLOCK_MONOTONIC (the C side's clock) -> wall clock, for TaskStats
         self._wall_offset = time.time() - time.monotonic()
@@ -614,6 +652,116 @@ class ProcessBackend:
             return False
         self._unslot(task, idx)
         return True
+
+    # -- chains: a dependant fed worker-to-worker (issue 15) ----------------
+
+    def dispatch_waiting(self, task: TaskResult, fn: Callable, args: tuple, kwargs: dict,
+                         parent: TaskResult) -> Optional["_WaitingStep"]:
+        """Store ``task``'s call WAITING for ``parent``'s result, fed by the parent's worker.
+
+        The call is pickled into a slot as any task's, but the slot is made
+        WAITING instead of QUEUED and the parent's slot gets a continuation
+        naming it (czmp_slot_set_next): the worker that finishes the parent
+        successfully copies its outcome into a chunk of this slot and queues
+        it (czmp_tasks_feed), and the worker that runs it passes that value
+        as its first argument. No app thread takes part in the hand-off.
+
+        Args:
+            parent: the task whose result comes first in ``task``'s arguments.
+        Returns:
+            A _WaitingStep: ``feed(value)`` once the parent completed,
+            ``take_back()`` if it failed or the task is cancelled. Once a
+            worker fed the task it runs, retries, times out and is collected
+            as any task. None if the direct path is not possible here (the
+            task waits for a delay, or its parent ended already): the caller
+            goes through the app, as before.
+        Raises:
+            As dispatch (SerializationError, PayloadTooLargeError, QueueFullError,
+            EngineClosedError): nothing was stored.
+        """
+        if task.delay_ms or parent.done():
+            return None
+        self._enter_or_raise()
+        try:
+            idx = self._prepare(task, fn, args, kwargs)
+            slot = self.slots[idx]
+            slot.priority = task.priority.value
+            st = lib.czmp_slot_state(self.raw, idx)
+            waiting = _core.state_make(_core.state_gen(st), 0, _core.SLOT_WAITING)
+            if lib.czmp_slot_cas(self.raw, idx, st, waiting) != 0:  # cannot happen: the slot is ours
+                self._release(task, idx)
+                return None
+            self._waiting[idx] = waiting
+            # the parent's slot, read then re-checked: a slot released and
+            # reused meanwhile shows in parent.slot (-1 first, see _unslot),
+            # and a generation read before its release makes the word inert
+            pidx = parent.slot
+            pst = lib.czmp_slot_state(self.raw, pidx) if pidx >= 0 else 0
+            if (pidx >= 0 and self._slot_task[pidx] is parent and parent.slot == pidx
+                    and _core.state_kind(pst) in _FEEDABLE):
+                lib.czmp_slot_set_next(self.raw, pidx, pst, idx, waiting)
+            # else: the parent is past the point where its worker feeds; the
+            # caller's take_back() after it settles finds the task WAITING
+        finally:
+            self.gate.exit()
+        return _WaitingStep(self, task, idx, waiting)
+
+    def _feed_waiting(self, task: TaskResult, idx: int, waiting: int, value: Any) -> str:
+        """_WaitingStep.feed: the app's fallback feed, in the step's own slot.
+
+        In place rather than through a new slot: a continuation that names
+        this slot (the chain's next step, wired while this one waited) stays
+        good, so one hop through the app does not send the rest of the
+        chain that way too.
+        """
+        if not self.gate.enter():
+            return "back"  # closing: the caller's release fails it cleanly
+        try:
+            if self._waiting.get(idx) != waiting or self._slot_task[idx] is not task:
+                return "worker"
+            held = _core.state_make(_core.state_gen(waiting), 0, _SLOT_HELD)
+            # CAS against czmp_tasks_feed's WAITING -> FEEDING: exactly one wins
+            if lib.czmp_slot_cas(self.raw, idx, waiting, held) != 0:
+                self._waiting.pop(idx, None)
+                return "worker"
+            self._waiting.pop(idx, None)
+            try:
+                flags, data = serialization.dumps_result(value)
+            except BaseException:  # noqa: BLE001 - the ordinary path reports it
+                flags, data = -1, None
+            if flags == serialization.OUTCOME_OK and type(data) is bytes:
+                out = ffi.new("uint64_t *")
+                if lib.czmp_arena_alloc(self.raw, len(data) + 8, holder_slot(idx), out) == 0:
+                    ptr = ffi.cast("char *", lib.czmp_arena_ptr(self.raw, out[0]))
+                    ffi.memmove(ptr, _FED_HEADER.pack(len(data), flags) + data, len(data) + 8)
+                    # plain write: the slot is HELD, ours; the QUEUED CAS releases it
+                    self.slots[idx].fed_handle = out[0]
+                    if self._submit_one(task.priority.value, idx):
+                        return "app"
+            # too big for the pool, a payload segment, or no ring room: the
+            # ordinary path (its release frees a fed chunk written above)
+            self._release(task, idx)
+            return "back"
+        finally:
+            self.gate.exit()
+
+    def _take_back(self, task: TaskResult, idx: int, waiting: int) -> bool:
+        """WAITING -> HELD -> released, if no worker fed the task first (see dispatch_waiting)."""
+        if not self.gate.enter():
+            return True  # closed: close() abandoned it already
+        try:
+            if self._waiting.get(idx) != waiting or self._slot_task[idx] is not task:
+                return False
+            held = _core.state_make(_core.state_gen(waiting), 0, _SLOT_HELD)
+            # CAS against czmp_tasks_feed's WAITING -> FEEDING: exactly one wins
+            if lib.czmp_slot_cas(self.raw, idx, waiting, held) != 0:
+                self._waiting.pop(idx, None)
+                return False
+            self._waiting.pop(idx, None)
+            self._release(task, idx)
+            return True
+        finally:
+            self.gate.exit()
 
     # -- collect ---------------------------------------------------------
 

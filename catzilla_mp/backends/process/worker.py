@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import sys
 import threading
 from typing import Callable
@@ -46,6 +47,9 @@ ARGS_COPY_BYTES = 64 << 10
 _INLINE_ARGS = _core.INLINE_ARGS
 _INLINE_RESULT = _core.INLINE_RESULT
 _OUTCOME_ERROR = serialization.OUTCOME_ERROR
+_OUTCOME_OK = serialization.OUTCOME_OK
+#: czmp_tasks_feed's chunk: [u32 len][u32 flags][len bytes of the parent's outcome]
+_FED_HEADER = struct.Struct("<II")
 
 
 #: Test-only fault injection: CZMP_WORKER_FAULT="<point>:<countdown>:<claim file>".
@@ -57,7 +61,8 @@ _OUTCOME_ERROR = serialization.OUTCOME_ERROR
 #:   ran        the function returned, its result not yet written
 #:   publishing the result is in the slot, the slot not yet DONE
 #: and the C core's own points by number (CZMP_FAULT_*), e.g. "c5" for
-#: CZMP_FAULT_FINISH_DONE (DONE, hint not yet in the result ring).
+#: CZMP_FAULT_FINISH_DONE (DONE, hint not yet in the result ring), "c13"
+#: (a chain's next step FEEDING) and "c14" (it is QUEUED, ours not DONE).
 FAULT_ENV = "CZMP_WORKER_FAULT"
 _fault_point = ""
 _fault_countdown = 0
@@ -207,6 +212,11 @@ class Worker:
         if self._progress_dirty:
             self._clear_progress()
         flags, out = self._execute(slot, idx, data, me, t0, single)
+        if slot.next and flags == _OUTCOME_OK and type(out) is bytes:
+            # a chain's next step waits for this result: hand it over here,
+            # before we publish ours (slots.c, czmp_tasks_feed); 0 or an
+            # error leaves it WAITING for the app to feed
+            lib.czmp_tasks_feed(self.raw, self.index, idx, flags, out, len(out))
         if me.measured and not isinstance(out, serialization.Frame):
             flags, out = serialization.with_extras(flags, out, me.measured)
         me.measured = None
@@ -254,6 +264,8 @@ class Worker:
             if self.init_error is not None:
                 raise self.init_error
             args, kwargs, timeout_ms, fn_bytes, extras = serialization.loads_call(data)
+            if slot.fed_handle:
+                args = (self._fed_value(slot.fed_handle),) + args
             if fn_bytes is None:
                 fn = self.functions.get(slot.func_id) or self._function(slot.func_id)
             else:
@@ -285,6 +297,26 @@ class Worker:
             self._leave_task(me, single)
             return serialization.dumps_exception(exc)
         return serialization.dumps_result(value)
+
+    def _fed_value(self, handle: int):
+        """The result a chain's previous step fed this slot with (czmp_tasks_feed's chunk).
+
+        Raises:
+            SerializationError: a chunk that is not one, a length beyond it,
+                or bytes that do not unpickle (the task fails with it).
+        """
+        size = lib.czmp_arena_chunk_size(self.raw, handle)
+        if size < 8:
+            raise SerializationError(f"the value fed to this task is in no chunk ({handle:#x})")
+        ptr = ffi.cast("char *", lib.czmp_arena_ptr(self.raw, handle))
+        n, flags = _FED_HEADER.unpack(ffi.buffer(ptr, 8))
+        if n > size - 8:  # written by another worker: bounded before use (issue 10.3)
+            raise SerializationError(f"the value fed to this task claims {n} bytes, "
+                                     f"beyond its chunk of {size}")
+        ok, value = serialization.loads_outcome(flags, ffi.buffer(ptr + 8, n))
+        if not ok:
+            raise value
+        return value
 
     def _enter_task(self, me: _Running, idx: int, deadline: int, single: bool) -> None:
         with me.lock:

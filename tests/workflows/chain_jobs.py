@@ -1,0 +1,66 @@
+"""Task functions for the chain hand-off tests: module-level, so workers import them by name.
+
+Each step leaves one line per run in a side-effect file, so a test can tell
+how many times a step really ran (a chain step must run exactly once).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+
+def _trace(path, tag):
+    # O_APPEND writes of one short line are atomic: concurrent runs never interleave
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, f"{tag} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def runs(path):
+    """How many times each tag ran."""
+    counts: dict[str, int] = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                tag = line.split()[0]
+                counts[tag] = counts.get(tag, 0) + 1
+    except FileNotFoundError:
+        pass
+    return counts
+
+
+def gated(gate, path, tag, value):
+    """Wait until the file ``gate`` exists (the test wires the chain meanwhile), then return value."""
+    _trace(path, tag)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gate {gate} never opened")
+        time.sleep(0.002)
+    return value
+
+
+def gated_fail(gate, path, tag):
+    gated(gate, path, tag, None)
+    raise ValueError(f"{tag} failed on purpose")
+
+
+def step(x, path, tag, k):
+    """One chain step: x * k."""
+    _trace(path, tag)
+    return x * k
+
+
+def fails_once(x, path, tag):
+    """Fails on its first run, returns x + 1 on the next (a retried chain step)."""
+    _trace(path, tag)
+    if runs(path).get(tag, 0) == 1:
+        raise RuntimeError("first attempt fails on purpose")
+    return x + 1
+
+
+def big(fed, n):
+    """A result of its own payload segment (beyond serialization.BIG_BUFFER); ``fed`` ignored."""
+    return b"x" * n
