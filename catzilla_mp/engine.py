@@ -133,15 +133,20 @@ TASK_ID_BLOCK = 512
 _id_blocks = threading.local()
 
 
-def _id_source() -> Iterator[str]:
-    key = os.urandom(32)
+def _id_blocks_of(key: bytes) -> Iterator[list[str]]:
     for block in itertools.count():
         xof = hashlib.shake_256(key)
         xof.update(block.to_bytes(8, "little"))
         # "task_<32 hex>" per 16 bytes: hex() puts a space between each
         # 16 bytes, replace() prefixes every id but the first, split() cuts
-        yield from ("task_" + xof.digest(TASK_ID_BYTES * TASK_ID_BLOCK)
-                    .hex(" ", TASK_ID_BYTES).replace(" ", " task_")).split(" ")
+        yield ("task_" + xof.digest(TASK_ID_BYTES * TASK_ID_BLOCK)
+               .hex(" ", TASK_ID_BYTES).replace(" ", " task_")).split(" ")
+
+
+def _id_source() -> Iterator[str]:
+    # chain.from_iterable hands out a block's ids from C (a list iterator):
+    # ~0.03 us a next() here, against ~0.1 us resuming a generator frame
+    return itertools.chain.from_iterable(_id_blocks_of(os.urandom(32)))
 
 
 def _new_task_id() -> str:
@@ -156,6 +161,7 @@ def _forget_id_blocks() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_id_blocks)
+_MethodType = types.MethodType
 #: add_task_async polls a full queue from this pause up to the next, doubling:
 #: short enough that a freed slot is taken within a frame of the web server's
 #: loop, long enough that a full queue costs the loop nothing measurable.
@@ -698,7 +704,12 @@ class BackgroundTasks(TaskLifecycle, Executor):
 
     def _submit_task(self, task: TaskResult, func: Callable, args: tuple,
                      kwargs: dict) -> TaskResult:
-        self._admit(task)
+        # TaskLifecycle._admit written out: the submit hot path
+        if self._closed:
+            raise EngineClosedError("the engine is shut down; it takes no new tasks")
+        if self._broken is not None:
+            self._raise_broken()
+        self._tasks[task.task_id] = task
         try:
             backend = self._backend
             if backend is None:  # _live_backend() written out: the submit hot path
@@ -855,7 +866,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             self._adopt_fork()
         # A bound method is a new object at every attribute access, and keeping
         # it would keep its instance: its function is what is described.
-        target = func.__func__ if type(func) is types.MethodType else func
+        target = func.__func__ if type(func) is _MethodType else func
         entry = self._fn_info.get(id(target))
         if entry is not None and entry[0]() is target:
             config, name = entry[1], entry[2]

@@ -91,6 +91,22 @@ def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
     return data
 
 
+def dumps_plain_call(args: tuple, kwargs: dict) -> "bytes | Frame":
+    """dumps_call(args, kwargs) for a call with no timeout, function bytes or extras.
+
+    The one-by-one submit hot path: small scalar arguments and no keyword
+    arguments are pickled at once (nothing to scan for), anything else as
+    dumps_call does. One Python call instead of dumps_call's longer one.
+    """
+    if not kwargs:
+        for a in args:
+            if a.__class__ not in _SCALARS:
+                break
+        else:
+            return _dumps((args, kwargs), PROTOCOL)
+    return dumps_call(args, kwargs)
+
+
 def dumps_calls(calls: list, limit: int) -> "list[bytes] | None":
     """Bytes of many plain calls ``(args, {})`` (add_tasks, map), or None for dumps_call's way.
 
