@@ -842,7 +842,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             raise EngineClosedError("the engine is shut down; it takes no new tasks")
         if self._broken is not None:
             self._raise_broken()
-        self._tasks.update((t.task_id, t) for t in tasks)
+        self._tasks.update(zip([t.task_id for t in tasks], tasks))
         done = [0]
         try:
             self._live_backend().dispatch_many(tasks, func, calls, done)
@@ -913,9 +913,11 @@ class BackgroundTasks(TaskLifecycle, Executor):
             ids = list(itertools.islice(_id_blocks.ids, n))
         except AttributeError:
             ids = [_new_task_id()] + list(itertools.islice(_id_blocks.ids, n - 1))
-        args = (self, task.priority, task.max_retries, task.timeout_ms, task.delay_ms)
+        # every argument spelled out: a star-args call builds a tuple per task
+        prio, retries, timeout, delay = task.priority, task.max_retries, task.timeout_ms, task.delay_ms
         name, opts, executor = task.name, task.opts, task.executor
-        sibs = [TaskResult(i, *args, q, name, opts, executor) for i, q in zip(ids, seqs)]
+        sibs = [TaskResult(i, self, prio, retries, timeout, delay, q, name, opts, executor)
+                for i, q in zip(ids, seqs)]
         if task.wextras is not (None if opts is None else opts.extras):
             for sib in sibs:  # extras of its own (compat.add_context): the siblings share them
                 sib.wextras = task.wextras
