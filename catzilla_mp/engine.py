@@ -88,7 +88,7 @@ from .errors import (
     QueueFullError,
     UnknownTaskError,
 )
-from .records import EngineStats, TaskConfig, TaskPriority, TaskStatus
+from .records import EngineStats, TaskConfig, TaskPriority, TaskStatus, parse_priority
 from .lifecycle import TaskLifecycle
 from .results import TaskFuture, TaskResult
 
@@ -883,7 +883,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             timeout_ms = config.timeout_ms if timeout_ms == _DEFAULTS.timeout_ms else timeout_ms
         # the common case costs three type checks; anything else is validated fully
         if priority.__class__ is not TaskPriority:
-            priority = TaskPriority.parse(priority)
+            priority = parse_priority(priority)  # "normal" etc.: one dict lookup
         if type(delay_ms) is not int or not 0 <= delay_ms <= MAX_MS:
             _int_at_least("delay_ms", delay_ms, 0, most=MAX_MS)
         if type(max_retries) is not int or not 0 <= max_retries <= MAX_RETRIES:

@@ -138,3 +138,16 @@ def test_issue_18_an_outcome_is_read_as_a_pickle_a_frame_or_refused_whatever_its
     for bad in (b"", b"CZ", b"garbage"):
         got_ok, err = serialization.loads_outcome(ok, memoryview(bad))
         assert got_ok is False and isinstance(err, SerializationError)
+
+
+def test_issue_18_a_priority_spelled_as_a_string_is_read_as_parse_reads_it():
+    from catzilla_mp.records import TaskPriority, parse_priority
+
+    for p in TaskPriority:
+        assert parse_priority(p) is p
+        assert parse_priority(p.name.lower()) is p is parse_priority(p.name)
+        assert parse_priority(p.value) is p
+    assert parse_priority(" High ") is TaskPriority.HIGH  # the general parse still serves the rest
+    for bad in (True, "urgent", 9, None):
+        with pytest.raises(ValueError):
+            parse_priority(bad)
