@@ -704,12 +704,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
 
     def _submit_task(self, task: TaskResult, func: Callable, args: tuple,
                      kwargs: dict) -> TaskResult:
-        # TaskLifecycle._admit written out: the submit hot path
-        if self._closed:
-            raise EngineClosedError("the engine is shut down; it takes no new tasks")
-        if self._broken is not None:
-            self._raise_broken()
-        self._tasks[task.task_id] = task
+        self._admit(task)
         try:
             backend = self._backend
             if backend is None:  # _live_backend() written out: the submit hot path
