@@ -29,6 +29,10 @@ class TaskPriority(Enum):
         Raises:
             ValueError: for anything else, naming the accepted values.
         """
+        if type(value) is str:  # the usual spellings, one lookup (the rest below: ~1 us)
+            member = _PRIORITY_NAMES.get(value)
+            if member is not None:
+                return member
         if isinstance(value, cls):
             return value
         if isinstance(value, Enum):
@@ -48,6 +52,27 @@ class TaskPriority(Enum):
                 pass
         names = ", ".join(p.name.lower() for p in cls)
         raise ValueError(f"unknown priority {value!r}; use TaskPriority or one of: {names}")
+
+
+#: parse()'s first try for a string: each name lower- and upper-case. Only
+#: str keys: True == 1 would find a member by value, which parse refuses.
+_PRIORITY_NAMES = {**{p.name.lower(): p for p in TaskPriority},
+                   **{p.name: p for p in TaskPriority}}
+
+
+def parse_priority(value: Union[TaskPriority, Enum, str, int]) -> TaskPriority:
+    """TaskPriority.parse for the submit hot path: a member or a usual spelling
+    ("normal", "HIGH") costs one dict lookup; anything else goes to parse
+    (looking up a classmethod on an Enum class alone costs ~0.15 us).
+
+    Raises:
+        ValueError: as TaskPriority.parse.
+    """
+    if type(value) is str:
+        member = _PRIORITY_NAMES.get(value)
+        if member is not None:
+            return member
+    return TaskPriority.parse(value)
 
 
 class TaskStatus(Enum):

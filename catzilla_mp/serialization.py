@@ -91,6 +91,22 @@ def dumps_call(args: tuple, kwargs: dict, timeout_ms: int | None = None,
     return data
 
 
+def dumps_plain_call(args: tuple, kwargs: dict) -> "bytes | Frame":
+    """dumps_call(args, kwargs) for a call with no timeout, function bytes or extras.
+
+    The one-by-one submit hot path: small scalar arguments and no keyword
+    arguments are pickled at once (nothing to scan for), anything else as
+    dumps_call does. One Python call instead of dumps_call's longer one.
+    """
+    if not kwargs:
+        for a in args:
+            if a.__class__ not in _SCALARS:
+                break
+        else:
+            return _dumps((args, kwargs), PROTOCOL)
+    return dumps_call(args, kwargs)
+
+
 def dumps_calls(calls: list, limit: int) -> "list[bytes] | None":
     """Bytes of many plain calls ``(args, {})`` (add_tasks, map), or None for dumps_call's way.
 
@@ -308,7 +324,10 @@ def split_progress(flags: int, data) -> tuple[int, Any, Any]:
 def loads_outcome(flags: int, data) -> tuple[bool, Any]:
     """App side: (True, value) or (False, exception ready to raise)."""
     try:
-        body = _loads_frame(data) if data[:4] == FRAME_MAGIC else _loads(data)
+        # a pickle starts with its PROTO opcode (0x80), a frame with "CZMF":
+        # one byte read, not a slice compared (the collector's hot path)
+        body = (_loads(data) if data[0] == 0x80 else
+                _loads_frame(data) if data[:4] == FRAME_MAGIC else _loads(data))
     except Exception as exc:
         return False, SerializationError(f"cannot unpickle the task's outcome: {exc}")
     if flags == OUTCOME_OK:

@@ -338,7 +338,7 @@ class TaskLifecycle:
             self._retained_bytes -= size
             task = tasks.pop(task_id, None)
             if task is not None and o.keep_finished:
-                expired[task_id] = (task.status, task.completed_at, why)
+                expired[task_id] = (task._status, task.completed_at, why)  # final: no live read
                 if len(expired) > o.keep_finished:
                     expired.popitem(last=False)
 

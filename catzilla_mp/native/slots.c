@@ -347,11 +347,17 @@ typedef int (*try_fn)(czmp_segment_t *, uint32_t, uint32_t *, int);
  * the CPU: on a machine with as many workers as cores, a spinning consumer
  * must not take the core from the app thread that is producing its work. */
 static int spin(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t arg,
-                uint32_t *out, int max, int stop_on_shutdown) {
+                uint32_t *out, int max, int stop_on_shutdown, int woken) {
     czmp_store_relaxed(&wk->spin_lease_ns, czmp_now_ns() + CZMP_SPIN_LEASE_NS);
     czmp_fetch_add(&wk->spinners, 1);
-    /* producers now see us spinning; a lazy wake in flight has done its job */
-    czmp_store_release(&wk->waking, 0);
+    /* producers now see us spinning; the lazy wake in flight, if it was the
+     * one that woke us, has done its job. Only the woken consumer clears it:
+     * a busy consumer coming back to spin (every task, under load) must not,
+     * or a woken sleeper still waiting for a CPU gets one more FUTEX_WAKE per
+     * task the other consumer takes meanwhile (~1 in 6 submits measured, a
+     * syscall each, made with the app's GIL held). */
+    if (woken)
+        czmp_store_release(&wk->waking, 0);
     uint64_t start = 0;
     int n = 0;
     for (uint32_t i = 0;; i++) {
@@ -413,8 +419,8 @@ static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t a
     if (timeout_ns == 0)
         return try(seg, arg, out, max);
     uint64_t deadline = timeout_ns > 0 ? czmp_now_ns() + (uint64_t)timeout_ns : 0;
-    for (;;) {
-        int n = spin(seg, wk, try, arg, out, max, stop_on_shutdown);
+    for (int woken = 0;; woken = 1) {
+        int n = spin(seg, wk, try, arg, out, max, stop_on_shutdown, woken);
         if (n > 0 || (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown)))
             return n;
         CZMP_FAULT(CZMP_FAULT_SPIN_DONE);
@@ -429,6 +435,9 @@ static int wait_for(czmp_segment_t *seg, czmp_wake_t *wk, try_fn try, uint32_t a
         n = try(seg, arg, out, max);
         if (n > 0 || (stop_on_shutdown && czmp_load_acquire(&seg->hdr->shutdown))) {
             czmp_fetch_sub(&wk->sleepers, 1);
+            /* counted, we may have been a wake's target: every counted
+             * sleeper clears `waking` on its way out, however it leaves */
+            clear_waking(wk);
             return n;
         }
         int64_t left = -1;

@@ -114,3 +114,40 @@ def test_issue_18_plain_scalar_calls_pickle_as_before_and_anything_else_takes_th
     # And what cannot be pickled is refused as before
     with pytest.raises(SerializationError):
         serialization.dumps_call((Unpicklable(),), {})
+
+
+def test_issue_18_the_one_by_one_plain_path_pickles_exactly_what_dumps_call_does():
+    plain = (1, "a", 2.5, None, True, 3j)
+    assert serialization.dumps_plain_call(plain, {}) == serialization.dumps_call(plain, {})
+    # keyword arguments, non-scalars and big buffers take dumps_call's own way
+    assert serialization.dumps_plain_call((1,), {"k": [2]}) == serialization.dumps_call((1,), {"k": [2]})
+    assert serialization.dumps_plain_call(([1, 2],), {}) == serialization.dumps_call(([1, 2],), {})
+    big = b"x" * (serialization.BIG_BUFFER + 1)
+    assert isinstance(serialization.dumps_plain_call((1, big), {}), serialization.Frame)
+    with pytest.raises(SerializationError):
+        serialization.dumps_plain_call((Unpicklable(),), {})
+
+
+def test_issue_18_an_outcome_is_read_as_a_pickle_a_frame_or_refused_whatever_its_first_byte():
+    ok = serialization.OUTCOME_OK
+    assert serialization.loads_outcome(ok, memoryview(pickle.dumps([1, 2], 5))) == (True, [1, 2])
+    big = b"y" * (serialization.BIG_BUFFER + 1)
+    flags, frame = serialization.dumps_result(big)
+    data = memoryview(b"".join(bytes(p) for p in frame.parts))
+    assert serialization.loads_outcome(flags, data) == (True, big)
+    for bad in (b"", b"CZ", b"garbage"):
+        got_ok, err = serialization.loads_outcome(ok, memoryview(bad))
+        assert got_ok is False and isinstance(err, SerializationError)
+
+
+def test_issue_18_a_priority_spelled_as_a_string_is_read_as_parse_reads_it():
+    from catzilla_mp.records import TaskPriority, parse_priority
+
+    for p in TaskPriority:
+        assert parse_priority(p) is p
+        assert parse_priority(p.name.lower()) is p is parse_priority(p.name)
+        assert parse_priority(p.value) is p
+    assert parse_priority(" High ") is TaskPriority.HIGH  # the general parse still serves the rest
+    for bad in (True, "urgent", 9, None):
+        with pytest.raises(ValueError):
+            parse_priority(bad)

@@ -287,6 +287,35 @@ def test_issue_10_6_a_wake_aimed_at_a_sleeper_that_timed_out_is_not_lost(seg, pa
     assert wake.wakes > wakes
 
 
+def test_a_consumer_back_from_a_task_does_not_repeat_a_wake_still_in_flight(seg, pauses):
+    """Issue 18: one FUTEX_WAKE per woken sleeper, not one per task another consumer takes.
+
+    W1, counted a sleeper, parks just before its futex_wait (as a woken,
+    niced worker waits for a CPU on a busy host). Task A's submit marks
+    `waking` and makes the syscall. W2, busy until now, polls and takes A.
+    Task B is submitted. Old code: W2's spin cleared the mark, so B's submit
+    made a second syscall (under load, ~1 submit in 6, with the app's GIL
+    held). Now only a counted sleeper clears it: B's submit makes none, and
+    W1, once it runs, takes B (nothing is lost).
+    """
+    pauses(lib.CZMP_FAULT_SLEEP_CHECKED)
+    w1 = Call(seg.take, 0, 1, 60.0)
+    eventually(lambda: parked(lib.CZMP_FAULT_SLEEP_CHECKED), "W1 counted a sleeper")
+    wake = seg.header.task_wake
+    wakes = wake.wakes
+    assert seg.submit(NORMAL, [0]) == 1           # task A: W1 counted, nobody spins
+    assert wake.wakes == wakes + 1
+    try:
+        assert seg.take(1, 1, 5.0) == [0]         # W2 polls and takes A
+        assert seg.submit(NORMAL, [1]) == 1       # task B
+        after_b = wake.wakes
+    finally:
+        lib.czmp_fault_release(lib.CZMP_FAULT_SLEEP_CHECKED)
+        taken = w1.outcome()
+    assert taken == [1], "W1 did not take task B"
+    assert after_b == wakes + 1, "B's submit repeated the wake still in flight"
+
+
 # -- 10.7 the results side's baton ------------------------------------------
 
 def test_issue_10_7_a_helper_leaving_with_results_queued_wakes_the_collector(seg, pauses):
