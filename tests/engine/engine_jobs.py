@@ -156,3 +156,11 @@ class Counter:
 
 def identity(value, scale=None):
     return value if scale is None else value * scale
+
+
+def wait_for_path(path, timeout=60.0):
+    """Run until ``path`` exists (the test's signal), at most ``timeout`` s."""
+    end = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < end:
+        time.sleep(0.005)
+    return os.path.exists(path)

@@ -101,6 +101,12 @@ PREFAULT_STEP = 4 << 20
 #: on a busy host a nice-19 thread was still backing the pool 15 s later, and
 #: every large payload until then paid for its pages itself.
 PREFAULT_DELAY_S = 0.5
+#: While tasks are queued or running, the pre-fault thread waits this long and
+#: looks again. Backing a 500 MiB pool costs ~0.35 s of a core; taken from the
+#: running tasks and the collector it delayed CRITICAL results by up to ~50 ms
+#: (perf sched: the collector runnable but off-CPU for 5 ms slices; bench
+#: mixed load, issue 18). A busy pool backs its chunks on first use anyway.
+PREFAULT_BUSY_PAUSE_S = 0.02
 #: How long close() waits for the collector thread to end.
 COLLECTOR_JOIN_S = 5.0
 #: How long close() waits for threads still inside the mapping (a listener
@@ -310,8 +316,18 @@ class ProcessBackend:
         if self._prefault_stop.wait(PREFAULT_DELAY_S):
             return
         while not self._prefault_stop.is_set():
+            if self._tasks_in_flight():
+                self._prefault_stop.wait(PREFAULT_BUSY_PAUSE_S)
+                continue
             if lib.czmp_arena_prefault(self.raw, cursor, PREFAULT_STEP) != 1:
                 return  # every chunk backed, or /dev/shm full (allocs then fail cleanly)
+
+    def _tasks_in_flight(self) -> bool:
+        """A task is queued or running now (read from the segment: rings and worker records)."""
+        seg = self.seg
+        if any(seg.queue_depths()):
+            return True
+        return any(seg.worker(i).current_slot for i in range(seg.layout.nworkers))
 
     def _init_state(self, o) -> None:
         self.payloads = Payloads(self.seg, o.max_payload_bytes,
