@@ -66,7 +66,6 @@ mode (``mode="ray"``, ``address=``) runs it on a Ray cluster
 """
 from __future__ import annotations
 
-import asyncio
 import atexit
 import functools
 import hashlib
@@ -766,6 +765,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
             QueueFullError: still no room after queue_full_timeout seconds.
             Everything else add_task raises, at once.
         """
+        import asyncio  # loaded already: the caller runs in an event loop
+
         from .errors import QueueFullError
 
         loop = asyncio.get_running_loop()

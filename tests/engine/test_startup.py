@@ -1,0 +1,77 @@
+"""Start-up cost (issue 18): what an engine imports before its first result, and that the
+parts loaded later still work when used.
+
+Outcomes only (which modules are loaded, what a call returns), never timings: the figures
+are bench.engine's first_result_ms and shutdown_ms.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def _run(code: str) -> str:
+    """Run ``code`` in a fresh interpreter from the repository root; its stdout."""
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_an_engine_serves_its_first_result_without_importing_asyncio_or_psutil():
+    # Given a fresh app that imports catzilla_mp and makes a process engine
+    # When it gets its first result
+    out = _run("""
+        import sys
+        from catzilla_mp import BackgroundTasks
+        with BackgroundTasks(workers=1, memory_pool_mb=16, queue_size=64) as engine:
+            assert engine.add_task(pow, 2, 10).wait(timeout=60) == 1024
+            print(sorted(m for m in ("asyncio", "psutil", "ssl") if m in sys.modules))
+    """)
+    # Then neither asyncio (~10 ms) nor psutil (~5 ms) was loaded on the way
+    assert out.strip() == "[]"
+
+
+def test_awaiting_a_result_loads_asyncio_on_first_use():
+    # Given an engine made before asyncio was ever imported
+    out = _run("""
+        import sys
+        from catzilla_mp import BackgroundTasks
+        engine = BackgroundTasks(workers=1, memory_pool_mb=16, queue_size=64)
+        assert "asyncio" not in sys.modules
+        import asyncio
+
+        async def main():
+            # When a coroutine awaits a task and submits through add_task_async
+            first = await engine.add_task(pow, 3, 3)
+            second = await (await engine.add_task_async(pow, 2, 5))
+            return first, second
+
+        try:
+            print(asyncio.run(main()))
+        finally:
+            engine.shutdown()
+    """)
+    # Then both work as they did with asyncio imported up front
+    assert out.strip() == "(27, 32)"
+
+
+def test_the_first_stats_snapshot_measures_the_apps_cpu_since_start(make_engine):
+    # Given an engine (psutil not used yet) and an app thread busy for a while
+    engine = make_engine(workers=1)
+    end = time.process_time() + 0.3
+    while time.process_time() < end:
+        pass
+    # When stats are read for the first time
+    stats = engine.get_stats()
+    # Then the app's CPU share since start and its memory are there, as psutil gave them
+    assert stats.engine_cpu_usage > 0
+    assert stats.engine_memory_usage > 0
+    assert stats.total_workers == 1
+    # and the next snapshot measures from this one
+    assert engine.get_stats().engine_cpu_usage >= 0
