@@ -1270,17 +1270,26 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self._delays.drain()
         backend = self._backend
         self._orphan_finalizer.detach()
-        if backend is not None:
-            backend.close(self.abandon)
-        self._backend = None
-        if workflows is not None:
-            workflows.close()  # dependants whose parents were just abandoned
-        self._delays.stop()
-        if self._logs is not None:
-            self._logs.close()
-            self._logs = None
-        # callbacks of the tasks settled above still run, for a bounded time
-        self._callback_runner.stop(max(0.0, deadline - time.monotonic()) + 1.0)
+        # the process backend's unmap comes after this engine's thread joins:
+        # while it runs, starting or ending a thread waits (issue 18)
+        release = getattr(backend, "release_mapping", None)
+        try:
+            if release is not None:
+                backend.close(self.abandon, defer_unmap=True)
+            elif backend is not None:
+                backend.close(self.abandon)
+            self._backend = None
+            if workflows is not None:
+                workflows.close()  # dependants whose parents were just abandoned
+            self._delays.stop()
+            if self._logs is not None:
+                self._logs.close()
+                self._logs = None
+            # callbacks of the tasks settled above still run, for a bounded time
+            self._callback_runner.stop(max(0.0, deadline - time.monotonic()) + 1.0)
+        finally:
+            if release is not None:
+                release()
         if self._atexit is not None:
             atexit.unregister(self._atexit)
             self._atexit = None

@@ -50,6 +50,11 @@ FUNCTION_TABLE_SIZE = 4096
 #: result of a burst against the per-call cost of the C collect.
 COLLECT_BATCH = 256
 COLLECT_WAIT_NS = 1_000_000_000
+#: Seconds the collector pauses between looks while close() stops the
+#: workers: the segment's shutdown flag makes the C wait return at once, and
+#: without a pause the collector spun a core (and the GIL) for the whole stop,
+#: which the exiting workers needed (issue 18: shutdown after big payloads).
+STOPPING_COLLECT_PAUSE_S = 0.001
 #: Bytes of small results copied out per collect call.
 OUTCOME_DATA_BYTES = COLLECT_BATCH * _core.INLINE_RESULT
 #: czmp_outcome_t, as struct sees it (static_assert'ed at 56 bytes in internal.h).
@@ -292,6 +297,7 @@ class ProcessBackend:
         # CLOCK_MONOTONIC (the C side's clock) -> wall clock, for TaskStats
         self._wall_offset = time.time() - time.monotonic()
         self._running = True
+        self._stopping = False  # close() began: the collector pauses between looks
         self._collector = threading.Thread(target=self._guarded_collect_loop,
                                            name="czmp-collector", daemon=True)
         self._collector.start()
@@ -633,7 +639,8 @@ class ProcessBackend:
     def _collect_loop(self) -> None:
         batch = _OutcomeBatch(COLLECT_BATCH)
         while self._running:
-            self._collect(batch, COLLECT_WAIT_NS)
+            if self._collect(batch, COLLECT_WAIT_NS) == 0 and self._stopping:
+                time.sleep(STOPPING_COLLECT_PAUSE_S)
 
     def _collect(self, batch: "_OutcomeBatch", timeout_ns: int) -> int:
         """Take finished slots (one C call) and settle each; returns how many.
@@ -1012,13 +1019,17 @@ class ProcessBackend:
 
     # -- shutdown ----------------------------------------------------------
 
-    def close(self, abandon: Callable[[TaskResult], None]) -> None:
+    def close(self, abandon: Callable[[TaskResult], None], *,
+              defer_unmap: bool = False) -> None:
         """Stop workers, settle what they finished, abandon the rest, remove the segment.
 
         The segment is removed whatever goes wrong before: a shutdown that
         raises (at interpreter exit, say) must not leave it in /dev/shm.
+        ``defer_unmap``: leave the unmapping to a later release_mapping() call
+        (the engine's, once its own threads are joined).
         """
         try:
+            self._stopping = True
             self.seg.shutdown()
             self.supervisor.stop()
             self._running = False
@@ -1044,9 +1055,21 @@ class ProcessBackend:
             self._running = False
             self.gate.close(0)
             self._unlink_segment()
-            # nothing may touch the mapping once it is gone: a thread still
-            # inside the gate (held up in a listener, say) unmaps on its way out
-            self.gate.when_empty(self._unmap)
+            if not defer_unmap:
+                self.release_mapping()
+
+    def release_mapping(self) -> None:
+        """After close(): unmap the segment, in a background thread, once no thread is inside.
+
+        Unmapping a pool whose pages are backed takes ~0.1 s, and while it
+        runs the kernel makes every thread start and thread exit of the app
+        wait (python -m bench.engine: the engine's own joins after close()
+        took 60-160 ms after big payloads instead of ~0). So the engine calls
+        this last, once its threads are joined (issue 18).
+        """
+        # nothing may touch the mapping once it is gone: a thread still
+        # inside the gate (held up in a listener, say) unmaps on its way out
+        self.gate.when_empty(self._unmap)
 
     def _note_started(self, task: TaskResult) -> None:
         """Before close() abandons ``task``: if it ran, say so (it is then not "cancelled")."""

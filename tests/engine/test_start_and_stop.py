@@ -1,5 +1,5 @@
-"""Start-up cost (issue 18): what an engine imports before its first result, and that the
-parts loaded later still work when used.
+"""Start-up and shutdown cost (issue 18): what an engine imports before its first result (and
+that the parts loaded later still work when used); what shutdown does while it waits.
 
 Outcomes only (which modules are loaded, what a call returns), never timings: the figures
 are bench.engine's first_result_ms and shutdown_ms.
@@ -11,6 +11,9 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+
+import engine_jobs as jobs
+from engine_helpers import wait_running
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -75,3 +78,48 @@ def test_the_first_stats_snapshot_measures_the_apps_cpu_since_start(make_engine)
     assert stats.total_workers == 1
     # and the next snapshot measures from this one
     assert engine.get_stats().engine_cpu_usage >= 0
+
+
+def test_the_collector_pauses_instead_of_spinning_while_shutdown_stops_the_workers(make_engine):
+    # Given an engine whose worker is still busy for ~0.5 s when shutdown stops it
+    engine = make_engine(workers=1)
+    wait_running(engine.add_task(jobs.sleep_then, 0.5, "done"))
+    backend = engine._backend
+    calls = []
+    collect = backend._collect
+
+    def counting(batch, timeout_ns):
+        calls.append(timeout_ns)
+        return collect(batch, timeout_ns)
+
+    backend._collect = counting
+    # When the engine shuts down without waiting (close() waits for the worker's exit)
+    engine.shutdown(wait_for_completion=False, timeout=0)
+    # Then the collector looked about once a millisecond at most, not in a busy loop
+    # (it spun: hundreds of thousands of looks in half a second)
+    assert len(calls) < 5000, len(calls)
+
+
+def test_the_segment_is_unmapped_after_the_engines_own_threads_are_joined(make_engine):
+    # Given an engine, with its thread joins and its backend's unmap observed
+    engine = make_engine(workers=1)
+    assert engine.add_task(jobs.noop).wait(timeout=30) is None
+    backend, order = engine._backend, []
+
+    def observed(obj, name, label):
+        original = getattr(obj, name)
+
+        def call(*args, **kwargs):
+            result = original(*args, **kwargs)
+            order.append(label)
+            return result
+        setattr(obj, name, call)
+
+    observed(backend, "_unmap", "unmap")
+    observed(engine._delays, "stop", "delays joined")
+    observed(engine._callback_runner, "stop", "callbacks joined")
+    # When it shuts down
+    engine.shutdown()
+    # Then the unmap (which makes every thread start and exit of the app wait)
+    # came after the joins
+    assert order == ["delays joined", "callbacks joined", "unmap"]
