@@ -1089,7 +1089,8 @@ class ProcessBackend:
         name = self.seg.name
         self.seg.unlink()
         if getattr(self, "payloads", None) is not None:  # absent if __init__ failed early
-            self.payloads.drop_spares()
+            # named no more; unmapped by _unmap's thread, off the shutdown path
+            self._spare_maps = self.payloads.unlink_spares()
         remove_externals(name)
 
     def _unmap(self) -> None:
@@ -1097,5 +1098,12 @@ class ProcessBackend:
         if self._prefault.is_alive():
             self._prefault.join()  # it must not touch the mapping as it goes
         # Unmapping frees every backed page of the pool once the name is gone
-        # (~0.1 s for 500 MiB): off the caller's path, in C without the GIL.
-        threading.Thread(target=self.seg.detach, name="czmp-unmap", daemon=True).start()
+        # (~0.1 s for 500 MiB): off the caller's path, in C without the GIL;
+        # the spare payload segments first (unlinked already, _unlink_segment)
+        threading.Thread(target=self._detach_all, name="czmp-unmap", daemon=True).start()
+
+    def _detach_all(self) -> None:
+        spares, self._spare_maps = getattr(self, "_spare_maps", ()), ()
+        for spare in spares:
+            spare.close()
+        self.seg.detach()
