@@ -26,18 +26,41 @@ def _run(code: str) -> str:
     return out.stdout
 
 
-def test_an_engine_serves_its_first_result_without_importing_asyncio_or_psutil():
+def test_an_engine_serves_its_first_result_without_importing_asyncio_psutil_or_cloudpickle():
     # Given a fresh app that imports catzilla_mp and makes a process engine
-    # When it gets its first result
+    # When it gets its first result, from a module-level function
     out = _run("""
         import sys
         from catzilla_mp import BackgroundTasks
         with BackgroundTasks(workers=1, memory_pool_mb=16, queue_size=64) as engine:
             assert engine.add_task(pow, 2, 10).wait(timeout=60) == 1024
-            print(sorted(m for m in ("asyncio", "psutil", "ssl") if m in sys.modules))
+            print(sorted(m for m in ("asyncio", "psutil", "ssl", "cloudpickle")
+                         if m in sys.modules))
+            # and a lambda, which needs cloudpickle, still works (loaded on first use)
+            assert engine.add_task(lambda x: x + 1, 41).wait(timeout=60) == 42
     """)
-    # Then neither asyncio (~10 ms) nor psutil (~5 ms) was loaded on the way
+    # Then neither asyncio (~10 ms), psutil (~5 ms) nor cloudpickle (~5 ms) was loaded
     assert out.strip() == "[]"
+
+
+def test_a_module_level_function_pickles_as_cloudpickle_would_without_it():
+    import cloudpickle
+
+    from catzilla_mp import serialization
+
+    # Given module-level and built-in functions, and one registered to go by value
+    for fn in (jobs.noop, jobs.sleep_then, pow, len, textwrap.dedent):
+        # When the engine pickles them, Then the bytes are cloudpickle's, a reference
+        assert serialization.dumps_function(fn) == cloudpickle.dumps(fn, serialization.PROTOCOL)
+    reference = serialization.dumps_function(jobs.noop)
+    # and when a module is registered to go by value, its functions still do
+    cloudpickle.register_pickle_by_value(jobs)
+    try:
+        by_value = serialization.dumps_function(jobs.noop)
+        assert by_value == cloudpickle.dumps(jobs.noop, serialization.PROTOCOL)
+        assert by_value != reference
+    finally:
+        cloudpickle.unregister_pickle_by_value(jobs)
 
 
 def test_awaiting_a_result_loads_asyncio_on_first_use():
