@@ -146,3 +146,25 @@ def test_the_segment_is_unmapped_after_the_engines_own_threads_are_joined(make_e
     # Then the unmap (which makes every thread start and exit of the app wait)
     # came after the joins
     assert order == ["delays joined", "callbacks joined", "unmap"]
+
+
+def test_the_pool_prefault_thread_starts_after_the_engines_other_threads(make_engine, monkeypatch):
+    import threading
+
+    # Given thread starts observed
+    started = []
+    start = threading.Thread.start
+
+    def observed(thread):
+        started.append(thread.name)
+        return start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", observed)
+    # When a process engine with populate=True (the default) is made
+    engine = make_engine(workers=1, populate=True)
+    monkeypatch.undo()
+    assert engine.add_task(pow, 2, 5).wait(timeout=30) == 32
+    # Then its first madvise (which makes thread creation wait) came after the
+    # collector and supervisor threads were made
+    ours = [n for n in started if n in ("czmp-collector", "czmp-supervisor", "czmp-prefault")]
+    assert ours == ["czmp-collector", "czmp-supervisor", "czmp-prefault"]
