@@ -168,3 +168,14 @@ def test_the_pool_prefault_thread_starts_after_the_engines_other_threads(make_en
     # collector and supervisor threads were made
     ours = [n for n in started if n in ("czmp-collector", "czmp-supervisor", "czmp-prefault")]
     assert ours == ["czmp-collector", "czmp-supervisor", "czmp-prefault"]
+
+
+def test_the_backends_slot_pointers_are_the_c_cores_own(make_engine):
+    from catzilla_mp._native import lib
+
+    # Given a process engine (its slot pointers are computed, not asked of C one by one)
+    engine = make_engine(workers=1, queue_size=300)
+    backend = engine._backend
+    # Then each is the one czmp_slot gives, the last included
+    assert len(backend.slots) == 300
+    assert all(backend.slots[i] == lib.czmp_slot(backend.raw, i) for i in (0, 1, 150, 299))

@@ -289,7 +289,10 @@ class ProcessBackend:
                                  max_external_bytes=o.max_external_bytes, spares=True)
         self.functions = FunctionTable(self.seg, self.payloads)
         n = o.queue_size
-        self.slots = [lib.czmp_slot(self.raw, i) for i in range(n)]
+        # the slot table is one array (czmp_slot: seg->slots + idx): pointer
+        # arithmetic, ~3x faster than a C call per slot (~2 ms of start-up at 32k)
+        first = lib.czmp_slot(self.raw, 0)
+        self.slots = [first + i for i in range(n)]
         self._slot_task: list[Optional[TaskResult]] = [None] * n
         # (seq, task id) of each slot's previous task, for task_id_of_log
         self._slot_last: list[Optional[tuple[int, str]]] = [None] * n
