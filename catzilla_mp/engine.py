@@ -1272,7 +1272,9 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self._orphan_finalizer.detach()
         # the process backend's unmap comes after this engine's thread joins:
         # while it runs, starting or ending a thread waits (issue 18)
-        release = getattr(backend, "release_mapping", None)
+        # (asked of the class: a wrapping backend, the journal's, forwards
+        # attributes to the one it wraps but closes it its own way)
+        release = getattr(type(backend), "release_mapping", None)
         try:
             if release is not None:
                 backend.close(self.abandon, defer_unmap=True)
@@ -1289,7 +1291,7 @@ class BackgroundTasks(TaskLifecycle, Executor):
             self._callback_runner.stop(max(0.0, deadline - time.monotonic()) + 1.0)
         finally:
             if release is not None:
-                release()
+                release(backend)
         if self._atexit is not None:
             atexit.unregister(self._atexit)
             self._atexit = None
