@@ -1277,8 +1277,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
         release = getattr(type(backend), "release_mapping", None)
         try:
             if release is not None:
-                backend.close(self.abandon, defer_unmap=True)
-            elif backend is not None:
+                backend.keep_mapped()
+            if backend is not None:
                 backend.close(self.abandon)
             self._backend = None
             if workflows is not None:

@@ -259,6 +259,7 @@ class ProcessBackend:
         # time from PREFAULT_DELAY_S on, so it neither delays start-up (a
         # 500 MiB pool takes ~0.3 s of CPU) nor shutdown (_unmap stops it).
         self._prefault_stop = threading.Event()
+        self._keep_mapped = False  # keep_mapped(): close() leaves the unmap to the engine
         self._prefault = threading.Thread(target=self._prefault_pool, name="czmp-prefault",
                                           daemon=True)
         try:
@@ -1026,14 +1027,12 @@ class ProcessBackend:
 
     # -- shutdown ----------------------------------------------------------
 
-    def close(self, abandon: Callable[[TaskResult], None], *,
-              defer_unmap: bool = False) -> None:
+    def close(self, abandon: Callable[[TaskResult], None]) -> None:
         """Stop workers, settle what they finished, abandon the rest, remove the segment.
 
         The segment is removed whatever goes wrong before: a shutdown that
         raises (at interpreter exit, say) must not leave it in /dev/shm.
-        ``defer_unmap``: leave the unmapping to a later release_mapping() call
-        (the engine's, once its own threads are joined).
+        After keep_mapped(), the unmapping is left to release_mapping().
         """
         try:
             self._stopping = True
@@ -1062,8 +1061,16 @@ class ProcessBackend:
             self._running = False
             self.gate.close(0)
             self._unlink_segment()
-            if not defer_unmap:
+            if not self._keep_mapped:
                 self.release_mapping()
+
+    def keep_mapped(self) -> None:
+        """Have the next close() leave the unmapping to a release_mapping() call.
+
+        For the engine, which joins its own threads after close() and then
+        releases the mapping (see release_mapping).
+        """
+        self._keep_mapped = True
 
     def release_mapping(self) -> None:
         """After close(): unmap the segment, in a background thread, once no thread is inside.
