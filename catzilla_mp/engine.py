@@ -66,7 +66,6 @@ mode (``mode="ray"``, ``address=``) runs it on a Ray cluster
 """
 from __future__ import annotations
 
-import asyncio
 import atexit
 import functools
 import hashlib
@@ -780,6 +779,8 @@ class BackgroundTasks(TaskLifecycle, Executor):
             QueueFullError: still no room after queue_full_timeout seconds.
             Everything else add_task raises, at once.
         """
+        import asyncio  # loaded already: the caller runs in an event loop
+
         from .errors import QueueFullError
 
         loop = asyncio.get_running_loop()
@@ -1285,17 +1286,28 @@ class BackgroundTasks(TaskLifecycle, Executor):
         self._delays.drain()
         backend = self._backend
         self._orphan_finalizer.detach()
-        if backend is not None:
-            backend.close(self.abandon)
-        self._backend = None
-        if workflows is not None:
-            workflows.close()  # dependants whose parents were just abandoned
-        self._delays.stop()
-        if self._logs is not None:
-            self._logs.close()
-            self._logs = None
-        # callbacks of the tasks settled above still run, for a bounded time
-        self._callback_runner.stop(max(0.0, deadline - time.monotonic()) + 1.0)
+        # the process backend's unmap comes after this engine's thread joins:
+        # while it runs, starting or ending a thread waits (issue 18)
+        # (asked of the class: a wrapping backend, the journal's, forwards
+        # attributes to the one it wraps but closes it its own way)
+        release = getattr(type(backend), "release_mapping", None)
+        try:
+            if release is not None:
+                backend.keep_mapped()
+            if backend is not None:
+                backend.close(self.abandon)
+            self._backend = None
+            if workflows is not None:
+                workflows.close()  # dependants whose parents were just abandoned
+            self._delays.stop()
+            if self._logs is not None:
+                self._logs.close()
+                self._logs = None
+            # callbacks of the tasks settled above still run, for a bounded time
+            self._callback_runner.stop(max(0.0, deadline - time.monotonic()) + 1.0)
+        finally:
+            if release is not None:
+                release(backend)
         if self._atexit is not None:
             atexit.unregister(self._atexit)
             self._atexit = None

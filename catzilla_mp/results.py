@@ -8,7 +8,6 @@ when someone asks for them, so a task nobody waits on costs no Event.
 """
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import logging
 import os
@@ -109,7 +108,10 @@ class TaskFuture(concurrent.futures.Future, Generic[T]):
 
     def __await__(self):
         # wrap_future hands completion to the running loop thread-safely;
-        # awaiting never blocks the event loop.
+        # awaiting never blocks the event loop. asyncio is imported here, not
+        # at the top: an awaiting caller has loaded it, and the app that never
+        # awaits does not pay its ~10 ms import at start-up.
+        import asyncio
         return asyncio.wrap_future(self).__await__()
 
     def then(self, callback: Callable[[T], Any]) -> "TaskFuture":

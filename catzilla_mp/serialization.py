@@ -3,9 +3,10 @@
 Arguments and results go through the standard pickle (protocol 5) first and
 fall back to cloudpickle only when that fails (lambdas, closures, objects
 from ``__main__``): the standard pickler is several times faster for the
-plain data most tasks carry. Functions always go through cloudpickle, once
-per function (see engine._FunctionTable), since it pickles module-level
-functions by reference and everything else by value.
+plain data most tasks carry. Functions are pickled once per function (see
+engine._FunctionTable): by reference with the standard pickler when cloudpickle
+would do the same (module-level functions, _by_reference), by value through
+cloudpickle otherwise.
 
 Call payloads (the tuple's length says which):
   pickle of (args, kwargs)                            the common case
@@ -24,12 +25,30 @@ import linecache
 import pickle
 import re
 import struct as _struct
+import sys
 import traceback
+import types
 from typing import Any, Callable
 
-import cloudpickle
-
 from .errors import RemoteTraceback, SerializationError, TaskError
+
+
+class _LazyCloudpickle:
+    """Stands for the cloudpickle module until first used, then replaces itself with it.
+
+    Importing cloudpickle (typing_extensions, inspect, uuid, platform) took
+    ~5 ms of an engine's ~60 ms start-up, and a module-level function, the
+    common task, is pickled without it (dumps_function). An ImportError
+    surfaces at the first call that needs it.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        import cloudpickle as module
+        globals()["cloudpickle"] = module
+        return getattr(module, name)
+
+
+cloudpickle: Any = _LazyCloudpickle()
 
 PROTOCOL = 5
 OUTCOME_OK = 0
@@ -247,10 +266,42 @@ def _dumps_fallback(obj: Any, what: str) -> bytes:
 
 
 def dumps_function(fn: Callable) -> bytes:
+    if _by_reference(fn):
+        # what cloudpickle makes of it too (a reference by module and name),
+        # without importing cloudpickle; pickle checks the name leads back to fn
+        try:
+            return _dumps(fn, PROTOCOL)
+        except Exception:
+            pass
     try:
         return cloudpickle.dumps(fn, PROTOCOL)
     except Exception as exc:
         raise SerializationError(f"cannot pickle function {_describe(fn)}: {exc}") from exc
+
+
+def _by_reference(fn: Callable) -> bool:
+    """True when cloudpickle would pickle ``fn`` by reference, as the standard pickler does.
+
+    A plain or built-in function of an importable module other than
+    ``__main__`` that was not registered to go by value
+    (cloudpickle.register_pickle_by_value). Everything else goes through
+    cloudpickle as before.
+    """
+    if type(fn) is not types.FunctionType and type(fn) is not types.BuiltinFunctionType:
+        return False
+    name = getattr(fn, "__module__", None)
+    if not name or name == "__main__":
+        return False
+    module = sys.modules.get(name)
+    if module is None or (getattr(module, "__spec__", None) is None
+                          and not hasattr(module, "__file__")):
+        return False  # a dynamic module: a worker could not import it
+    loaded = sys.modules.get("cloudpickle")  # the app may have registered modules by value
+    if loaded is not None:
+        by_value = loaded.list_registry_pickle_by_value()
+        if any(name == m or name.startswith(m + ".") for m in by_value):
+            return False
+    return True
 
 
 def loads_function(data) -> Callable:

@@ -43,6 +43,26 @@
 #define MADV_POPULATE_WRITE 23
 #endif
 
+/* Bytes populated per madvise call. MADV_POPULATE_WRITE holds the process's
+ * mmap lock (read) for the whole range, and a thread that maps or unmaps
+ * memory meanwhile (Python's allocator, a thread start) waits for the end:
+ * at start-up the ~20 MiB of bookkeeping in one call held the app's threads
+ * ~10 ms, a 32 MiB chunk as long (issue 18). In steps, one step at most. */
+#define POPULATE_STEP ((uint64_t)1 << 20)
+
+/* MADV_POPULATE_WRITE on [lo, lo + len) in POPULATE_STEP pieces; 0, or -1
+ * with errno from the first piece that failed. */
+static int populate_write(uintptr_t lo, uint64_t len) {
+    while (len > 0) {
+        uint64_t n = len < POPULATE_STEP ? len : POPULATE_STEP;
+        if (madvise((void *)lo, n, MADV_POPULATE_WRITE) != 0)
+            return -1;
+        lo += n;
+        len -= n;
+    }
+    return 0;
+}
+
 static inline struct czmp_class_local *class_of(czmp_segment_t *seg, uint32_t c) {
     return &seg->classes[c];
 }
@@ -107,7 +127,7 @@ static int back_chunk(struct czmp_class_local *ci, uint32_t i, uint64_t size) {
     /* relaxed: a hint only -- a stale value costs one redundant madvise */
     if (ci->backed && czmp_load_relaxed(&ci->backed[i]) >= want)
         return 0;
-    if (madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE) != 0 && errno != EINVAL)
+    if (populate_write(lo, hi - lo) != 0 && errno != EINVAL)
         return -ENOSPC;
     if (ci->backed) {
         uint32_t had = czmp_load_relaxed(&ci->backed[i]);
@@ -143,12 +163,11 @@ int czmp_arena_prefault(czmp_segment_t *seg, uint64_t *cursor, uint64_t max_byte
         /* first the bookkeeping (slots, records, tags; fallocated at create,
          * so this cannot fail for want of pages): a crash's reap scans every
          * slot and tag, and faulting them in one by one then took ~30 ms */
-        madvise(seg->base, (uint64_t)(class_of(seg, 0)->data - (char *)seg->base),
-                MADV_POPULATE_WRITE);
+        populate_write((uintptr_t)seg->base,
+                       (uint64_t)(class_of(seg, 0)->data - (char *)seg->base));
         for (uint32_t k = 1; k < seg->nclasses; k++) {
             uintptr_t t = (uintptr_t)class_of(seg, k)->tags & ~(uintptr_t)(page_bytes() - 1);
-            madvise((void *)t, (uint64_t)((uintptr_t)class_of(seg, k)->data - t),
-                    MADV_POPULATE_WRITE);
+            populate_write(t, (uint64_t)((uintptr_t)class_of(seg, k)->data - t));
         }
     }
     *cursor |= meta_done;

@@ -114,6 +114,24 @@ def test_spares_are_removed_at_shutdown(make_engine):
     assert not [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
 
 
+def test_shutdown_unlinks_the_spares_at_once_and_leaves_their_unmapping_to_a_thread(make_engine):
+    # Given an engine keeping a spare segment from a big payload
+    engine = make_engine(workers=1, memory_pool_mb=4)
+    engine.add_task(jobs.digest, b"x" * (3 * MIB)).wait(60)
+    payloads = engine._backend.payloads
+    prefix = engine._backend.seg.name + "_x"
+    # When shutdown's half of dropping them runs
+    kept = payloads.unlink_spares()
+    # Then their names are gone at once, and the mappings are handed over still
+    # open (freeing their pages is the unmap thread's work, not shutdown's)
+    assert len(kept) == 1 and not kept[0].map.closed
+    assert not [n for n in os.listdir(SHM_DIR) if n.startswith(prefix)]
+    assert len(payloads.spares) == 0
+    for spare in kept:
+        spare.close()
+    assert kept[0].map.closed
+
+
 def test_a_worker_killed_mid_payload_leaves_nothing_in_dev_shm(make_engine):
     engine = make_engine(workers=1, memory_pool_mb=4)
     prefix = engine._backend.seg.name + "_x"

@@ -141,3 +141,17 @@ def test_populated_segment_works_like_a_lazy_one(make_segment):
     h = s.alloc(4096, HOLDER_APP)
     s.chunk(h)[:] = b"z" * 4096
     assert s.chunk(h)[-1:] == b"z"
+
+
+def test_a_chunk_larger_than_one_populate_step_is_backed_whole(make_segment):
+    import os
+
+    # Given a segment whose pool (4 MiB chunks) is not backed yet (the
+    # pages are populated in 1 MiB steps, so no step holds the mm lock long)
+    seg = make_segment(classes=(SizeClass(4096, 2), SizeClass(4 << 20, 2)))
+    path = os.path.join("/dev/shm", seg.name)
+    before = os.stat(path).st_blocks * 512
+    # When a 3.5 MiB payload's chunk is allocated
+    seg.alloc((7 << 20) // 2, HOLDER_APP)
+    # Then all 3.5 MiB of it are backed by tmpfs pages, not only the first step
+    assert os.stat(path).st_blocks * 512 - before >= (7 << 20) // 2

@@ -192,3 +192,26 @@ def test_the_pool_is_backed_on_first_use_not_at_creation(make_segment):
     while (rc := lib.czmp_arena_prefault(s.raw, cursor, 16 << 20)) == 1:
         pass
     assert rc == 0 and _backed_bytes(s) >= 64 << 20
+
+
+def _mapped_bytes(name: str) -> int:
+    """Bytes of this process's address space that map the segment file ``name``."""
+    total = 0
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if f"/dev/shm/{name}" in line:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                total += hi - lo
+    return total
+
+
+def test_detach_unmaps_all_of_a_segment_bigger_than_its_unmap_step(make_segment):
+    # Given a segment of several MiB and an odd size (detach unmaps it in 4 MiB
+    # steps, from the end, so a thread of the app never waits long for the mm lock)
+    seg = make_segment(classes=(SizeClass(4096, 3), SizeClass(1 << 20, 9)))
+    name = seg.name
+    assert _mapped_bytes(name) > 9 << 20
+    # When it is detached
+    seg.detach()
+    # Then no byte of it stays mapped
+    assert _mapped_bytes(name) == 0

@@ -50,6 +50,11 @@ FUNCTION_TABLE_SIZE = 4096
 #: result of a burst against the per-call cost of the C collect.
 COLLECT_BATCH = 256
 COLLECT_WAIT_NS = 1_000_000_000
+#: Seconds the collector pauses between looks while close() stops the
+#: workers: the segment's shutdown flag makes the C wait return at once, and
+#: without a pause the collector spun a core (and the GIL) for the whole stop,
+#: which the exiting workers needed (issue 18: shutdown after big payloads).
+STOPPING_COLLECT_PAUSE_S = 0.001
 #: Bytes of small results copied out per collect call.
 OUTCOME_DATA_BYTES = COLLECT_BATCH * _core.INLINE_RESULT
 #: czmp_outcome_t, as struct sees it (static_assert'ed at 56 bytes in internal.h).
@@ -298,15 +303,20 @@ class ProcessBackend:
         # time from PREFAULT_DELAY_S on, so it neither delays start-up (a
         # 500 MiB pool takes ~0.3 s of CPU) nor shutdown (_unmap stops it).
         self._prefault_stop = threading.Event()
+        self._keep_mapped = False  # keep_mapped(): close() leaves the unmap to the engine
         self._prefault = threading.Thread(target=self._prefault_pool, name="czmp-prefault",
                                           daemon=True)
-        if o.populate:
-            self._prefault.start()
         try:
             self._init_state(o)
         except BaseException:
             self._destroy_segment()
             raise
+        # Started after the collector and supervisor threads, not before: its
+        # first madvise (the bookkeeping, ~20 MiB with 32k slots) holds the mm
+        # lock that creating a thread waits for (start-up to the first result
+        # took ~9 ms longer, issue 18).
+        if o.populate:
+            self._prefault.start()
 
     def _prefault_pool(self) -> None:
         """Back the pool's chunks ahead of need, PREFAULT_STEP bytes per C call."""
@@ -334,7 +344,10 @@ class ProcessBackend:
                                  max_external_bytes=o.max_external_bytes, spares=True)
         self.functions = FunctionTable(self.seg, self.payloads)
         n = o.queue_size
-        self.slots = [lib.czmp_slot(self.raw, i) for i in range(n)]
+        # the slot table is one array (czmp_slot: seg->slots + idx): pointer
+        # arithmetic, ~3x faster than a C call per slot (~2 ms of start-up at 32k)
+        first = lib.czmp_slot(self.raw, 0)
+        self.slots = [first + i for i in range(n)]
         self._slot_task: list[Optional[TaskResult]] = [None] * n
         # (seq, task id) of each slot's previous task, for task_id_of_log
         self._slot_last: list[Optional[tuple[int, str]]] = [None] * n
@@ -349,6 +362,7 @@ class ProcessBackend:
         # CLOCK_MONOTONIC (the C side's clock) -> wall clock, for TaskStats
         self._wall_offset = time.time() - time.monotonic()
         self._running = True
+        self._stopping = False  # close() began: the collector pauses between looks
         self._collector = threading.Thread(target=self._guarded_collect_loop,
                                            name="czmp-collector", daemon=True)
         self._collector.start()
@@ -809,7 +823,8 @@ class ProcessBackend:
     def _collect_loop(self) -> None:
         batch = _OutcomeBatch(COLLECT_BATCH)
         while self._running:
-            self._collect(batch, COLLECT_WAIT_NS)
+            if self._collect(batch, COLLECT_WAIT_NS) == 0 and self._stopping:
+                time.sleep(STOPPING_COLLECT_PAUSE_S)
 
     def _collect(self, batch: "_OutcomeBatch", timeout_ns: int) -> int:
         """Take finished slots (one C call) and settle each; returns how many.
@@ -1193,8 +1208,10 @@ class ProcessBackend:
 
         The segment is removed whatever goes wrong before: a shutdown that
         raises (at interpreter exit, say) must not leave it in /dev/shm.
+        After keep_mapped(), the unmapping is left to release_mapping().
         """
         try:
+            self._stopping = True
             self.seg.shutdown()
             self.supervisor.stop()
             self._running = False
@@ -1220,9 +1237,29 @@ class ProcessBackend:
             self._running = False
             self.gate.close(0)
             self._unlink_segment()
-            # nothing may touch the mapping once it is gone: a thread still
-            # inside the gate (held up in a listener, say) unmaps on its way out
-            self.gate.when_empty(self._unmap)
+            if not self._keep_mapped:
+                self.release_mapping()
+
+    def keep_mapped(self) -> None:
+        """Have the next close() leave the unmapping to a release_mapping() call.
+
+        For the engine, which joins its own threads after close() and then
+        releases the mapping (see release_mapping).
+        """
+        self._keep_mapped = True
+
+    def release_mapping(self) -> None:
+        """After close(): unmap the segment, in a background thread, once no thread is inside.
+
+        Unmapping a pool whose pages are backed takes ~0.1 s, and while it
+        runs the kernel makes every thread start and thread exit of the app
+        wait (python -m bench.engine: the engine's own joins after close()
+        took 60-160 ms after big payloads instead of ~0). So the engine calls
+        this last, once its threads are joined (issue 18).
+        """
+        # nothing may touch the mapping once it is gone: a thread still
+        # inside the gate (held up in a listener, say) unmaps on its way out
+        self.gate.when_empty(self._unmap)
 
     def _note_started(self, task: TaskResult) -> None:
         """Before close() abandons ``task``: if it ran, say so (it is then not "cancelled")."""
@@ -1242,7 +1279,8 @@ class ProcessBackend:
         name = self.seg.name
         self.seg.unlink()
         if getattr(self, "payloads", None) is not None:  # absent if __init__ failed early
-            self.payloads.drop_spares()
+            # named no more; unmapped by _unmap's thread, off the shutdown path
+            self._spare_maps = self.payloads.unlink_spares()
         remove_externals(name)
 
     def _unmap(self) -> None:
@@ -1250,5 +1288,12 @@ class ProcessBackend:
         if self._prefault.is_alive():
             self._prefault.join()  # it must not touch the mapping as it goes
         # Unmapping frees every backed page of the pool once the name is gone
-        # (~0.1 s for 500 MiB): off the caller's path, in C without the GIL.
-        threading.Thread(target=self.seg.detach, name="czmp-unmap", daemon=True).start()
+        # (~0.1 s for 500 MiB): off the caller's path, in C without the GIL;
+        # the spare payload segments first (unlinked already, _unlink_segment)
+        threading.Thread(target=self._detach_all, name="czmp-unmap", daemon=True).start()
+
+    def _detach_all(self) -> None:
+        spares, self._spare_maps = getattr(self, "_spare_maps", ()), ()
+        for spare in spares:
+            spare.close()
+        self.seg.detach()

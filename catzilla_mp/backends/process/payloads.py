@@ -326,13 +326,27 @@ class Payloads:
 
     def drop_spares(self) -> int:
         """Unlink and unmap the spare segments (shutdown); returns how many. Never raises."""
+        kept = self.unlink_spares()
+        for spare in kept:
+            spare.close()
+        return len(kept)
+
+    def unlink_spares(self) -> "list[_Spare]":
+        """Unlink the spare segments (and those still live) now; return them, still mapped.
+
+        Shutdown's half of drop_spares: their names are gone at once, and the
+        unmap, which frees their pages (~1 ms per 16 MiB, the GIL held by
+        mmap.close), is the caller's to do off the shutdown path (issue 18).
+        Never raises.
+        """
         if self.spares is None:
-            return 0
-        for ident in list(self._live):
-            spare = self._live.pop(ident, None)
-            if spare is not None:
-                spare.close()
-        return self.spares.drop_all()
+            return []
+        kept = [spare for spare in (self._live.pop(ident, None) for ident in list(self._live))
+                if spare is not None]
+        for spare in kept:
+            _unlink_quietly(spare.path)
+        kept += self.spares.unlink_all()
+        return kept
 
 
 class _Spare:
@@ -405,6 +419,14 @@ class Spares:
         for spare in free:
             self.discard(spare)
         return len(free)
+
+    def unlink_all(self) -> "list[_Spare]":
+        """Unlink every idle spare and hand them over, still mapped, for the caller to close."""
+        with self._lock:
+            free, self._free = self._free, []
+        for spare in free:
+            _unlink_quietly(spare.path)
+        return free
 
     def __len__(self) -> int:
         return len(self._free)

@@ -37,13 +37,13 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
-import psutil
-
 from ... import _core
 from ..._native import lib
 from .zygote import ZYGOTE_FAILURES_FALLBACK, Zygote, ZygoteError, wait_readable
 
 if TYPE_CHECKING:
+    import psutil
+
     from ...lifecycle.host import TaskHost
 
 log = logging.getLogger("catzilla_mp")
@@ -436,6 +436,7 @@ class Supervisor:
         limit = self.options.worker_memory_limit_mb << 20
         if not limit:
             return
+        import psutil  # here, not at the top: only a memory limit needs it (start-up)
         for w in self._live():
             try:
                 if w.ps is None:
