@@ -31,7 +31,8 @@ _EXPORTS = {
         "SegmentExistsError", "SegmentOwnerError", "SegmentVersionError", "SerializationError",
         "TaskCancelledError", "TaskError", "TaskTimeoutError", "UnknownTaskError",
         "WorkerCrashedError", "MemoryLimitError", "WorkerInitializerError",
-        "SharedMemoryFullError", "NativeCompileError", "JournalError")},
+        "SharedMemoryFullError", "NativeCompileError", "JournalError",
+        "DependencyFailedError", "DependencyCancelledError", "ScheduleConflictError")},
 }
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
@@ -61,6 +62,7 @@ __all__ = [  # noqa: F822 - provided by __getattr__
     "TaskStatus", "TaskTimeoutError", "UnknownTaskError", "WorkerCrashedError", "add_task",
     "create_task_system", "get_global_task_system", "report_progress", "task",
     "Catzilla", "enable", "RouteConflictError", "SharedMemoryFullError", "JournalError",
+    "DependencyFailedError", "DependencyCancelledError", "ScheduleConflictError",
 ]
 
 
