@@ -229,16 +229,7 @@ class RemoteBackend:
             the task was not sent.
         """
         self._reserve(1)
-        self._tasks[task.task_id] = task
-        self._own[task.task_id] = task
-        try:
-            self._send_submit([self._entry(task, fn, args, kwargs)])
-        except BaseException as exc:
-            self._tasks.pop(task.task_id, None)
-            self._unreserve(1)
-            if isinstance(exc, OSError):
-                raise EngineBrokenError(f"the catzilla-mp server went away: {exc}") from exc
-            raise
+        self._sent([task], 1, lambda: self._send_submit([self._entry(task, fn, args, kwargs)]))
 
     def dispatch_many(self, tasks: list["TaskResult"], fn: Callable, calls: list[tuple],
                       done: list[int]) -> None:
@@ -246,20 +237,32 @@ class RemoteBackend:
         while done[0] < len(tasks):
             take = self._reserve(len(tasks) - done[0])
             chunk = tasks[done[0]:done[0] + take]
-            for t in chunk:
-                self._tasks[t.task_id] = t
-                self._own[t.task_id] = t
-            try:
-                self._send_submit([self._entry(t, fn, c, {})
-                                   for t, c in zip(chunk, calls[done[0]:])])
-            except BaseException as exc:
-                for t in chunk:
-                    self._tasks.pop(t.task_id, None)
-                self._unreserve(take)
-                if isinstance(exc, OSError):
-                    raise EngineBrokenError(f"the catzilla-mp server went away: {exc}") from exc
-                raise
+            first = done[0]
+            self._sent(chunk, take, lambda: self._send_submit(
+                [self._entry(t, fn, c, {}) for t, c in zip(chunk, calls[first:])]))
             done[0] += take
+
+    def _sent(self, tasks: list["TaskResult"], reserved: int, send: Callable[[], Any]) -> Any:
+        """Index ``tasks`` as this client's and ``send()`` them; all undone if it raises.
+
+        Returns:
+            What ``send`` returned.
+        Raises:
+            EngineBrokenError: the connection failed (the server went away);
+            anything else ``send`` raised, as it was.
+        """
+        for t in tasks:
+            self._tasks[t.task_id] = t
+            self._own[t.task_id] = t
+        try:
+            return send()
+        except BaseException as exc:
+            for t in tasks:
+                self._tasks.pop(t.task_id, None)
+            self._unreserve(reserved)
+            if isinstance(exc, OSError):
+                raise EngineBrokenError(f"the catzilla-mp server went away: {exc}") from exc
+            raise
 
     def dispatch_shared(self, task: "TaskResult", fn: Callable, args: tuple, kwargs: dict,
                         shared: dict) -> Optional[str]:
@@ -273,17 +276,9 @@ class RemoteBackend:
             As dispatch.
         """
         self._reserve(1)
-        self._tasks[task.task_id] = task
-        self._own[task.task_id] = task
-        try:
-            # always a request: the answer says whether the job key was free
-            taken = self._request("submit", [self._entry(task, fn, args, kwargs, shared)])
-        except BaseException as exc:
-            self._tasks.pop(task.task_id, None)
-            self._unreserve(1)
-            if isinstance(exc, OSError):
-                raise EngineBrokenError(f"the catzilla-mp server went away: {exc}") from exc
-            raise
+        # always a request: the answer says whether the job key was free
+        taken = self._sent([task], 1, lambda: self._request(
+            "submit", [self._entry(task, fn, args, kwargs, shared)]))
         first = taken.get(task.task_id) if isinstance(taken, dict) else None
         if first is not None:
             self._tasks.pop(task.task_id, None)

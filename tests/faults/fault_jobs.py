@@ -10,27 +10,7 @@ import os
 import signal
 import time
 
-
-def _trace(path, tag):
-    # O_APPEND writes of one short line are atomic: concurrent runs never interleave
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, f"{tag} {os.getpid()} {time.monotonic()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-def runs(path):
-    """How many times each tag ran, from a side-effect file."""
-    counts: dict[str, int] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                tag = line.split()[0]
-                counts[tag] = counts.get(tag, 0) + 1
-    except FileNotFoundError:
-        pass
-    return counts
+from run_trace import runs, trace
 
 
 def run_times(path):
@@ -45,13 +25,13 @@ def run_times(path):
 
 def mark(path, i):
     """Record one run of task i; return a value derived from i."""
-    _trace(path, i)
+    trace(path, i)
     return i * 3 + 1
 
 
 def mark_big(path, i, nbytes):
     """As mark, with a result too big for the slot: it needs an arena chunk."""
-    _trace(path, i)
+    trace(path, i)
     return bytes([i % 256]) * nbytes
 
 
@@ -61,7 +41,7 @@ def triple(i):
 
 def hold(path, i, release_path, seconds=60.0):
     """Record a run, then wait (Python loop, interruptible) until release_path exists."""
-    _trace(path, i)
+    trace(path, i)
     end = time.monotonic() + seconds
     while not os.path.exists(release_path) and time.monotonic() < end:
         time.sleep(0.005)
@@ -88,7 +68,7 @@ def _die(how):
 def crash_first(path, i, how, crashes=1):
     """Die `crashes` times (counted in the side-effect file), then return."""
     n = runs(path).get(str(i), 0)
-    _trace(path, i)
+    trace(path, i)
     if n < crashes:
         _die(how)
     return i * 3 + 1
@@ -97,7 +77,7 @@ def crash_first(path, i, how, crashes=1):
 def crash_after_release(path, i, release_path, seconds=60.0):
     """First run: wait for release_path, then die (os._exit); later runs return i."""
     n = runs(path).get(str(i), 0)
-    _trace(path, i)
+    trace(path, i)
     if n:
         return i
     end = time.monotonic() + seconds
@@ -107,7 +87,7 @@ def crash_after_release(path, i, release_path, seconds=60.0):
 
 
 def crash_always(path, i, how):
-    _trace(path, i)
+    trace(path, i)
     _die(how)
 
 
@@ -153,14 +133,14 @@ def catch_timeout_then_finish(path, seconds):
     """Swallows the soft timeout and carries on: the hard timeout must stop it."""
     from catzilla_mp import TaskTimeoutError
 
-    _trace(path, "start")
+    trace(path, "start")
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         try:
             time.sleep(0.01)
         except TaskTimeoutError:
-            _trace(path, "soft")
-    _trace(path, "end")
+            trace(path, "soft")
+    trace(path, "end")
     return "finished"
 
 

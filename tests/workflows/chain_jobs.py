@@ -8,32 +8,12 @@ from __future__ import annotations
 import os
 import time
 
-
-def _trace(path, tag):
-    # O_APPEND writes of one short line are atomic: concurrent runs never interleave
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.write(fd, f"{tag} {os.getpid()}\n".encode())
-    finally:
-        os.close(fd)
-
-
-def runs(path):
-    """How many times each tag ran."""
-    counts: dict[str, int] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                tag = line.split()[0]
-                counts[tag] = counts.get(tag, 0) + 1
-    except FileNotFoundError:
-        pass
-    return counts
+from run_trace import runs, trace
 
 
 def gated(gate, path, tag, value):
     """Wait until the file ``gate`` exists (the test wires the chain meanwhile), then return value."""
-    _trace(path, tag)
+    trace(path, tag)
     deadline = time.monotonic() + 60
     while not os.path.exists(gate):
         if time.monotonic() > deadline:
@@ -49,13 +29,13 @@ def gated_fail(gate, path, tag):
 
 def step(x, path, tag, k):
     """One chain step: x * k."""
-    _trace(path, tag)
+    trace(path, tag)
     return x * k
 
 
 def fails_once(x, path, tag):
     """Fails on its first run, returns x + 1 on the next (a retried chain step)."""
-    _trace(path, tag)
+    trace(path, tag)
     if runs(path).get(tag, 0) == 1:
         raise RuntimeError("first attempt fails on purpose")
     return x + 1
