@@ -60,7 +60,7 @@ from typing import Any, Optional
 from .backends.remote import PROTOCOL_VERSION, outcome_message, peer_uid, recv_frame, send_frame
 from .engine import BackgroundTasks
 from .errors import QueueFullError, ScheduleConflictError
-from .records import TaskStatus
+from .records import TaskPriority, TaskStatus
 from .results import cancelled_error
 from .workflows import ratelimit
 
@@ -290,6 +290,10 @@ class TaskServer:
     def _submit(self, client: _Client, specs: list) -> dict:
         """Index and queue a client's tasks; returns {task id: first task id} for the tasks
         not queued because another task holds their job key."""
+        if not isinstance(specs, list):
+            raise ValueError(f"a submit carries a list of entries, not {type(specs).__name__}")
+        for spec in specs:  # all checked before any is indexed: a bad frame changes nothing
+            _check_spec(spec)
         direct = []
         taken: dict[str, str] = {}
         with self._cond:
@@ -676,6 +680,27 @@ class _Shim:
 
     def __init__(self, task_id: str) -> None:
         self.task_id = task_id
+
+
+def _check_spec(spec: Any) -> None:
+    """A submit entry as RemoteBackend._entry makes it, or ValueError.
+
+    The fields the server itself uses (id, priority, delay, shared options)
+    are checked here; the engine checks the rest when it takes the task, and
+    fails that task alone if they are wrong.
+    """
+    if not isinstance(spec, tuple) or len(spec) != 10:
+        raise ValueError(f"a submit entry is a tuple of 10 fields, not {type(spec).__name__} "
+                         f"of {len(spec) if isinstance(spec, tuple) else '?'}")
+    tid, _fn, args, kwargs, prio, delay_ms = spec[:6]
+    if type(tid) is not str or type(args) is not tuple or not isinstance(kwargs, dict):
+        raise ValueError("a submit entry's task id, args or kwargs is of the wrong type")
+    if type(prio) is not int or not 0 <= prio < len(TaskPriority):
+        raise ValueError(f"a submit entry's priority {prio!r} is not 0..{len(TaskPriority) - 1}")
+    if type(delay_ms) is not int or delay_ms < 0:
+        raise ValueError(f"a submit entry's delay {delay_ms!r} is not a count of milliseconds")
+    if spec[9] is not None and not isinstance(spec[9], dict):
+        raise ValueError("a submit entry's shared options are not a dict")
 
 
 def _listen(path: str) -> socket.socket:
