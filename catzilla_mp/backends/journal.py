@@ -74,6 +74,8 @@ log = logging.getLogger("catzilla_mp")
 #: the window in which a finished task's outcome may be lost (it then runs
 #: again) and a just-started attempt may go uncounted.
 FLUSH_S = 0.02
+#: While journal writes keep failing, how often the writer thread says so again.
+FAILURE_REPORT_S = 60.0
 #: Tasks the writer thread asks "running?" per FLUSH_S: the oldest HEAD_SCAN (tasks
 #: start roughly in submission order) plus a window that rotates over the rest (a
 #: delayed task submitted early must not hide the others). Bounds the scan's cost
@@ -622,21 +624,37 @@ class JournalBackend:
 
     def _write_loop(self) -> None:
         next_purge = 0.0
+        failing_since: Optional[float] = None  # writes fail (a full disk): since when
+        failures, next_report = 0, 0.0
         while True:
             stopping = self._stop.wait(FLUSH_S)
+            now = time.monotonic()
             try:
                 if not stopping:
                     self._note_started()
-                now = time.monotonic()
                 if now >= next_purge and not stopping:
                     next_purge = now + PURGE_EVERY_S
                     self.journal.add("DELETE FROM outcomes WHERE completed_at<?",
                                      (time.time() - self.host.options.result_ttl_s,))
                 self.journal.flush()
+                if failing_since is not None:
+                    log.warning("journal writes work again after %d failed attempts in %.0f s",
+                                failures, now - failing_since)
+                    failing_since, failures = None, 0
             except ReferenceError:
                 return  # the engine is gone; close() flushes
             except Exception:  # noqa: BLE001 - a full disk must not end the thread
-                log.exception("journal write failed; retried in %s s", FLUSH_S)
+                # retried every FLUSH_S, reported once and then every FAILURE_REPORT_S:
+                # a disk full for an hour must not write 180,000 tracebacks
+                failures += 1
+                if failing_since is None:
+                    failing_since, next_report = now, now + FAILURE_REPORT_S
+                    log.exception("journal write failed; retried every %s s, outcomes kept "
+                                  "in memory meanwhile", FLUSH_S)
+                elif now >= next_report:
+                    next_report = now + FAILURE_REPORT_S
+                    log.error("journal writes still failing: %d attempts in %.0f s",
+                              failures, now - failing_since)
             if stopping:
                 return
 

@@ -46,3 +46,16 @@ def fail_first(log_dir: str, key: str) -> str:
             pass
         raise RuntimeError("first attempt fails")
     return "second time lucky"
+
+
+def size_of(data: bytes) -> int:
+    return len(data)
+
+
+def after_gate(log_dir: str, key: str, gate: str) -> str:
+    """Runs once the file ``gate`` exists; notes each run."""
+    note_run(log_dir, key)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return key
